@@ -1,0 +1,5 @@
+"""advbench: a benchmark of adversarial transfer and DkNN calibration under the Soft Nearest Neighbor Loss."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ``advbench`` command line: one thin module per subcommand."""

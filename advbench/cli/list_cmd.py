@@ -1,0 +1,82 @@
+"""``advbench list {attacks,models,datasets,metrics}``: what the registries hold."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from typing import Any
+
+from tabulate import tabulate
+
+EXAMPLE = """examples:
+  advbench list attacks            # every attack, built-in, wrapped or from a plugin
+  advbench list attacks 'torchattacks.*PGD*'
+  advbench list models
+  advbench list datasets"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "list", help="list registered attacks, models, datasets or metrics", epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("kind", choices=["attacks", "models", "datasets", "metrics"])
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern on the name (default: all)")
+    p.set_defaults(func=main)
+
+
+def _registry(kind: str) -> Any:
+    if kind == "attacks":
+        from advbench.attacks import ATTACKS
+
+        return ATTACKS
+    if kind == "models":
+        from advbench.models import MODELS
+
+        return MODELS
+    if kind == "datasets":
+        from advbench.data import DATASETS
+
+        return DATASETS
+    from advbench.evaluation import METRICS
+
+    return METRICS
+
+
+def _params(obj: Any) -> str:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return ""
+    skip = {"self", "model", "num_classes", "input_shape", "data_dir"}
+    return ", ".join(
+        n if p.default is inspect.Parameter.empty else f"{n}={p.default!r}"
+        for n, p in sig.parameters.items()
+        if n not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+
+
+def rows(kind: str, pattern: str = "*") -> list[dict[str, Any]]:
+    """One row per registered component (used by the CLI and the tests)."""
+    out = []
+    for e in _registry(kind).entries(pattern):
+        row: dict[str, Any] = {"name": e.name}
+        if kind == "attacks":
+            row["norm"] = e.meta.get("norm", getattr(e.obj, "norm", ""))
+            row["targeted"] = e.meta.get("targeted", getattr(e.obj, "supports_targeted", ""))
+        row["source"] = e.meta.get("package", e.source)
+        describe = getattr(e.obj, "describe_params", None)
+        row["parameters"] = describe() if callable(describe) else _params(e.obj)
+        out.append(row)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    table = rows(args.kind, args.pattern)
+    if not table:
+        sys.stdout.write(f"no {args.kind} match {args.pattern!r}\n")
+        return 1
+    sys.stdout.write(tabulate(table, headers="keys", tablefmt="github", maxcolwidths=[None] * (len(table[0]) - 1) + [70]) + "\n")
+    sys.stdout.write(f"\n{len(table)} {args.kind}\n")
+    return 0

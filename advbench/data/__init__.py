@@ -1,0 +1,7 @@
+"""Datasets: a registry of loaders, IDX readers with verified downloads, and seeded splits."""
+
+from __future__ import annotations
+
+from advbench.data.base import DATASETS, RawDataset, Split, Splits, load_dataset, make_splits, register_dataset
+
+__all__ = ["DATASETS", "RawDataset", "Split", "Splits", "load_dataset", "make_splits", "register_dataset"]

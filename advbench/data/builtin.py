@@ -1,0 +1,199 @@
+"""advbench's built-in datasets: fashion-mnist, mnist, digits and synthetic.
+
+Registered through the ``advbench.datasets`` entry-point group like any plugin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from advbench.data.base import RawDataset, register_dataset
+from advbench.data.idx import download, read_idx, user_cache_dir
+from advbench.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+#: SHA-256 of the official files (identical bytes to Debian's dataset-fashion-mnist package).
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+
+
+def _has_all(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in IDX_FILES)
+
+
+def find_idx_dir(
+    name: str,
+    *,
+    data_dir: str | Path | None,
+    system_dir: Path | None,
+    url: str,
+    sha256: dict[str, str],
+    download_ok: bool = True,
+    apt_package: str | None = None,
+) -> Path:
+    """The folder holding the four IDX files of ``name``.
+
+    Looks in: ``data_dir``, ``$ADVBENCH_DATA`` (and its ``name`` sub-folder), ``system_dir`` (a
+    Debian package's location), the user cache; else downloads into the user cache.
+    """
+    candidates: list[Path] = []
+    if data_dir is not None:
+        candidates += [Path(data_dir), Path(data_dir) / name]
+    env = os.environ.get("ADVBENCH_DATA")
+    if env:
+        candidates += [Path(env), Path(env) / name]
+    if system_dir is not None:
+        candidates.append(system_dir)
+    cache = user_cache_dir() / "datasets" / name
+    candidates.append(cache)
+    for c in candidates:
+        if _has_all(c):
+            log.debug("%s: using files in %s", name, c)
+            return c
+    if not download_ok:
+        raise DataError(_missing_message(name, candidates, apt_package, "downloads are disabled"))
+    try:
+        for f in IDX_FILES:
+            if not (cache / f).is_file():
+                download(url + f, cache / f, sha256[f])
+    except DataError as exc:
+        raise DataError(_missing_message(name, candidates, apt_package, str(exc))) from exc
+    return cache
+
+
+def _missing_message(name: str, looked: list[Path], apt_package: str | None, why: str) -> str:
+    apt = f"install the Debian package ({'apt-get install ' + apt_package}), " if apt_package else ""
+    return (
+        f"{name}: the files {', '.join(IDX_FILES)} were not found in any of "
+        f"{', '.join(str(p) for p in looked)}, and fetching them failed ({why}). To fix: {apt}"
+        f"put the four files in a folder and set $ADVBENCH_DATA or dataset.data_dir to it, "
+        f"or run once with network access to download them."
+    )
+
+
+def read_idx_dataset(name: str, folder: Path, classes: tuple[str, ...]) -> RawDataset:
+    x_train, y_train, x_test, y_test = (read_idx(folder / f) for f in IDX_FILES)
+    for xs, ys, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
+        if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
+            raise DataError(
+                f"{folder}: {split} images {xs.shape} and labels {ys.shape} do not match "
+                f"(expected (N, 28, 28) and (N,)); delete the files and fetch them again"
+            )
+        if ys.size and int(ys.max()) >= len(classes):
+            raise DataError(f"{folder}: {split} labels go up to {int(ys.max())}, expected < {len(classes)}")
+    return RawDataset(
+        name=name,
+        x_train=x_train[:, None],
+        y_train=y_train.astype(np.int64),
+        x_test=x_test[:, None],
+        y_test=y_test.astype(np.int64),
+        num_classes=len(classes),
+        class_names=classes,
+        max_value=255,
+        origin=str(folder),
+    )
+
+
+@register_dataset("fashion-mnist")
+def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
+    """Zalando's Fashion-MNIST: 60,000 + 10,000 grey 28x28 images of 10 clothing classes."""
+    folder = find_idx_dir(
+        "fashion-mnist",
+        data_dir=data_dir,
+        system_dir=FASHION_MNIST_DEBIAN,
+        url=FASHION_MNIST_URL,
+        sha256=FASHION_MNIST_SHA256,
+        download_ok=download,
+        apt_package="dataset-fashion-mnist",
+    )
+    return read_idx_dataset("fashion-mnist", folder, FASHION_MNIST_CLASSES)
+
+
+@register_dataset("mnist")
+def mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
+    """LeCun's MNIST handwritten digits (28x28), from the user's files or a verified download."""
+    folder = find_idx_dir(
+        "mnist", data_dir=data_dir, system_dir=None, url=MNIST_URL, sha256=MNIST_SHA256, download_ok=download
+    )
+    return read_idx_dataset("mnist", folder, tuple(str(i) for i in range(10)))
+
+
+@register_dataset("digits")
+def digits(*, size: int = 8) -> RawDataset:
+    """scikit-learn's embedded 8x8 handwritten digits (1,797 images, no download).
+
+    ``size=28`` resizes them (bilinear) to 28x28, e.g. as out-of-distribution inputs for
+    Fashion-MNIST models.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None]  # values 0..16
+    max_value = 16
+    if size != 8:
+        import torch
+        import torch.nn.functional as F
+
+        t = F.interpolate(torch.from_numpy(x / 16.0), size=(size, size), mode="bilinear", align_corners=False)
+        x = np.clip(np.rint(t.numpy() * 255.0), 0, 255)
+        max_value = 255
+    return RawDataset(
+        name="digits" if size == 8 else f"digits{size}",
+        x_train=x.astype(np.uint8),
+        y_train=d.target.astype(np.int64),
+        x_test=None,
+        y_test=None,
+        num_classes=10,
+        class_names=tuple(str(i) for i in range(10)),
+        max_value=max_value,
+        origin="sklearn.datasets.load_digits",
+    )
+
+
+@register_dataset("synthetic")
+def synthetic(
+    *, n: int = 600, num_classes: int = 4, shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0
+) -> RawDataset:
+    """Small generated images: one random prototype per class plus noise (for unit tests)."""
+    if n < 2 * num_classes:
+        raise DataError(f"synthetic: n={n} is too small for {num_classes} classes; use n >= {2 * num_classes}")
+    rng = np.random.default_rng(seed)
+    protos = rng.uniform(0, 255, size=(num_classes, *shape))
+    y = np.arange(n) % num_classes
+    rng.shuffle(y)
+    x = np.clip(protos[y] + rng.normal(0, 40, size=(n, *shape)), 0, 255).astype(np.uint8)
+    return RawDataset(
+        name="synthetic",
+        x_train=x,
+        y_train=y.astype(np.int64),
+        x_test=None,
+        y_test=None,
+        num_classes=num_classes,
+        class_names=tuple(f"class{i}" for i in range(num_classes)),
+        max_value=255,
+        origin=f"generated(seed={seed})",
+    )

@@ -1,0 +1,3 @@
+"""advbench's built-in metrics, loaded through the ``advbench.metrics`` entry-point group."""
+
+from __future__ import annotations

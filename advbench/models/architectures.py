@@ -1,0 +1,103 @@
+"""Built-in architectures, registered through the ``advbench.models`` entry-point group.
+
+Each factory takes ``num_classes`` and ``input_shape`` (set by advbench from the dataset) plus its
+own keyword-only hyper-parameters, and returns a :class:`Classifier` whose hidden layers are the
+ReLU outputs named below (read by the SNNL and the DkNN).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from advbench.models import register_model
+from advbench.models.classifier import Classifier
+
+
+def _flat_dim(input_shape: tuple[int, int, int], pools: int, channels: int) -> int:
+    _, h, w = input_shape
+    for _ in range(pools):
+        h, w = h // 2, w // 2
+    return channels * h * w
+
+
+@register_model("mlp")
+def mlp(*, num_classes: int, input_shape: tuple[int, int, int], hidden: tuple[int, ...] = (256, 128)) -> Classifier:
+    """Fully connected ReLU network; hidden layers ``fc1``, ``fc2``, ..."""
+    c, h, w = input_shape
+    blocks: list[tuple[str, nn.Module]] = []
+    width = c * h * w
+    for i, n in enumerate(hidden, 1):
+        layer: list[nn.Module] = [nn.Flatten()] if i == 1 else []
+        blocks.append((f"fc{i}", nn.Sequential(*layer, nn.Linear(width, n), nn.ReLU())))
+        width = n
+    blocks.append(("logits", nn.Linear(width, num_classes)))
+    return Classifier(blocks, hidden=[b for b, _ in blocks[:-1]], num_classes=num_classes, input_shape=input_shape, arch="mlp")
+
+
+@register_model("cnn")
+def cnn(
+    *, num_classes: int, input_shape: tuple[int, int, int], channels: tuple[int, int] = (32, 64), fc: int = 128
+) -> Classifier:
+    """conv32-pool-conv64-pool-fc128-fc10 with ReLU, for 28x28 inputs; hidden ``conv1``, ``conv2``, ``fc1``."""
+    c1, c2 = channels
+    blocks: list[tuple[str, nn.Module]] = [
+        ("conv1", nn.Sequential(nn.Conv2d(input_shape[0], c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),
+        ("conv2", nn.Sequential(nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape, 2, c2), fc), nn.ReLU())),
+        ("logits", nn.Linear(fc, num_classes)),
+    ]
+    return Classifier(blocks, hidden=["conv1", "conv2", "fc1"], num_classes=num_classes, input_shape=input_shape, arch="cnn")
+
+
+@register_model("cnn-digits")
+def cnn_digits(
+    *, num_classes: int, input_shape: tuple[int, int, int], channels: tuple[int, int] = (16, 32), fc: int = 64
+) -> Classifier:
+    """The CNN scaled for 8x8 digits: conv16-conv32-pool-fc64; hidden ``conv1``, ``conv2``, ``fc1``."""
+    c1, c2 = channels
+    blocks: list[tuple[str, nn.Module]] = [
+        ("conv1", nn.Sequential(nn.Conv2d(input_shape[0], c1, 3, padding=1), nn.ReLU())),
+        ("conv2", nn.Sequential(nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape, 1, c2), fc), nn.ReLU())),
+        ("logits", nn.Linear(fc, num_classes)),
+    ]
+    return Classifier(
+        blocks, hidden=["conv1", "conv2", "fc1"], num_classes=num_classes, input_shape=input_shape, arch="cnn-digits"
+    )
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.skip = (
+            nn.Identity() if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.act(self.body(x) + self.skip(x))
+
+
+@register_model("resnet-small")
+def resnet_small(
+    *, num_classes: int, input_shape: tuple[int, int, int], widths: tuple[int, int, int] = (16, 32, 64)
+) -> Classifier:
+    """A ResNet-8-style network for 3x32x32 inputs; hidden ``stem``, ``stage1``..``stage3``, ``pool``."""
+    w1, w2, w3 = widths
+    blocks: list[tuple[str, nn.Module]] = [
+        ("stem", nn.Sequential(nn.Conv2d(input_shape[0], w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU())),
+        ("stage1", _BasicBlock(w1, w1, 1)),
+        ("stage2", _BasicBlock(w1, w2, 2)),
+        ("stage3", _BasicBlock(w2, w3, 2)),
+        ("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
+        ("logits", nn.Linear(w3, num_classes)),
+    ]
+    return Classifier(
+        blocks, hidden=["stem", "stage1", "stage2", "stage3", "pool"], num_classes=num_classes,
+        input_shape=input_shape, arch="resnet-small",
+    )

@@ -1,0 +1,99 @@
+"""The classifier wrapper: owns input normalisation and exposes named hidden representations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Classifier"]
+
+
+class Classifier(nn.Module):
+    """A network as a sequence of named blocks whose outputs can be read by name.
+
+    Inputs are pixels in [0, 1]; normalisation ``(x - mean) / std`` happens inside, so attacks only
+    ever see the bounded pixel space. ``blocks`` run in order; the last one produces the logits and
+    is named ``"logits"``. ``hidden`` names the block outputs that count as hidden representations
+    (regularised by the SNNL, indexed by the DkNN).
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[tuple[str, nn.Module]],
+        *,
+        hidden: Sequence[str],
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        mean: float | Sequence[float] = 0.0,
+        std: float | Sequence[float] = 1.0,
+        arch: str = "custom",
+    ) -> None:
+        super().__init__()
+        names = [n for n, _ in blocks]
+        if not names or names[-1] != "logits":
+            raise ValueError(f"the last block must be named 'logits', got {names}")
+        unknown = [h for h in hidden if h not in names[:-1]]
+        if unknown:
+            raise ValueError(f"hidden layers {unknown} are not blocks; blocks: {names[:-1]}")
+        self.blocks = nn.ModuleDict(blocks)
+        self.hidden_layers: tuple[str, ...] = tuple(hidden)
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.arch = arch
+        c = input_shape[0]
+        self.register_buffer("mean", _per_channel(mean, c))
+        self.register_buffer("std", _per_channel(std, c))
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """Every readable representation: the hidden layers then ``"logits"``."""
+        return (*self.hidden_layers, "logits")
+
+    def set_normalization(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
+        c = self.input_shape[0]
+        self.mean.copy_(_per_channel(mean, c))
+        self.std.copy_(_per_channel(std, c))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.normalize(x)
+        for block in self.blocks.values():
+            h = block(h)
+        return h
+
+    def features(self, x: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Outputs of the named ``layers`` (default: every hidden layer and the logits), unflattened.
+
+        Runs the network only as far as the last layer asked for.
+        """
+        wanted = list(self.layer_names if layers is None else layers)
+        names = list(self.blocks.keys())
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise KeyError(f"unknown layers {missing} for {self.arch}; readable layers: {list(self.layer_names)}")
+        last = max(names.index(w) for w in wanted)
+        out: dict[str, torch.Tensor] = {}
+        h = self.normalize(x)
+        for i, (name, block) in enumerate(self.blocks.items()):
+            h = block(h)
+            if name in wanted:
+                out[name] = h
+            if i == last:
+                break
+        return {w: out[w] for w in wanted}
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, hidden={list(self.hidden_layers)}, num_classes={self.num_classes}"
+
+
+def _per_channel(v: float | Sequence[float], c: int) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        t = t.repeat(c)
+    if t.numel() != c:
+        raise ValueError(f"expected 1 or {c} normalisation values, got {t.numel()}")
+    return t.view(1, c, 1, 1)

@@ -1,0 +1,181 @@
+"""The suite file format: pydantic models with unknown keys forbidden.
+
+Every field documents itself; ``advbench validate`` binds a YAML file to :class:`Suite` and then
+checks names and parameters against the registries (see :mod:`advbench.suite.validate`).
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+__all__ = [
+    "AttackConfig",
+    "DatasetConfig",
+    "DknnConfig",
+    "Eps",
+    "EvaluationsConfig",
+    "ModelConfig",
+    "OODConfig",
+    "RecipeConfig",
+    "ReportConfig",
+    "SNNLConfig",
+    "SplitSizes",
+    "Suite",
+    "TransferConfig",
+    "parse_eps",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_eps(value: Any) -> float:
+    """Parse an eps given as a number (``0.1``) or a fraction string (``"8/255"``) into [0, 1] pixels."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number in [0, 1] or a fraction like '8/255', got the boolean {value}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"\d+(\.\d*)?(\s*/\s*\d+(\.\d*)?)?", text):
+            raise ValueError(f"expected a number in [0, 1] or a fraction like '8/255', got {value!r}")
+        try:
+            num, _, den = text.partition("/")
+            value = float(Fraction(num.strip()) / Fraction(den.strip())) if den else float(num)
+        except ZeroDivisionError:
+            raise ValueError(f"{value!r} divides by zero; write eps like '8/255'") from None
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number in [0, 1] or a fraction like '8/255', got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0 or value != value:
+        raise ValueError(
+            f"eps {value} is outside [0, 1]; eps is in pixel units of inputs scaled to [0, 1] (write 8/255, not 8)"
+        )
+    return value
+
+
+Eps = Annotated[float, BeforeValidator(parse_eps)]
+
+
+class SplitSizes(_Strict):
+    """Numbers of examples per split; ``null`` takes all that is left."""
+
+    train: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class DatasetConfig(_Strict):
+    name: str = Field(description="a registered dataset: `advbench list datasets`")
+    data_dir: str | None = Field(None, description="folder with the dataset's files (else $ADVBENCH_DATA, system, cache)")
+    download: bool = True
+    splits: SplitSizes = SplitSizes()
+    seed: int = Field(0, ge=0, description="seed of the train / calibration / test split")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the loader")
+
+
+class SNNLConfig(_Strict):
+    """The Soft Nearest Neighbor Loss term of the composite objective (method.md, eq. 3)."""
+
+    alpha: float = Field(0.0, description="< 0 maximises hidden-layer entanglement, 0 = baseline, > 0 minimises it")
+    layers: list[str] | None = Field(None, description="hidden layers to regularise; null = every hidden layer")
+    temperature: Literal["learned", "reference", "fixed"] = "learned"
+    T0: float = Field(100.0, gt=0, description="initial temperature")
+    temperature_lr: float = Field(0.1, gt=0, description="step size of the temperature update")
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+
+
+class RecipeConfig(_Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=2)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    snnl: SNNLConfig = SNNLConfig()
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=_NAME, description="a label unique within the suite, e.g. 'entangled'")
+    architecture: str = Field(description="a registered model: `advbench list models`")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the architecture")
+    recipe: RecipeConfig = RecipeConfig()
+
+
+class AttackConfig(_Strict):
+    name: str = Field(description="a registered attack: `advbench list attacks`")
+    label: str | None = Field(None, pattern=_NAME, description="report label; defaults to the name")
+    backend: Literal["torchattacks", "foolbox"] | None = None
+    eps: list[Eps] = Field(min_length=1, description="L-inf radii in [0, 1] pixel units; '8/255' accepted")
+    params: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(250, ge=1)
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class TransferConfig(_Strict):
+    enabled: bool = True
+    n_examples: int | None = Field(1000, ge=1, description="test examples attacked per source (null = all)")
+
+
+class DknnConfig(_Strict):
+    enabled: bool = True
+    k: int = Field(75, ge=1)
+    layers: list[str] | None = Field(None, description="layers to index; null = every hidden layer and the logits")
+    calibration_size: int = Field(750, ge=1, description="held-out calibration points, disjoint from train and test")
+    n_examples: int | None = Field(1000, ge=1, description="queries scored per input set (null = all)")
+    index: Literal["exact", "ivf", "hnsw"] = "exact"
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+
+
+class OODConfig(_Strict):
+    dataset: str = Field(description="a registered dataset presented to the models as out-of-distribution")
+    params: dict[str, Any] = Field(default_factory=dict)
+    n_examples: int = Field(1000, ge=1)
+
+
+class EvaluationsConfig(_Strict):
+    transfer: TransferConfig = TransferConfig()
+    dknn: DknnConfig | None = None
+    ood: OODConfig | None = None
+
+
+class ReportConfig(_Strict):
+    output: str = Field("reports/{name}.md", description="Markdown file; {name} is the suite's name")
+    plots: bool = True
+
+
+class Suite(_Strict):
+    """A benchmark suite: a dataset, paired models, seeds, attacks and evaluations."""
+
+    name: str = Field(pattern=_NAME)
+    description: str = ""
+    dataset: DatasetConfig
+    models: list[ModelConfig] = Field(min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    attacks: list[AttackConfig] = Field(default_factory=list)
+    evaluations: EvaluationsConfig = EvaluationsConfig()
+    report: ReportConfig = ReportConfig()
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    cache_dir: str | None = Field(None, description="content-addressed cache; default $ADVBENCH_CACHE or ~/.cache/advbench")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"seeds must be distinct, {dup} repeated; list each seed once")
+        if any(s < 0 for s in v):
+            raise ValueError(f"seeds must be >= 0, got {v}")
+        return v
+
+    @property
+    def calibration_size(self) -> int:
+        d = self.evaluations.dknn
+        return d.calibration_size if d is not None and d.enabled else 0
