@@ -1,0 +1,80 @@
+"""The results of a run as tidy tables, saved with the run and read back by ``advbench report``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from advbench.errors import AdvbenchError
+
+__all__ = ["Results"]
+
+_FILES = {
+    "outcomes": "outcomes.csv.gz",
+    "training": "training.csv",
+    "clean": "clean.csv",
+    "dknn": "dknn.csv",
+    "dknn_examples": "dknn_examples.csv.gz",
+    "gradient_flags": "gradient_flags.csv",
+    "metrics": "transfer_metrics.csv",
+}
+
+
+@dataclass
+class Results:
+    """Everything a report is rendered from.
+
+    * ``outcomes``: one row per (seed, source, attack, eps, target, example) with booleans
+      ``clean_correct``, ``adv_correct``, ``source_success``.
+    * ``metrics``: the tidy transfer table derived from the outcomes (one row per source, target,
+      attack, eps, seed and metric, with its numerator and denominator).
+    * ``training``: per-epoch training history (loss terms, temperatures, probe entanglement) per model and seed.
+    * ``clean``: clean test accuracy per model and seed.
+    * ``dknn`` / ``dknn_examples``: DkNN calibration records and per-example credibility.
+    * ``gradient_flags``: input-gradient checks per model and seed.
+    """
+
+    suite: dict[str, Any]
+    outcomes: pd.DataFrame
+    metrics: pd.DataFrame
+    training: pd.DataFrame
+    clean: pd.DataFrame
+    dknn: pd.DataFrame
+    dknn_examples: pd.DataFrame
+    gradient_flags: pd.DataFrame
+
+    @classmethod
+    def from_parts(cls, *, suite: dict[str, Any], outcomes: pd.DataFrame, **tables: pd.DataFrame) -> Results:
+        from advbench.evaluation.transfer import transfer_metrics
+
+        metrics = transfer_metrics(outcomes) if len(outcomes) else pd.DataFrame()
+        return cls(suite=suite, outcomes=outcomes, metrics=metrics, **tables)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "suite.json").write_text(json.dumps(self.suite, indent=1))
+        for f in fields(self):
+            if f.name in _FILES:
+                getattr(self, f.name).to_csv(folder / _FILES[f.name], index=False)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Results:
+        folder = Path(folder)
+        if not (folder / "suite.json").is_file():
+            raise AdvbenchError(
+                f"{folder}: no saved results (suite.json missing); the run did not finish. "
+                f"Re-run `advbench run` on its suite to complete it"
+            )
+        tables = {}
+        for name, file in _FILES.items():
+            path = folder / file
+            try:
+                tables[name] = pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
+            except pd.errors.EmptyDataError:
+                tables[name] = pd.DataFrame()
+        return cls(suite=json.loads((folder / "suite.json").read_text()), **tables)

@@ -1,0 +1,153 @@
+"""The run directory: the resolved config and a manifest written before the first cell runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from advbench.suite.schema import Suite
+
+__all__ = ["RunDir", "atomic_write_text"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(  # noqa: S603, S607 (fixed command)
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+        dirty = subprocess.run(  # noqa: S603, S607
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True,
+            timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip() or "unknown"
+    return commit + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.is_available(),
+    }
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class RunDir:
+    """``runs/<suite>-<timestamp>/`` with ``config.yaml``, ``manifest.json`` and ``results/``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.results = path / "results"
+        self.manifest_path = path / "manifest.json"
+        self.manifest: dict[str, Any] = {}
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, suite: Suite, *, resume: bool = False) -> RunDir:
+        runs = Path(runs_dir)
+        runs.mkdir(parents=True, exist_ok=True)
+        if resume:
+            latest = cls.latest(runs, suite.name)
+            if latest is not None:
+                rd = cls(latest)
+                rd.manifest = json.loads(rd.manifest_path.read_text())
+                rd.manifest.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+                return rd
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for i in range(1000):
+            path = runs / (f"{suite.name}-{stamp}" + (f"-{i}" if i else ""))
+            try:
+                path.mkdir()  # never reuse (and so never overwrite) an earlier run's folder
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise RuntimeError(f"could not create a fresh run folder under {runs}")
+        rd = cls(path)
+        rd.results.mkdir()
+        return rd
+
+    @staticmethod
+    def latest(runs_dir: Path, name: str) -> Path | None:
+        found = sorted(
+            (p for p in runs_dir.glob(f"{name}-*") if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime
+        )
+        return found[-1] if found else None
+
+    def write_config(self, suite: Suite, source: str) -> None:
+        text = f"# resolved from {source}\n" + yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
+        atomic_write_text(self.path / "config.yaml", text)
+
+    def start(self, suite: Suite, *, source: str, versions: dict[str, str], data: dict[str, Any],
+              plugins: dict[str, Any], cache_dir: str) -> None:
+        self.manifest.update(
+            {
+                "suite": suite.name,
+                "suite_file": source,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "git_commit": _git_commit(),
+                "versions": versions,
+                "seeds": suite.seeds,
+                "data": data,
+                "hardware": hardware(),
+                "plugins": plugins,
+                "cache_dir": cache_dir,
+                "cells": self.manifest.get("cells", {}),
+                "status": "running",
+            }
+        )
+        self.save()
+
+    def record_cell(self, label: str, kind: str, key: str, *, cached: bool, seconds: float) -> None:
+        self.manifest.setdefault("cells", {})[label] = {
+            "kind": kind, "key": key, "cached": cached, "seconds": round(seconds, 3), "node": platform.node(),
+        }
+        self.save()
+
+    def finish(self, wall_s: float, stage_seconds: dict[str, float]) -> None:
+        self.manifest["status"] = "complete"
+        self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.manifest["wall_s"] = round(wall_s, 2)
+        self.manifest["stage_seconds"] = {k: round(v, 2) for k, v in stage_seconds.items()}
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1, sort_keys=True, default=str))
