@@ -25,6 +25,9 @@ class UnknownNameError(AdvbenchError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, list[str], list[str]]]:  # picklable (Ray workers)
+        return (type(self), (self.kind, self.name, self.close, self.available))
+
 
 class DuplicateNameError(AdvbenchError):
     """Two registrations claimed one name."""
@@ -34,9 +37,13 @@ class ConfigError(AdvbenchError):
     """A suite file is malformed; carries every problem found."""
 
     def __init__(self, path: str, problems: list[str]) -> None:
-        self.path, self.problems = path, problems
-        body = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{path}: {len(problems)} problem(s) in the suite:\n{body}")
+        self.path, self.problems = path, list(problems)
+        body = "\n".join(f"  - {p}" for p in self.problems)
+        n = len(self.problems)
+        super().__init__(f"{path}: {n} problem{'s' if n != 1 else ''} in the suite:\n{body}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:  # picklable (Ray workers)
+        return (type(self), (self.path, self.problems))
 
 
 class DataError(AdvbenchError):

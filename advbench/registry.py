@@ -16,6 +16,7 @@ never a crash. Two distributions claiming one name is a :class:`DuplicateNameErr
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import contextvars
 import difflib
@@ -30,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from advbench.errors import DuplicateNameError, UnknownNameError
 
-__all__ = ["Entry", "Registry", "PluginWarning"]
+__all__ = ["Entry", "PluginWarning", "Registry"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,6 +72,7 @@ class Registry(Generic[T]):
         self._loaded = group is None
         self._loading = False
         self.failed_plugins: dict[str, str] = {}
+        self._conflict: DuplicateNameError | None = None
 
     def __repr__(self) -> str:
         return f"Registry(kind={self.kind!r}, group={self.group!r}, n={len(self._entries)})"
@@ -94,7 +96,7 @@ class Registry(Generic[T]):
         """Decorator: ``@registry.register("name")``; the name defaults to the object's ``__name__``."""
 
         def deco(obj: T) -> T:
-            self.add(name or getattr(obj, "__name__", ""), obj, **meta)
+            self.add(name or str(getattr(obj, "__name__", "")), obj, **meta)
             return obj
 
         return deco
@@ -132,7 +134,7 @@ class Registry(Generic[T]):
         self.load_plugins()
         return sorted(n for n in self._entries if fnmatch.fnmatch(n.lower(), pattern.lower()))
 
-    def entries(self, pattern: str = "*") -> list[Entry[T]]:
+    def entries(self, pattern: str = "*") -> builtins.list[Entry[T]]:  # `list` is the method here
         return [self._entries[n] for n in self.list(pattern)]
 
     def __contains__(self, name: object) -> bool:
@@ -148,20 +150,37 @@ class Registry(Generic[T]):
 
     # -- plugins ------------------------------------------------------------------------------
     def load_plugins(self) -> None:
-        """Load the entry-point group once. Broken plugins warn; duplicates raise."""
+        """Load the entry-point group once. Broken plugins warn; duplicates raise.
+
+        Every entry point is tried even when one of them clashes with another, so the error names
+        all the clashes at once; the registry keeps raising it until the clash is resolved.
+        """
+        if self._conflict is not None:
+            raise self._conflict
         if self._loaded or self._loading or self.group is None:
             return
         self._loading = True
+        clashes: list[str] = []
         try:
             eps = sorted(
                 importlib.metadata.entry_points(group=self.group),
                 key=lambda ep: (_dist_name(ep) != "advbench", _dist_name(ep), ep.name),
             )
             for ep in eps:
-                self._load_entry_point(ep)
+                try:
+                    self._load_entry_point(ep)
+                except DuplicateNameError as exc:
+                    clashes.append(str(exc))
         finally:
             self._loading = False
             self._loaded = True
+        if clashes:
+            self._conflict = DuplicateNameError(
+                f"the {self.group!r} entry points clash: " + " ".join(clashes)
+                if len(clashes) > 1
+                else clashes[0]
+            )
+            raise self._conflict
 
     def _load_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
         dist = _dist_name(ep)
@@ -169,6 +188,8 @@ class Registry(Generic[T]):
         try:
             try:
                 obj = ep.load()
+            except DuplicateNameError:
+                raise  # a module plugin registering a taken name: a clash, not a broken plugin
             except Exception as exc:  # a broken plugin must not take advbench down
                 msg = f"{type(exc).__name__}: {exc}"
                 self.failed_plugins[f"{ep.name} ({dist})"] = msg

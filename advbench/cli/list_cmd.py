@@ -77,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
     if not table:
         sys.stdout.write(f"no {args.kind} match {args.pattern!r}\n")
         return 1
-    sys.stdout.write(tabulate(table, headers="keys", tablefmt="github", maxcolwidths=[None] * (len(table[0]) - 1) + [70]) + "\n")
+    widths = [None] * (len(table[0]) - 1) + [70]  # wrap only the parameters column
+    sys.stdout.write(tabulate(table, headers="keys", tablefmt="github", maxcolwidths=widths) + "\n")
     sys.stdout.write(f"\n{len(table)} {args.kind}\n")
     return 0

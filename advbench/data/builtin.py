@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,12 @@ from advbench.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 #: SHA-256 of the official files (identical bytes to Debian's dataset-fashion-mnist package).
@@ -96,12 +102,14 @@ def _missing_message(name: str, looked: list[Path], apt_package: str | None, why
 
 
 def read_idx_dataset(name: str, folder: Path, classes: tuple[str, ...]) -> RawDataset:
-    x_train, y_train, x_test, y_test = (read_idx(folder / f) for f in IDX_FILES)
+    # zlib releases the GIL: the four files decompress side by side
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        x_train, y_train, x_test, y_test = pool.map(read_idx, [folder / f for f in IDX_FILES])
     for xs, ys, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
-        if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
+        if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys) or xs.shape[1:] != x_train.shape[1:]:
             raise DataError(
                 f"{folder}: {split} images {xs.shape} and labels {ys.shape} do not match "
-                f"(expected (N, 28, 28) and (N,)); delete the files and fetch them again"
+                f"(expected (N, H, W) and (N,), the same H, W for train and t10k); replace the files"
             )
         if ys.size and int(ys.max()) >= len(classes):
             raise DataError(f"{folder}: {split} labels go up to {int(ys.max())}, expected < {len(classes)}")
@@ -149,6 +157,8 @@ def digits(*, size: int = 8) -> RawDataset:
     ``size=28`` resizes them (bilinear) to 28x28, e.g. as out-of-distribution inputs for
     Fashion-MNIST models.
     """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise DataError(f"digits: size={size!r}; expected a positive integer (8 = native, 28 = MNIST-sized)")
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -179,6 +189,11 @@ def synthetic(
     *, n: int = 600, num_classes: int = 4, shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0
 ) -> RawDataset:
     """Small generated images: one random prototype per class plus noise (for unit tests)."""
+    if num_classes < 2:
+        raise DataError(f"synthetic: num_classes={num_classes}; expected at least 2")
+    if len(shape) != 3 or any(int(s) < 1 for s in shape):
+        raise DataError(f"synthetic: shape={tuple(shape)}; expected (channels, height, width), each >= 1")
+    shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     if n < 2 * num_classes:
         raise DataError(f"synthetic: n={n} is too small for {num_classes} classes; use n >= {2 * num_classes}")
     rng = np.random.default_rng(seed)

@@ -6,8 +6,8 @@ replace this machine's CPU torch); the format is four header fields and a raw ar
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import http.client
 import logging
 import os
 import struct
@@ -16,17 +16,23 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from advbench.errors import DataError
 
-__all__ = ["read_idx", "download", "sha256_file", "user_cache_dir"]
+__all__ = ["download", "read_idx", "sha256_file", "user_cache_dir"]
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_FIX = (
+    "replace it with a good copy (delete it if it is in the advbench cache and it is downloaded again; "
+    "reinstall the Debian package if it came from one)"
+)
+
+_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def user_cache_dir() -> Path:
@@ -38,25 +44,38 @@ def user_cache_dir() -> Path:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read a (possibly gzipped) IDX file into a numpy array, checking its header against its size."""
     path = Path(path)
+    fix = _FIX
     try:
         raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read this IDX file ({exc}); delete it so it is fetched again") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read this IDX file ({exc}); check its permissions or {fix}") from exc
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            # one zlib call (wbits=31: gzip framing) instead of gzip.decompress's member loop; a bad
+            # CRC or length raises, and a truncated stream or trailing junk is caught below.
+            d = zlib.decompressobj(wbits=31)
+            out = d.decompress(raw)
+            if not d.eof or d.unused_data:
+                raise zlib.error("the gzip stream is truncated" if not d.eof else "junk after the gzip stream")
+            raw = out
+        except zlib.error as exc:
+            raise DataError(f"{path}: not a valid gzip file ({exc}); the file is corrupt: {fix}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()!r}); delete it and fetch it again")
+        raise DataError(
+            f"{path}: not an IDX file (magic number {raw[:4].hex()!r}, expected 0x0000 then a type code "
+            f"and the number of dimensions): {fix}"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header; delete the file and fetch it again")
+        raise DataError(f"{path}: the IDX header is truncated ({len(raw)} bytes): {fix}")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_DTYPES[raw[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
         raise DataError(
             f"{path}: the header announces shape {shape} ({expected} bytes) but the file holds "
-            f"{len(raw) - header} bytes: the file is truncated or corrupt; delete it and fetch it again"
+            f"{len(raw) - header} bytes: the file is truncated or corrupt: {fix}"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
@@ -90,8 +109,8 @@ def download(url: str, dest: str | Path, sha256: str, *, timeout: float = 60.0, 
                             out.write(block)
                             h.update(block)
                             bar.update(len(block))
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                raise DataError(f"could not download {url}: {exc}") from exc
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+                raise DataError(f"could not download {url}: {type(exc).__name__}: {exc}") from exc
             out.flush()
             os.fsync(out.fileno())
         got = h.hexdigest()

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 __all__ = ["credibility_histograms", "entanglement_curves", "reliability_diagram", "transfer_heatmap"]
 
@@ -26,7 +26,9 @@ def transfer_heatmap(matrix: pd.DataFrame, path: Path, *, title: str, fmt: str =
         for j in range(matrix.shape[1]):
             v = matrix.iat[i, j]
             if np.isfinite(v):
-                ax.text(j, i, fmt.format(v), ha="center", va="center", color="white" if v > 0.55 else "black", fontsize=8)
+                ax.text(
+                    j, i, fmt.format(v), ha="center", va="center", color="white" if v > 0.55 else "black", fontsize=8
+                )
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()

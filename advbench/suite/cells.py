@@ -48,18 +48,34 @@ def run_train(runner: Runner, cell: Cell, state: _State) -> bool:
     cached = entry is not None
     if entry is None:
         model = init_model(
-            mcfg.architecture, params=mcfg.params, num_classes=splits.num_classes, input_shape=splits.input_shape,
-            seed=seed, x_train=splits.train.x,
+            mcfg.architecture,
+            params=mcfg.params,
+            num_classes=splits.num_classes,
+            input_shape=splits.input_shape,
+            seed=seed,
+            x_train=splits.train.x,
         )
         result = train_model(
-            model, splits.train.x, splits.train.y, mcfg.recipe, seed=seed, probe=_probe(runner),
-            name=f"{name}/seed{seed}", progress=runner.opt.progress,
+            model,
+            splits.train.x,
+            splits.train.y,
+            mcfg.recipe,
+            seed=seed,
+            probe=_probe(runner),
+            name=f"{name}/seed{seed}",
+            progress=runner.opt.progress,
         )
         card = {
-            "label": name, "architecture": mcfg.architecture, "params": mcfg.params,
-            "recipe": mcfg.recipe.model_dump(), "seed": seed, "data": cell.spec["data"],
-            "versions": cell.spec["versions"], "final": result.history[-1] if result.history else {},
-            "init_weight_hash": result.init_weight_hash, "batch_order_hash": result.batch_order_hash,
+            "label": name,
+            "architecture": mcfg.architecture,
+            "params": mcfg.params,
+            "recipe": mcfg.recipe.model_dump(),
+            "seed": seed,
+            "data": cell.spec["data"],
+            "versions": cell.spec["versions"],
+            "final": result.history[-1] if result.history else {},
+            "init_weight_hash": result.initial_weights_hash,
+            "batch_order_hash": result.batch_order_hash,
         }
         with runner.cache.writer("train", cell.key, {"label": cell.label}) as folder:
             save_checkpoint(result.model, folder / "checkpoint", card)
@@ -78,11 +94,13 @@ def run_train(runner: Runner, cell: Cell, state: _State) -> bool:
     idx = torch.from_numpy(runner.transfer_indices())
     acc_full = _accuracy(model, test.x, test.y, runner.device)
     state.clean.append({"model": name, "seed": seed, "test_accuracy": acc_full, "n": len(test)})
-    from advbench.evaluation.flags import gradient_flags
+    from advbench.evaluation.flags import flags_frame, gradient_flags
 
-    flags = gradient_flags(model, test.x[idx[:256]].to(runner.device), test.y[idx[:256]].to(runner.device), name=name)
-    if flags is not None and len(flags):
-        state.flags.append(pd.DataFrame(flags).assign(seed=seed))
+    flags = gradient_flags(
+        model, test.x[idx[:256]].to(runner.device), test.y[idx[:256]].to(runner.device), name=name, seed=seed
+    )
+    if flags:
+        state.flags.append(flags_frame(flags))
     return cached
 
 
@@ -121,8 +139,9 @@ def run_attack(runner: Runner, cell: Cell, state: _State) -> bool:
     x, y = test.x[idx].to(runner.device), test.y[idx].to(runner.device)
     attack = create_attack(acfg.name, backend=acfg.backend, **acfg.params)
     t0 = time.perf_counter()
-    res = generate(model, attack, x, y, ThreatModel(eps=eps), batch_size=acfg.batch_size, seed=seed,
-                   progress=runner.opt.progress)
+    res = generate(
+        model, attack, x, y, ThreatModel(eps=eps), batch_size=acfg.batch_size, seed=seed, progress=runner.opt.progress
+    )
     tensors = {
         "x_adv": res.x_adv.detach().cpu().contiguous(),
         "success": res.success.detach().cpu().to(torch.uint8).contiguous(),
@@ -154,9 +173,15 @@ def run_transfer(runner: Runner, cell: Cell, state: _State) -> bool:
     idx = adv["indices"].long()
     targets = {m.name: state.models[(m.name, seed)] for m in runner.suite.models}
     df = outcomes_for(
-        seed=seed, source=source, attack=akey, eps=eps, x_clean=test.x[idx].to(runner.device),
-        x_adv=adv["x_adv"].to(runner.device), y=test.y[idx].to(runner.device), targets=targets,
-        source_success=adv["success"].bool(), examples=idx.numpy(),
+        seed=seed,
+        source=source,
+        attack=akey,
+        eps=eps,
+        x_clean=test.x[idx].to(runner.device),
+        x_adv=adv["x_adv"].to(runner.device),
+        y=test.y[idx].to(runner.device),
+        targets=targets,
+        examples=idx.numpy(),
     )
     with runner.cache.writer("transfer", cell.key, {"label": cell.label}) as folder:
         df.to_csv(folder / "outcomes.csv.gz", index=False)
@@ -245,13 +270,50 @@ def run_dknn_score(runner: Runner, cell: Cell, state: _State) -> bool:
         if s != seed:
             continue
         sets[f"{akey}@{eps:g} from {source}"] = {
-            "x": adv["x_adv"][:n], "y": y, "kind": "adversarial", "source": source, "attack": akey, "eps": eps,
+            "x": adv["x_adv"][:n],
+            "y": y,
+            "kind": "adversarial",
+            "source": source,
+            "attack": akey,
+            "eps": eps,
         }
     ood = _ood_set(runner)
     if ood is not None:
         sets["ood"] = {"x": ood[0], "y": ood[1], "kind": "ood"}
     outputs = {k: dknn.predict(v["x"].to(runner.device)) for k, v in sets.items()}
-    records, examples = calibration_records(outputs=outputs, sets=sets, model=name, seed=seed)
+    rows: list[dict[str, Any]] = []
+    frames = []
+    clean_cred = outputs["clean"].credibility
+    for set_name, info in sets.items():
+        out = outputs[set_name]
+        labels = None if info["kind"] == "ood" else info["y"].numpy()
+        extra = {k: info[k] for k in ("source", "attack", "eps") if k in info} | {"kind": info["kind"]}
+        rows += calibration_records(
+            model=name,
+            seed=seed,
+            input_set=set_name,
+            prediction=out.prediction,
+            credibility=out.credibility,
+            labels=labels,
+            clean_credibility=None if set_name == "clean" else clean_cred,
+            extra=extra,
+        )
+        correct = out.prediction == labels if labels is not None else np.zeros(len(out), dtype=bool)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": name,
+                    "seed": seed,
+                    "input_set": set_name,
+                    "kind": info["kind"],
+                    "credibility": out.credibility,
+                    "confidence": out.confidence,
+                    "prediction": out.prediction,
+                    "correct": correct,
+                }
+            )
+        )
+    records, examples = pd.DataFrame(rows), pd.concat(frames, ignore_index=True)
     with runner.cache.writer("dknn-score", cell.key, {"label": cell.label}) as folder:
         records.to_csv(folder / "records.csv", index=False)
         examples.to_csv(folder / "examples.csv.gz", index=False)

@@ -75,11 +75,18 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
     n_train = len(splits.train)
     for seed in suite.seeds:
         for m in suite.models:
-            spec = {"model": _model_spec(m), "seed": seed, "data": data, "versions": {**core, "safetensors": versions["safetensors"]}}
+            spec = {
+                "model": _model_spec(m),
+                "seed": seed,
+                "data": data,
+                "versions": {**core, "safetensors": versions["safetensors"]},
+            }
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
             work = n_train * m.recipe.epochs / _TRAIN_IMAGES_PER_S * (1.6 if m.recipe.snnl.alpha else 1.0)
-            cells.append(Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed}))
+            cells.append(
+                Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
+            )
     attack_keys: dict[tuple[int, str, str, float], str] = {}
     for seed in suite.seeds:
         for m in suite.models:
@@ -87,42 +94,87 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                 lib = {k: versions[k] for k in ("torchattacks", "foolbox")}
                 for eps in a.eps:
                     spec = {
-                        "source": train_keys[(m.name, seed)], "attack": a.model_dump(exclude={"eps", "label"}),
-                        "eps": eps, "n": n_transfer, "seed": seed, "data": data, "versions": {**core, **lib},
+                        "source": train_keys[(m.name, seed)],
+                        "attack": a.model_dump(exclude={"eps", "label"}),
+                        "eps": eps,
+                        "n": n_transfer,
+                        "seed": seed,
+                        "data": data,
+                        "versions": {**core, **lib},
                     }
                     key = cache_key("attack", spec)
                     attack_keys[(seed, m.name, a.key, eps)] = key
                     work = n_transfer * _attack_steps(a) / _ATTACK_STEPS_IMAGES_PER_S
-                    cells.append(Cell(
-                        "attack", f"attack {a.key} eps={eps:g} on {m.name} seed={seed}", key,
-                        [train_keys[(m.name, seed)]], spec, work,
-                        {"model": m.name, "seed": seed, "attack": a.key, "eps": eps},
-                    ))
+                    cells.append(
+                        Cell(
+                            "attack",
+                            f"attack {a.key} eps={eps:g} on {m.name} seed={seed}",
+                            key,
+                            [train_keys[(m.name, seed)]],
+                            spec,
+                            work,
+                            {"model": m.name, "seed": seed, "attack": a.key, "eps": eps},
+                        )
+                    )
     if suite.evaluations.transfer.enabled:
         for (seed, source, attack, eps), akey in attack_keys.items():
             targets = {m.name: train_keys[(m.name, seed)] for m in suite.models}
             spec = {"adv": akey, "targets": targets, "versions": core}
-            cells.append(Cell(
-                "transfer", f"transfer {attack} eps={eps:g} from {source} seed={seed}", cache_key("transfer", spec),
-                [akey, *targets.values()], spec, 0.05 * len(targets),
-                {"seed": seed, "source": source, "attack": attack, "eps": eps},
-            ))
+            cells.append(
+                Cell(
+                    "transfer",
+                    f"transfer {attack} eps={eps:g} from {source} seed={seed}",
+                    cache_key("transfer", spec),
+                    [akey, *targets.values()],
+                    spec,
+                    0.05 * len(targets),
+                    {"seed": seed, "source": source, "attack": attack, "eps": eps},
+                )
+            )
     dk = suite.evaluations.dknn
     if dk is not None and dk.enabled:
         for seed in suite.seeds:
             for m in suite.models:
-                ispec = {"model": train_keys[(m.name, seed)], "dknn": dk.model_dump(exclude={"n_examples"}), "data": data,
-                         "versions": {**core, "faiss": versions["faiss-cpu"]}}
+                ispec = {
+                    "model": train_keys[(m.name, seed)],
+                    "dknn": dk.model_dump(exclude={"n_examples"}),
+                    "data": data,
+                    "versions": {**core, "faiss": versions["faiss-cpu"]},
+                }
                 ikey = cache_key("dknn-index", ispec)
-                cells.append(Cell("dknn-index", f"dknn index {m.name} seed={seed}", ikey, [train_keys[(m.name, seed)]],
-                                  ispec, n_train / 5000.0, {"model": m.name, "seed": seed}))
+                cells.append(
+                    Cell(
+                        "dknn-index",
+                        f"dknn index {m.name} seed={seed}",
+                        ikey,
+                        [train_keys[(m.name, seed)]],
+                        ispec,
+                        n_train / 5000.0,
+                        {"model": m.name, "seed": seed},
+                    )
+                )
                 adv = sorted(k for (s, *_), k in attack_keys.items() if s == seed)
                 ood = suite.evaluations.ood.model_dump() if suite.evaluations.ood else None
-                sspec = {"index": ikey, "adv": adv, "ood": ood, "n": n_dknn, "n_ood": n_ood, "versions": ispec["versions"]}
+                sspec = {
+                    "index": ikey,
+                    "adv": adv,
+                    "ood": ood,
+                    "n": n_dknn,
+                    "n_ood": n_ood,
+                    "versions": ispec["versions"],
+                }
                 n_sets = 1 + len(adv) + (1 if ood else 0)
-                cells.append(Cell("dknn-score", f"dknn score {m.name} seed={seed} ({n_sets} input sets)",
-                                  cache_key("dknn-score", sspec), [ikey, *adv], sspec,
-                                  n_sets * n_dknn * n_train / 2.0e7, {"model": m.name, "seed": seed}))
+                cells.append(
+                    Cell(
+                        "dknn-score",
+                        f"dknn score {m.name} seed={seed} ({n_sets} input sets)",
+                        cache_key("dknn-score", sspec),
+                        [ikey, *adv],
+                        sspec,
+                        n_sets * n_dknn * n_train / 2.0e7,
+                        {"model": m.name, "seed": seed},
+                    )
+                )
     return Plan(suite, cells)
 
 
@@ -134,7 +186,12 @@ def _model_spec(m: ModelConfig) -> dict[str, Any]:
 def describe_plan(plan: Plan, cache: Cache) -> list[dict[str, Any]]:
     """One row per cell: kind, label, cached or not, estimated seconds (for ``advbench run --plan``)."""
     return [
-        {"kind": c.kind, "cell": c.label, "cached": cache.exists(c.kind, c.key), "estimate_s": round(c.estimate_s, 1),
-         "key": c.key[:12]}
+        {
+            "kind": c.kind,
+            "cell": c.label,
+            "cached": cache.exists(c.kind, c.key),
+            "estimate_s": round(c.estimate_s, 1),
+            "key": c.key[:12],
+        }
         for c in plan.cells
     ]

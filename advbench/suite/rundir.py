@@ -36,12 +36,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 def _git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(  # noqa: S603, S607 (fixed command)
+        out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
         )
-        dirty = subprocess.run(  # noqa: S603, S607
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True,
-            timeout=5, check=False,
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -116,8 +120,16 @@ class RunDir:
         text = f"# resolved from {source}\n" + yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
         atomic_write_text(self.path / "config.yaml", text)
 
-    def start(self, suite: Suite, *, source: str, versions: dict[str, str], data: dict[str, Any],
-              plugins: dict[str, Any], cache_dir: str) -> None:
+    def start(
+        self,
+        suite: Suite,
+        *,
+        source: str,
+        versions: dict[str, str],
+        data: dict[str, Any],
+        plugins: dict[str, Any],
+        cache_dir: str,
+    ) -> None:
         self.manifest.update(
             {
                 "suite": suite.name,
@@ -138,7 +150,11 @@ class RunDir:
 
     def record_cell(self, label: str, kind: str, key: str, *, cached: bool, seconds: float) -> None:
         self.manifest.setdefault("cells", {})[label] = {
-            "kind": kind, "key": key, "cached": cached, "seconds": round(seconds, 3), "node": platform.node(),
+            "kind": kind,
+            "key": key,
+            "cached": cached,
+            "seconds": round(seconds, 3),
+            "node": platform.node(),
         }
         self.save()
 

@@ -1,17 +1,261 @@
-"""Runs a suite: plan, cache, execute cells, report."""
+"""Run a suite: validate, plan, execute cells through the cache, save tidy results, render the report.
+
+Every cell's output goes through :class:`~advbench.suite.cache.Cache` (atomic, checksummed), so a
+run killed at any moment resumes with the same command and recomputes only unfinished cells.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from advbench.errors import AdvbenchError
+import numpy as np
+import pandas as pd
+import torch
+from tabulate import tabulate
+from tqdm.auto import tqdm
+
+from advbench.data import Splits, load_dataset, make_splits
+from advbench.errors import AdvbenchError, ConfigError
+from advbench.models import Classifier
+from advbench.suite.cache import Cache, default_cache_dir
+from advbench.suite.plan import Cell, Plan, build_plan, describe_plan, library_versions
+from advbench.suite.rundir import RunDir
+from advbench.suite.schema import Suite
 from advbench.suite.validate import load_suite
+
+if TYPE_CHECKING:
+    from advbench.reports.results import Results
+
+__all__ = ["RunOptions", "Runner", "report_from_cli", "run_from_cli"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    runs_dir: str = "runs"
+    cache_dir: str | None = None
+    data_dir: str | None = None
+    device: str | None = None
+    report: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class _State:
+    models: dict[tuple[str, int], Classifier] = field(default_factory=dict)
+    adv: dict[tuple[int, str, str, float], dict[str, torch.Tensor]] = field(default_factory=dict)
+    outcomes: list[pd.DataFrame] = field(default_factory=list)
+    histories: list[pd.DataFrame] = field(default_factory=list)
+    clean: list[dict[str, Any]] = field(default_factory=list)
+    dknn: list[pd.DataFrame] = field(default_factory=list)
+    dknn_examples: list[pd.DataFrame] = field(default_factory=list)
+    flags: list[pd.DataFrame] = field(default_factory=list)
+    cards: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Runner:
+    """Executes a validated suite."""
+
+    def __init__(self, suite: Suite, *, source: str = "<suite>", options: RunOptions | None = None) -> None:
+        self.suite = suite
+        self.source = source
+        self.opt = options or RunOptions()
+        self.cache = Cache(self.opt.cache_dir or suite.cache_dir or default_cache_dir())
+        self.device = _device(self.opt.device or suite.device)
+        self.stage_seconds: dict[str, float] = defaultdict(float)
+        self._splits: Splits | None = None
+        self.plan_cells: dict[str, dict[tuple[Any, Any], Cell]] = {}
+
+    # -- data ---------------------------------------------------------------------------------
+    def splits(self) -> Splits:
+        if self._splits is None:
+            d = self.suite.dataset
+            raw = load_dataset(d.name, data_dir=self.opt.data_dir or d.data_dir, **d.params)
+            self._splits = make_splits(
+                raw, train=d.splits.train, calibration=self.suite.calibration_size, test=d.splits.test, seed=d.seed
+            )
+        return self._splits
+
+    def transfer_indices(self) -> np.ndarray:
+        """The fixed test subset every attack and evaluation uses (the same for every seed)."""
+        n_test = len(self.splits().test)
+        n = min(self.suite.evaluations.transfer.n_examples or n_test, n_test)
+        rng = np.random.default_rng(self.suite.dataset.seed + 1)
+        return np.sort(rng.permutation(n_test)[:n]) if n < n_test else np.arange(n_test)
+
+    def n_dknn(self) -> int:
+        dk = self.suite.evaluations.dknn
+        n = len(self.transfer_indices())
+        return min(dk.n_examples or n, n) if dk is not None else 0
+
+    def plan(self) -> Plan:
+        ood = self.suite.evaluations.ood
+        return build_plan(
+            self.suite,
+            self.splits(),
+            n_transfer=len(self.transfer_indices()),
+            n_dknn=self.n_dknn(),
+            n_ood=ood.n_examples if ood else 0,
+        )
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> RunDir:
+        t0 = time.perf_counter()
+        from advbench.attacks import ATTACKS
+
+        run_dir = RunDir.create(self.opt.runs_dir, self.suite, resume=self.opt.resume)
+        run_dir.write_config(self.suite, self.source)
+        splits = self.splits()
+        plan = self.plan()
+        self.plan_cells = {
+            kind: {(c.params.get("model"), c.params.get("seed")): c for c in plan.by_kind(kind)}
+            for kind in ("train", "dknn-index")
+        }
+        run_dir.start(
+            self.suite,
+            source=self.source,
+            versions=library_versions(),
+            cache_dir=str(self.cache.root),
+            data={
+                "dataset": splits.dataset,
+                "hashes": splits.hashes,
+                "sizes": {"train": len(splits.train), "calibration": len(splits.calibration), "test": len(splits.test)},
+                "transfer_examples": len(self.transfer_indices()),
+            },
+            plugins={e.name: e.source for e in ATTACKS.entries() if e.source not in ("advbench", "user")}
+            | {"failed": ATTACKS.failed_plugins},
+        )
+        log.info("run folder %s; %d cells; cache %s", run_dir.path, len(plan.cells), self.cache.root)
+        self.cache.sweep_tmp()
+        state = _State()
+        hits = 0
+        bar = tqdm(plan.cells, desc=f"suite {self.suite.name}", unit="cell", disable=not self.opt.progress)
+        for cell in bar:
+            bar.set_postfix_str(cell.label[:60])
+            start = time.perf_counter()
+            cached = self._execute(cell, state)
+            seconds = time.perf_counter() - start
+            hits += cached
+            self.stage_seconds[cell.kind] += seconds
+            run_dir.record_cell(cell.label, cell.kind, cell.key, cached=cached, seconds=seconds)
+        bar.close()
+        results = self._collect(state)
+        results.save(run_dir.results)
+        wall = time.perf_counter() - t0
+        run_dir.finish(wall, dict(self.stage_seconds))
+        self._render(results, run_dir)
+        self._summary(plan, hits, wall, run_dir)
+        return run_dir
+
+    def _summary(self, plan: Plan, hits: int, wall: float, run_dir: RunDir) -> None:
+        rows = [
+            {"stage": k, "cells": len(plan.by_kind(k)), "seconds": round(v, 1)} for k, v in self.stage_seconds.items()
+        ]
+        log.info("stages:\n%s", tabulate(rows, headers="keys", tablefmt="simple"))
+        log.info(
+            "%d cells: %d from cache, %d computed; %.1f s; results in %s",
+            len(plan.cells),
+            hits,
+            len(plan.cells) - hits,
+            wall,
+            run_dir.path,
+        )
+        if self.cache.corrupt_found:
+            log.warning(
+                "recomputed %d corrupt cache entries: %s", len(self.cache.corrupt_found), self.cache.corrupt_found
+            )
+
+    def _execute(self, cell: Cell, state: _State) -> bool:
+        from advbench.suite import cells
+
+        handler = getattr(cells, "run_" + cell.kind.replace("-", "_"))
+        return bool(handler(self, cell, state))
+
+    def _collect(self, state: _State) -> Results:
+        from advbench.reports.results import Results
+
+        return Results.from_parts(
+            suite=self.suite.model_dump(mode="json"),
+            outcomes=pd.concat(state.outcomes, ignore_index=True) if state.outcomes else pd.DataFrame(),
+            training=pd.concat(state.histories, ignore_index=True) if state.histories else pd.DataFrame(),
+            clean=pd.DataFrame(state.clean),
+            dknn=pd.concat(state.dknn, ignore_index=True) if state.dknn else pd.DataFrame(),
+            dknn_examples=pd.concat(state.dknn_examples, ignore_index=True) if state.dknn_examples else pd.DataFrame(),
+            gradient_flags=pd.concat(state.flags, ignore_index=True) if state.flags else pd.DataFrame(),
+        )
+
+    def _render(self, results: Results, run_dir: RunDir) -> None:
+        from advbench.reports.markdown import write_report
+
+        out = Path(self.opt.report or self.suite.report.output.format(name=self.suite.name))
+        manifest = dict(run_dir.manifest)
+        manifest["run_dir"] = str(run_dir.path)
+        write_report(results, out, manifest=manifest, plots=self.suite.report.plots)
+        log.info("report written to %s", out)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AdvbenchError("device: cuda was asked for but torch sees no GPU; set device: cpu or auto")
+    return torch.device(name)
+
+
+# -- CLI glue ----------------------------------------------------------------------------------
 
 
 def run_from_cli(args: argparse.Namespace) -> int:
-    load_suite(args.file)
-    raise AdvbenchError("the suite is valid, but the runner is not built yet (issue 7); nothing was run")
+    suite = load_suite(args.file)
+    if args.executor != "local":
+        raise ConfigError(args.file, ["--executor ray is not available yet; use the default local executor"])
+    opts = RunOptions(
+        runs_dir=args.runs_dir,
+        cache_dir=args.cache_dir,
+        data_dir=args.data_dir,
+        device=args.device,
+        report=args.report,
+        resume=args.resume,
+        progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
+    )
+    runner = Runner(suite, source=args.file, options=opts)
+    if args.plan:
+        plan = runner.plan()
+        rows = describe_plan(plan, runner.cache)
+        todo = [r for r in rows if not r["cached"]]
+        sys.stdout.write(tabulate(rows, headers="keys", tablefmt="github") + "\n\n")
+        sys.stdout.write(
+            f"{len(rows)} cells, {len(rows) - len(todo)} cached, {len(todo)} to compute; "
+            f"estimated {sum(r['estimate_s'] for r in todo) / 60:.1f} min of work on a 2-core CPU "
+            f"(cache: {runner.cache.root})\n"
+        )
+        return 0
+    runner.run()
+    return 0
 
 
 def report_from_cli(args: argparse.Namespace) -> int:
-    raise AdvbenchError("reports are not built yet (issue 7)")
+    from advbench.reports.markdown import write_report
+    from advbench.reports.results import Results
+
+    run_dir = Path(args.run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise AdvbenchError(f"{run_dir}: no manifest.json; expected a folder written by `advbench run`")
+    manifest = json.loads(manifest_path.read_text())
+    results = Results.load(run_dir / "results")
+    out = Path(args.output or results.suite["report"]["output"].format(name=results.suite["name"]))
+    manifest["run_dir"] = str(run_dir)
+    write_report(results, out, manifest=manifest, plots=results.suite["report"].get("plots", True))
+    sys.stdout.write(f"report written to {out}\n")
+    return 0

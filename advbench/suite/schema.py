@@ -33,77 +33,92 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def parse_eps(value: Any) -> float:
-    """Parse an eps given as a number (``0.1``) or a fraction string (``"8/255"``) into [0, 1] pixels."""
+    """Parse an eps given as a number (``0.1``) or a fraction string (``"8/255"``) into [0, 1] pixels.
+
+    Fractions are computed exactly, so ``"8/255"`` gives the same float as ``8 / 255``.
+    """
+    expected = "expected a number in [0, 1] or a fraction like '8/255'"
     if isinstance(value, bool):
-        raise ValueError(f"expected a number in [0, 1] or a fraction like '8/255', got the boolean {value}")
+        raise ValueError(f"eps {value!r}: {expected}, not a boolean")
     if isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"\d+(\.\d*)?(\s*/\s*\d+(\.\d*)?)?", text):
-            raise ValueError(f"expected a number in [0, 1] or a fraction like '8/255', got {value!r}")
-        try:
-            num, _, den = text.partition("/")
-            value = float(Fraction(num.strip()) / Fraction(den.strip())) if den else float(num)
-        except ZeroDivisionError:
-            raise ValueError(f"{value!r} divides by zero; write eps like '8/255'") from None
+        if not re.fullmatch(r"(\d+(\.\d*)?|\.\d+)(\s*/\s*(\d+(\.\d*)?|\.\d+))?", text):
+            raise ValueError(f"eps {value!r}: {expected}")
+        num, _, den = text.partition("/")
+        if den and Fraction(den.strip()) == 0:
+            raise ValueError(f"eps {value!r} divides by zero: {expected}")
+        value = float(Fraction(num.strip()) / Fraction(den.strip())) if den else float(num)
     if not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number in [0, 1] or a fraction like '8/255', got {value!r}")
+        raise ValueError(f"eps {value!r}: {expected}")
     value = float(value)
-    if not 0.0 <= value <= 1.0 or value != value:
+    if not 0.0 <= value <= 1.0:  # also rejects nan
+        hint = f"; write {value:g}/255, not {value:g}" if 1.0 < value <= 255.0 else ""
         raise ValueError(
-            f"eps {value} is outside [0, 1]; eps is in pixel units of inputs scaled to [0, 1] (write 8/255, not 8)"
+            f"eps {value:g} is outside [0, 1]: eps is in pixel units of inputs scaled to [0, 1]{hint}"
         )
     return value
 
 
+def _no_bool(value: Any) -> Any:
+    """YAML reads ``yes``/``true`` as booleans; pydantic would silently take them as 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"given {value!r}, a boolean; expected a number (YAML reads yes/no/true/false as booleans)")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
 Eps = Annotated[float, BeforeValidator(parse_eps)]
 
 
 class SplitSizes(_Strict):
     """Numbers of examples per split; ``null`` takes all that is left."""
 
-    train: int | None = Field(None, ge=1)
-    test: int | None = Field(None, ge=1)
+    train: Int | None = Field(None, ge=1)
+    test: Int | None = Field(None, ge=1)
 
 
 class DatasetConfig(_Strict):
     name: str = Field(description="a registered dataset: `advbench list datasets`")
-    data_dir: str | None = Field(None, description="folder with the dataset's files (else $ADVBENCH_DATA, system, cache)")
+    data_dir: str | None = Field(
+        None, description="folder with the dataset's files (else $ADVBENCH_DATA, system, cache)"
+    )
     download: bool = True
-    splits: SplitSizes = SplitSizes()
-    seed: int = Field(0, ge=0, description="seed of the train / calibration / test split")
+    splits: SplitSizes = Field(default_factory=SplitSizes)
+    seed: Int = Field(0, ge=0, description="seed of the train / calibration / test split")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the loader")
 
 
 class SNNLConfig(_Strict):
     """The Soft Nearest Neighbor Loss term of the composite objective (method.md, eq. 3)."""
 
-    alpha: float = Field(0.0, description="< 0 maximises hidden-layer entanglement, 0 = baseline, > 0 minimises it")
+    alpha: Float = Field(0.0, description="< 0 maximises hidden-layer entanglement, 0 = baseline, > 0 minimises it")
     layers: list[str] | None = Field(None, description="hidden layers to regularise; null = every hidden layer")
     temperature: Literal["learned", "reference", "fixed"] = "learned"
-    T0: float = Field(100.0, gt=0, description="initial temperature")
-    temperature_lr: float = Field(0.1, gt=0, description="step size of the temperature update")
+    T0: Float = Field(100.0, gt=0, description="initial temperature")
+    temperature_lr: Float = Field(0.1, gt=0, description="step size of the temperature update")
     distance: Literal["euclidean", "cosine"] = "euclidean"
 
 
 class RecipeConfig(_Strict):
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(128, ge=2)
+    epochs: Int = Field(5, ge=1)
+    batch_size: Int = Field(128, ge=2)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    snnl: SNNLConfig = SNNLConfig()
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = Field(0.0, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    snnl: SNNLConfig = Field(default_factory=SNNLConfig)
 
 
 class ModelConfig(_Strict):
     name: str = Field(pattern=_NAME, description="a label unique within the suite, e.g. 'entangled'")
     architecture: str = Field(description="a registered model: `advbench list models`")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the architecture")
-    recipe: RecipeConfig = RecipeConfig()
+    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
 
 
 class AttackConfig(_Strict):
@@ -112,7 +127,15 @@ class AttackConfig(_Strict):
     backend: Literal["torchattacks", "foolbox"] | None = None
     eps: list[Eps] = Field(min_length=1, description="L-inf radii in [0, 1] pixel units; '8/255' accepted")
     params: dict[str, Any] = Field(default_factory=dict)
-    batch_size: int = Field(250, ge=1)
+    batch_size: Int = Field(250, ge=1)
+
+    @field_validator("eps")
+    @classmethod
+    def _distinct_eps(cls, v: list[float]) -> list[float]:
+        dup = sorted({e for e in v if v.count(e) > 1})
+        if dup:
+            raise ValueError(f"eps {[f'{e:g}' for e in dup]} repeated: expected distinct radii; list each eps once")
+        return v
 
     @property
     def key(self) -> str:
@@ -121,15 +144,15 @@ class AttackConfig(_Strict):
 
 class TransferConfig(_Strict):
     enabled: bool = True
-    n_examples: int | None = Field(1000, ge=1, description="test examples attacked per source (null = all)")
+    n_examples: Int | None = Field(1000, ge=1, description="test examples attacked per source (null = all)")
 
 
 class DknnConfig(_Strict):
     enabled: bool = True
-    k: int = Field(75, ge=1)
+    k: Int = Field(75, ge=1)
     layers: list[str] | None = Field(None, description="layers to index; null = every hidden layer and the logits")
-    calibration_size: int = Field(750, ge=1, description="held-out calibration points, disjoint from train and test")
-    n_examples: int | None = Field(1000, ge=1, description="queries scored per input set (null = all)")
+    calibration_size: Int = Field(750, ge=1, description="held-out calibration points, disjoint from train and test")
+    n_examples: Int | None = Field(1000, ge=1, description="queries scored per input set (null = all)")
     index: Literal["exact", "ivf", "hnsw"] = "exact"
     distance: Literal["euclidean", "cosine"] = "euclidean"
 
@@ -137,11 +160,11 @@ class DknnConfig(_Strict):
 class OODConfig(_Strict):
     dataset: str = Field(description="a registered dataset presented to the models as out-of-distribution")
     params: dict[str, Any] = Field(default_factory=dict)
-    n_examples: int = Field(1000, ge=1)
+    n_examples: Int = Field(1000, ge=1)
 
 
 class EvaluationsConfig(_Strict):
-    transfer: TransferConfig = TransferConfig()
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
     dknn: DknnConfig | None = None
     ood: OODConfig | None = None
 
@@ -158,21 +181,24 @@ class Suite(_Strict):
     description: str = ""
     dataset: DatasetConfig
     models: list[ModelConfig] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Int] = Field([0], min_length=1)
     attacks: list[AttackConfig] = Field(default_factory=list)
-    evaluations: EvaluationsConfig = EvaluationsConfig()
-    report: ReportConfig = ReportConfig()
+    evaluations: EvaluationsConfig = Field(default_factory=EvaluationsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    cache_dir: str | None = Field(None, description="content-addressed cache; default $ADVBENCH_CACHE or ~/.cache/advbench")
+    cache_dir: str | None = Field(
+        None, description="content-addressed cache; default $ADVBENCH_CACHE or ~/.cache/advbench"
+    )
 
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
         dup = sorted({s for s in v if v.count(s) > 1})
         if dup:
-            raise ValueError(f"seeds must be distinct, {dup} repeated; list each seed once")
-        if any(s < 0 for s in v):
-            raise ValueError(f"seeds must be >= 0, got {v}")
+            raise ValueError(f"seeds {dup} repeated: expected distinct seeds; list each seed once")
+        neg = [s for s in v if s < 0]
+        if neg:
+            raise ValueError(f"seeds {neg}: expected seeds >= 0")
         return v
 
     @property

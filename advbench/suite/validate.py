@@ -1,70 +1,111 @@
 """Load and validate a suite file, reporting every problem at once before anything runs.
 
-Each problem names the file, the line, the field path, what was given, what was expected and a
-hint; unknown registry names come with close matches (in the spirit of torchtune's ``validate``).
+Each problem is one line, ``FILE:LINE: FIELD: given ...; expected ...; hint``, so an editor can jump
+to it; unknown registry names come with close matches (in the spirit of torchtune's ``validate``).
+Validation reads the file and the registries only: nothing is run, downloaded or written.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from advbench.errors import ConfigError, UnknownNameError
 from advbench.suite.schema import Suite
 
-__all__ = ["load_suite", "validate_suite_dict", "check_params"]
+__all__ = ["check_params", "load_suite", "validate_suite_dict"]
 
 PathT = tuple[str | int, ...]
+
+_TOP_KEYS = ", ".join(repr(k) for k in Suite.model_fields)
 
 
 def load_suite(path: str | Path) -> Suite:
     """Read, parse and fully validate a suite file; raises :class:`ConfigError` with all problems."""
     path = Path(path)
+    src = str(path)
+    if path.is_dir():
+        raise ConfigError(src, [f"{src}: given a folder; expected a suite file (e.g. suites/quick.yaml)"])
     if not path.is_file():
         hint = "" if path.suffix in (".yaml", ".yml") else " (suite files end in .yaml)"
-        raise ConfigError(str(path), [f"the file does not exist{hint}; check the path"])
+        raise ConfigError(src, [f"{src}: the file does not exist{hint}; check the path"])
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [f"cannot read the file: {exc}"]) from exc
+        raise ConfigError(src, [f"{src}: cannot read the file ({exc}); expected a UTF-8 YAML file"]) from exc
     try:
+        lines, duplicates = _line_map(text)
         data = yaml.safe_load(text)
-        lines = _line_map(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        where = f"{src}:{mark.line + 1}:{mark.column + 1}" if mark is not None else src
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(path), [f"{where}invalid YAML: {problem}; fix the syntax"]) from exc
-    return validate_suite_dict(data, source=str(path), lines=lines)
+        context = getattr(exc, "context", None)
+        what = f"{problem} ({context})" if context else problem
+        raise ConfigError(
+            src,
+            [f"{where}: invalid YAML: {what}; fix the syntax (indent with spaces; quote strings holding ': ' or '#')"],
+        ) from exc
+    return validate_suite_dict(data, source=src, lines=lines, _extra=duplicates)
 
 
-def validate_suite_dict(data: Any, *, source: str = "<suite>", lines: dict[PathT, int] | None = None) -> Suite:
+def validate_suite_dict(
+    data: Any,
+    *,
+    source: str = "<suite>",
+    lines: dict[PathT, int] | None = None,
+    _extra: list[tuple[PathT, str]] | None = None,
+) -> Suite:
     """Validate an already-parsed suite (a dict) against the schema and the registries."""
-    lines = lines or {}
+    report = _Problems(source, lines or {})
     if not isinstance(data, dict):
-        got = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(source, [f"expected a mapping with keys like 'name', 'dataset', 'models', got {got}"])
-    problems: list[str] = []
+        got = "an empty file" if data is None else f"a {_kind_of(data)}"
+        report.add((), f"given {got}; expected a mapping with the keys {_TOP_KEYS} (see suites/quick.yaml)")
+        raise ConfigError(source, report.items)
+    for loc, msg in _extra or ():
+        report.add(loc, msg)
     suite: Suite | None = None
     try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
-            problems.append(_format_pydantic(err, data, lines))
-    problems += _semantic_problems(data, lines)
-    if problems:
-        raise ConfigError(source, problems)
-    assert suite is not None
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            report.add(loc, _pydantic_message(err, loc))
+    _semantic_problems(data, report)
+    if report.items or suite is None:
+        raise ConfigError(source, report.items)
     return suite
 
 
 # -- formatting -------------------------------------------------------------------------------
+
+
+class _Problems:
+    """Collects problems as ``FILE:LINE: FIELD: message`` lines, in the order found."""
+
+    def __init__(self, source: str, lines: dict[PathT, int]) -> None:
+        self.source, self.lines = source, lines
+        self.items: list[str] = []
+
+    def line(self, loc: PathT) -> int | None:
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.lines:
+                return self.lines[loc[:n]]
+        return None
+
+    def add(self, loc: PathT, message: str) -> None:
+        line = self.line(loc)
+        where = f"{self.source}:{line}" if line is not None else self.source
+        item = f"{where}: {_dotted(loc)}: {message}"
+        if item not in self.items:
+            self.items.append(item)
 
 
 def _dotted(loc: Iterable[str | int]) -> str:
@@ -74,26 +115,58 @@ def _dotted(loc: Iterable[str | int]) -> str:
     return out or "(top level)"
 
 
-def _where(loc: PathT, lines: dict[PathT, int]) -> str:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return f"line {lines[loc[:n]]}: "
-    return ""
+def _kind_of(value: Any) -> str:
+    return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number"}.get(
+        type(value), type(value).__name__
+    )
 
 
-def _fields_of(data: Any, loc: PathT) -> list[str]:
-    """The allowed keys at ``loc`` (for 'unknown key' hints), found by walking the schema."""
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_info(loc: PathT) -> Any:
+    """The pydantic FieldInfo of the last key of ``loc`` (for its description), or None."""
+    model: Any = Suite
+    info: Any = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        model = _inner_model(info.annotation)
+    return info
+
+
+def _allowed_keys(loc: PathT) -> list[str]:
     model: Any = Suite
     for part in loc:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return []
-        model = _inner_model(field.annotation)
+        info = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        model = _inner_model(info.annotation) if info is not None else None
         if model is None:
             return []
-    return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+    return list(model.model_fields)
+
+
+def _describe(loc: PathT) -> str:
+    """What a field holds, for 'missing' messages: its description, or the keys of its section."""
+    info = _field_info(loc)
+    if info is None:
+        return "a value"
+    if info.description:
+        return info.description
+    inner = _inner_model(info.annotation)
+    if inner is not None:
+        keys = ", ".join(inner.model_fields)
+        shape = "a list of mappings" if getattr(info.annotation, "__origin__", None) is list else "a mapping"
+        return f"{shape} with the keys {keys}"
+    return _type_name(info.annotation)
 
 
 def _inner_model(annotation: Any) -> Any:
@@ -106,40 +179,78 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _format_pydantic(err: Any, data: Any, lines: dict[PathT, int]) -> str:
-    loc: PathT = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    given = err.get("input")
-    kind = err["type"]
-    where = _where(loc, lines)
-    field = _dotted(loc)
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list, e.g. [a, b] or one '- item' per line",
+    "dict_type": "a mapping of 'key: value' lines",
+    "model_type": "a mapping of 'key: value' lines",
+    "model_attributes_type": "a mapping of 'key: value' lines",
+    "tuple_type": "a list",
+    "string_pattern_mismatch": "a name of letters, digits, '_', '.' and '-' that starts with a letter or digit",
+}
+
+
+def _pydantic_message(err: Any, loc: PathT) -> str:
+    kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
+    desc = getattr(_field_info(loc), "description", None)
+    hint = f" ({desc})" if desc else ""
     if kind == "extra_forbidden":
-        allowed = _fields_of(data, loc[:-1])
+        allowed = _allowed_keys(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"{where}{field}: unknown key; {hint}allowed keys here: {', '.join(allowed)}"
+        mean = f"; did you mean {close[0]!r}?" if close else "; remove it"
+        return f"unknown key {loc[-1]!r}; expected one of: {', '.join(allowed)}{mean}"
     if kind == "missing":
-        return f"{where}{field}: required but missing; add it"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    return f"{where}{field}: given {_short(given)}; expected: {msg}"
+        return f"required but missing; expected {_describe(loc)}; add it"
+    if kind == "value_error":  # our own validators: the message names what was given and expected
+        return str(ctx.get("error") or err["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        options = str(ctx.get("expected", ""))
+        choices = [c.strip(" '\"") for c in options.replace(" or ", ", ").split(", ")]
+        close = difflib.get_close_matches(str(given), choices, n=1) if isinstance(given, str) else []
+        mean = f"; did you mean {close[0]!r}?" if close else ""
+        return f"given {_short(given)}; expected one of {options}{mean}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"given {_short(given)}; expected a number {op} {bound}{hint}"
+    if kind in ("too_short", "too_long"):
+        n = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        size = "at least" if kind == "too_short" else "at most"
+        return f"given {_short(given)}; expected {size} {n} item(s){hint}"
+    expected = _EXPECTED.get(kind) or err["msg"].removeprefix("Input should be ")
+    given_text = _short(given) if kind != "model_type" else f"a {_kind_of(given)} {_short(given)}"
+    return f"given {given_text}; expected {expected}{hint}"
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _line_map(text: str) -> dict[PathT, int]:
-    """Map field paths to 1-based line numbers by walking the YAML node tree."""
+def _line_map(text: str) -> tuple[dict[PathT, int], list[tuple[PathT, str]]]:
+    """Field paths -> 1-based line numbers, and keys given twice in one mapping (YAML keeps the last)."""
     out: dict[PathT, int] = {}
+    duplicates: list[tuple[PathT, str]] = []
 
     def walk(node: yaml.Node, path: PathT) -> None:
         out.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
             for key, value in node.value:
-                p = (*path, str(key.value))
-                out[p] = key.start_mark.line + 1
+                name = str(key.value)
+                p = (*path, name)
+                line = key.start_mark.line + 1
+                if name in seen and name != "<<":
+                    duplicates.append(
+                        (p, f"key given twice (lines {seen[name]} and {line}); YAML would silently keep the last; "
+                            f"expected each key once: remove or merge one")
+                    )
+                else:
+                    seen[name] = line
+                    out[p] = line
                 walk(value, p)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -148,42 +259,52 @@ def _line_map(text: str) -> dict[PathT, int]:
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
         walk(root, ())
-    return out
+    return out, duplicates
 
 
 # -- semantic checks against the registries ---------------------------------------------------
 
+#: keyword arguments advbench sets itself, per kind of component
+RESERVED_DATASET = ("data_dir", "download")
+RESERVED_MODEL = ("num_classes", "input_shape")
+RESERVED_ATTACK = ("eps",)
 
-def _semantic_problems(data: dict[str, Any], lines: dict[PathT, int]) -> list[str]:
+
+def _semantic_problems(data: dict[str, Any], report: _Problems) -> None:
     from advbench.attacks import ATTACKS
     from advbench.data import DATASETS
     from advbench.models import MODELS
 
-    problems: list[str] = []
-
     def lookup(registry: Any, name: Any, loc: PathT) -> Any:
         if not isinstance(name, str):
-            return None  # the schema reports the wrong type
+            return None  # the schema reports the missing value or the wrong type
         try:
             return registry.get(name)
         except UnknownNameError as exc:
-            problems.append(f"{_where(loc, lines)}{_dotted(loc)}: {exc}")
+            mean = f"; did you mean {', '.join(repr(c) for c in exc.close)}?" if exc.close else ""
+            shown = ", ".join(exc.available[:12]) + (", ..." if len(exc.available) > 12 else "")
+            report.add(
+                loc,
+                f"given {name!r}; expected a registered {exc.kind} ({shown or 'none registered'}){mean}; "
+                f"see `advbench list {exc.kind}s`",
+            )
             return None
 
-    def params(obj: Any, given: Any, loc: PathT, reserved: tuple[str, ...]) -> None:
+    def params(obj: Any, given: Any, loc: PathT, reserved: tuple[str, ...], *, check_missing: bool) -> None:
         if obj is None or not isinstance(given, dict):
             return
-        for p in check_params(obj, given, reserved=reserved):
-            problems.append(f"{_where(loc, lines)}{_dotted(loc)}: {p}")
+        for key, msg in _param_problems(obj, given, reserved=reserved, check_missing=check_missing):
+            report.add((*loc, key) if key is not None and key in given else loc, msg)
 
     ds = data.get("dataset")
     if isinstance(ds, dict):
         loader = lookup(DATASETS, ds.get("name"), ("dataset", "name"))
-        params(loader, ds.get("params", {}), ("dataset", "params"), ("data_dir",))
-    ood = (data.get("evaluations") or {}).get("ood") if isinstance(data.get("evaluations"), dict) else None
+        params(loader, ds.get("params", {}), ("dataset", "params"), RESERVED_DATASET, check_missing=True)
+    evaluations = data.get("evaluations")
+    ood = evaluations.get("ood") if isinstance(evaluations, dict) else None
     if isinstance(ood, dict):
         loader = lookup(DATASETS, ood.get("dataset"), ("evaluations", "ood", "dataset"))
-        params(loader, ood.get("params", {}), ("evaluations", "ood", "params"), ("data_dir",))
+        params(loader, ood.get("params", {}), ("evaluations", "ood", "params"), ("data_dir",), check_missing=True)
 
     models = data.get("models")
     if isinstance(models, list):
@@ -194,13 +315,13 @@ def _semantic_problems(data: dict[str, Any], lines: dict[PathT, int]) -> list[st
             name = m.get("name")
             if isinstance(name, str):
                 if name in seen:
-                    problems.append(
-                        f"{_where(('models', i, 'name'), lines)}models[{i}].name: {name!r} is already used by "
-                        f"models[{seen[name]}]; give each model a distinct name"
+                    report.add(
+                        ("models", i, "name"),
+                        f"given {name!r}, already used by models[{seen[name]}]; expected a distinct name per model",
                     )
                 seen.setdefault(name, i)
             arch = lookup(MODELS, m.get("architecture"), ("models", i, "architecture"))
-            params(arch, m.get("params", {}), ("models", i, "params"), ("num_classes", "input_shape"))
+            params(arch, m.get("params", {}), ("models", i, "params"), RESERVED_MODEL, check_missing=True)
 
     attacks = data.get("attacks")
     if isinstance(attacks, list):
@@ -211,24 +332,45 @@ def _semantic_problems(data: dict[str, Any], lines: dict[PathT, int]) -> list[st
             key = a.get("label") or a.get("name")
             if isinstance(key, str):
                 if key in seen:
-                    problems.append(
-                        f"{_where(('attacks', i), lines)}attacks[{i}]: {key!r} appears twice (also attacks[{seen[key]}]); "
-                        f"merge their eps lists or give one a distinct 'label'"
+                    field = "label" if a.get("label") else "name"
+                    report.add(
+                        ("attacks", i, field),
+                        f"given {key!r}, already used by attacks[{seen[key]}]; expected each attack once: merge "
+                        f"their eps lists or give one a distinct 'label'",
                     )
                 seen.setdefault(key, i)
             attack = lookup(ATTACKS, a.get("name"), ("attacks", i, "name"))
-            if attack is not None and isinstance(a.get("params", {}), dict):
-                checker: Callable[..., list[str]] | None = getattr(attack, "check_params", None)
-                found = checker(a.get("params", {}), backend=a.get("backend")) if checker else check_params(
-                    attack, a.get("params", {}), reserved=()
-                )
-                for p in found:
-                    problems.append(f"{_where(('attacks', i, 'params'), lines)}attacks[{i}].params: {p}")
-    return problems
+            given = a.get("params", {})
+            if attack is None or not isinstance(given, dict):
+                continue
+            checker: Callable[..., list[str]] | None = getattr(attack, "check_params", None)
+            if checker is not None:
+                for key in RESERVED_ATTACK:
+                    if key in given:
+                        report.add(("attacks", i, "params", key), _reserved_message(key, given[key]))
+                rest = {k: v for k, v in given.items() if k not in RESERVED_ATTACK}
+                for msg in checker(rest, backend=a.get("backend")):
+                    report.add(("attacks", i, "params"), msg)
+            else:
+                params(attack, given, ("attacks", i, "params"), RESERVED_ATTACK, check_missing=False)
 
 
-def check_params(obj: Any, given: dict[str, Any], *, reserved: tuple[str, ...] = ()) -> list[str]:
-    """Problems binding ``given`` keyword arguments to ``obj``'s signature (unknown or reserved names)."""
+def check_params(
+    obj: Any, given: dict[str, Any], *, reserved: tuple[str, ...] = (), check_missing: bool = False
+) -> list[str]:
+    """Problems binding ``given`` keyword arguments to ``obj``'s signature.
+
+    Reports unknown names (with close matches), names advbench sets itself (``reserved``), values
+    of the wrong type (checked against the annotations with pydantic's lax rules) and, with
+    ``check_missing``, required parameters that were not given.
+    """
+    found = _param_problems(obj, given, reserved, check_missing)
+    return [f"{key}: {msg}" if key is not None else msg for key, msg in found]
+
+
+def _param_problems(
+    obj: Any, given: dict[str, Any], reserved: tuple[str, ...] = (), check_missing: bool = False
+) -> list[tuple[str | None, str]]:
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -239,13 +381,54 @@ def check_params(obj: Any, given: dict[str, Any], *, reserved: tuple[str, ...] =
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in ("self", "model")
     }
     takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-    out = []
-    for key in given:
+    valid = ", ".join(n for n in accepted if n not in reserved) or "(none)"
+    hints = _type_hints(obj)
+    out: list[tuple[str | None, str]] = []
+    for key, value in given.items():
         if key in reserved:
-            out.append(f"{key!r} is set by advbench and cannot be given here; remove it")
-        elif key not in accepted and not takes_any:
-            close = difflib.get_close_matches(key, list(accepted), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            valid = ", ".join(n for n in accepted if n not in reserved) or "(none)"
-            out.append(f"unknown parameter {key!r}; {hint}accepted: {valid}")
+            out.append((key, _reserved_message(key, value)))
+        elif key not in accepted:
+            if takes_any:
+                continue
+            close = difflib.get_close_matches(str(key), list(accepted), n=1)
+            mean = f"; did you mean {close[0]!r}?" if close else ""
+            out.append((key, f"unknown parameter; expected one of: {valid}{mean}"))
+        elif key in hints:
+            problem = _type_problem(hints[key], value)
+            if problem:
+                out.append((key, f"given {_short(value)}; expected {problem}"))
+    if check_missing:
+        for n, p in accepted.items():
+            if p.default is inspect.Parameter.empty and n not in given and n not in reserved:
+                out.append((None, f"required parameter {n!r} is missing; expected it in params (accepted: {valid})"))
     return out
+
+
+def _reserved_message(key: str, value: Any) -> str:
+    extra = "; list the radii in the attack's 'eps'" if key == "eps" else ""
+    return f"given {_short(value)}; expected no {key!r} here: advbench sets it itself{extra}; remove it"
+
+
+def _type_hints(obj: Any) -> dict[str, Any]:
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: skip type checks rather than fail validation
+        return {}
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(hint)
+    except Exception:  # a type pydantic cannot describe (a tensor, a module): not checkable here
+        return None
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return _EXPECTED.get(first["type"]) or f"{_type_name(hint)} ({first['msg']})"
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

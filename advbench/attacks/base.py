@@ -1,0 +1,450 @@
+"""The attack contract: a threat model in, a validated adversarial batch out.
+
+An attack is a class with keyword-only hyper-parameters and one method to write, :meth:`Attack.run`.
+Everything every attack must get right lives in the final :meth:`Attack.__call__` (in the spirit of
+foolbox 3's ``Attack.__call__``):
+
+* the model is put in eval mode and its train/eval flags are restored afterwards, module by module;
+* the model's parameters keep their ``requires_grad`` and their ``.grad`` is left exactly as it was:
+  it is set aside during the attack, so nothing can be accumulated into the weights' gradients;
+* the clean input is checked against the threat model's bounds;
+* attacks whose native threat model is not the L-inf ball (wrapped L2/L0 library attacks) declare
+  ``project_output = True`` and have their output projected onto the eps-ball and the box, by
+  declaration and never silently;
+* every output is validated by :func:`check_adversarial` (eps-ball, box, finite, shape, dtype) and a
+  violation raises :class:`~advbench.errors.ThreatModelError`; nothing is clipped to hide it;
+* success (the model's prediction differs from the label), the per-example L-inf distance and the
+  wall time are measured.
+
+>>> from advbench.attacks import create_attack
+>>> create_attack("pgd", steps=10)
+PGD(steps=10, step_size=None, random_start=True, backend='torchattacks')
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import difflib
+import inspect
+import time
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from advbench.errors import AdvbenchError, ThreatModelError
+
+__all__ = [
+    "FLOAT_ATOL",
+    "Attack",
+    "AttackParamsError",
+    "AttackResult",
+    "ThreatModel",
+    "batch_generator",
+    "check_adversarial",
+    "create_attack",
+    "derive_seed",
+    "generate",
+]
+
+#: Tolerance of the eps-ball and box checks. float32 has a unit roundoff of 6e-8, so ``x + delta``
+#: computed in float32 can leave the ball by a few ulps of x (<= 1.2e-7 for x in [0, 1]); 1e-6 is
+#: comfortably above that and far below any meaningful perturbation (1/255 = 3.9e-3).
+FLOAT_ATOL = 1e-6
+
+Backend = Literal["torchattacks", "foolbox"]
+
+
+class AttackParamsError(AdvbenchError, ValueError):
+    """Hyper-parameters that an attack does not accept; carries every problem found."""
+
+    def __init__(self, attack: str, problems: list[str]) -> None:
+        self.attack, self.problems = attack, problems
+        body = "; ".join(problems)
+        super().__init__(f"attack {attack!r}: {body}")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What the adversary may do: an L-inf ball of radius ``eps`` (pixel units) inside ``bounds``."""
+
+    eps: float
+    norm: Literal["linf"] = "linf"
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.norm != "linf":
+            raise ValueError(f"expected norm 'linf', got {self.norm!r}; advbench's threat model is L-inf")
+        lo, hi = self.bounds
+        if not lo < hi:
+            raise ValueError(f"expected bounds (low, high) with low < high, got {self.bounds}")
+        if not (isinstance(self.eps, int | float) and 0.0 <= self.eps <= hi - lo):
+            raise ValueError(
+                f"expected eps in [0, {hi - lo}] (pixel units of inputs scaled to {self.bounds}), got {self.eps!r}; "
+                f"write 8/255, not 8"
+            )
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """The closest point to ``x_adv`` in the eps-ball around ``x`` and in the box."""
+        delta = (x_adv - x).clamp(-self.eps, self.eps)
+        return (x + delta).clamp(*self.bounds)
+
+
+@dataclass
+class AttackResult:
+    """One attacked batch. ``success[i]``: the model's prediction on ``x_adv[i]`` differs from ``y[i]``."""
+
+    x_adv: Tensor
+    success: Tensor  # bool, (N,)
+    linf: Tensor  # float, (N,): ||x_adv - x||_inf
+    seconds: float
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if self.success.numel() else float("nan")
+
+
+def check_adversarial(
+    x: Tensor, x_adv: Tensor, threat: ThreatModel, *, attack: str, batch: int, atol: float = FLOAT_ATOL
+) -> None:
+    """Raise :class:`ThreatModelError` unless ``x_adv`` is a valid adversarial batch for ``x``.
+
+    Valid: same shape and dtype as ``x``, finite, inside ``threat.bounds`` and within
+    ``threat.eps + atol`` of ``x`` in L-inf. The message names the attack, the batch and the worst
+    offending example (its index in the batch and the offending value). Nothing is ever clipped.
+    """
+    where = f"attack {attack} produced an invalid adversarial batch {batch}"
+    if not isinstance(x_adv, Tensor):
+        raise ThreatModelError(f"{where}: expected a torch.Tensor, got {type(x_adv).__name__}")
+    if x_adv.shape != x.shape:
+        raise ThreatModelError(f"{where}: expected shape {tuple(x.shape)}, got {tuple(x_adv.shape)}")
+    if x_adv.dtype != x.dtype:
+        raise ThreatModelError(f"{where}: expected dtype {x.dtype}, got {x_adv.dtype}")
+    if x.shape[0] == 0:
+        return
+    flat = x_adv.detach().flatten(1)
+    bad = ~torch.isfinite(flat).all(1)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ThreatModelError(f"{where}: example {i} has non-finite values (nan or inf)")
+    lo, hi = threat.bounds
+    below = (lo - flat).amax(1)
+    above = (flat - hi).amax(1)
+    out = torch.maximum(below, above)
+    i = int(out.argmax())
+    if out[i] > atol:
+        value = float(flat[i].min()) if below[i] >= above[i] else float(flat[i].max())
+        raise ThreatModelError(
+            f"{where}: example {i} leaves the box {threat.bounds} (value {value:.6g}); "
+            f"{int((out > atol).sum())} example(s) are outside it. The attack must keep inputs in bounds"
+        )
+    dist = (flat - x.detach().flatten(1)).abs().amax(1)
+    i = int(dist.argmax())
+    if dist[i] > threat.eps + atol:
+        raise ThreatModelError(
+            f"{where}: example {i} is at L-inf distance {float(dist[i]):.6g} from its clean input, "
+            f"more than eps={threat.eps:.6g} (+ tolerance {atol:g}); {int((dist > threat.eps + atol).sum())} "
+            f"example(s) leave the eps-ball. The attack must project onto the ball"
+        )
+
+
+def derive_seed(generator: torch.Generator | None) -> int:
+    """A 63-bit seed drawn from ``generator`` (the global RNG when None)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block that uses torch's *global* RNG (as torchattacks and foolbox do) from ``seed``.
+
+    The global RNG state is saved and restored around the block, so callers' streams are untouched.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _attack_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration; restores the train/eval flags, ``requires_grad`` and ``.grad`` exactly.
+
+    Each parameter's ``.grad`` is set aside (to None) during the attack and put back afterwards, so
+    an attack that calls ``loss.backward()`` cannot accumulate into the weights' gradients.
+    ``requires_grad`` is left as it is (and restored regardless), so the attack runs the same autograd
+    graph as the library called directly; torchattacks and foolbox take gradients with
+    ``torch.autograd.grad`` with respect to the input only, which never touches ``.grad``.
+    """
+    training = {m: m.training for m in model.modules()}
+    params = list(model.parameters())
+    requires = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    model.eval()
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, r, g in zip(params, requires, grads, strict=True):
+            p.requires_grad_(r)
+            p.grad = g
+        for m, t in training.items():
+            m.training = t
+
+
+class Attack(abc.ABC):
+    """Base class of every attack. Subclasses take keyword-only hyper-parameters and write :meth:`run`.
+
+    The hyper-parameters are read back from attributes of the same name, which gives the ``repr``
+    (used as a test id, a log line and a report label) and lets :meth:`check_params` validate them.
+    """
+
+    norm: ClassVar[str] = "linf"
+    supports_targeted: ClassVar[bool] = False
+    #: True only for attacks whose own threat model is not the L-inf ball: their output is projected
+    #: onto the ball and the box before validation. An L-inf attack is validated, never clipped.
+    project_output: bool = False
+
+    # -- to write ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def run(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator | None
+    ) -> Tensor:
+        """Return the adversarial batch for ``x``; ``model`` is in eval mode with frozen weights.
+
+        Draw any randomness from ``generator`` (or seed libraries from it with :func:`derive_seed`).
+        """
+
+    # -- final -------------------------------------------------------------------------------------
+    @typing.final
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        *,
+        generator: torch.Generator | None = None,
+        batch: int = 0,
+    ) -> AttackResult:
+        """Attack one batch; ``batch`` only labels error messages."""
+        if not isinstance(threat, ThreatModel):
+            raise TypeError(f"expected a ThreatModel, got {type(threat).__name__}")
+        if x.ndim < 2 or y.shape != (x.shape[0],):
+            raise ValueError(
+                f"expected x of shape (N, ...) and y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        x, y = x.detach(), y.detach()
+        _check_input(x, threat, attack=repr(self), batch=batch)
+        with _attack_mode(model):
+            start = time.perf_counter()
+            x_adv = self.run(model, x, y, threat, generator)
+            seconds = time.perf_counter() - start
+            if isinstance(x_adv, Tensor):
+                x_adv = x_adv.detach()
+                if self.project_output:
+                    x_adv = threat.project(x_adv.to(x.dtype), x)
+            check_adversarial(x, x_adv, threat, attack=repr(self), batch=batch)
+            with torch.no_grad():
+                success = model(x_adv).argmax(1) != y
+        linf = (x_adv - x).flatten(1).abs().amax(1) if x.shape[0] else x.new_zeros(0)
+        return AttackResult(x_adv=x_adv, success=success, linf=linf, seconds=seconds)
+
+    # -- parameters --------------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """The hyper-parameters, in signature order, as given to ``__init__``."""
+        return {n: getattr(self, n) for n in _keyword_params(type(self))}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _validate(self) -> None:
+        """Raise :class:`AttackParamsError` if the hyper-parameters are invalid (call at the end of ``__init__``)."""
+        problems = type(self).check_params(self.params())
+        if problems:
+            raise AttackParamsError(type(self).__name__, problems)
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], *, backend: str | None = None) -> list[str]:
+        """Every problem with ``params`` (and ``backend``), as messages; empty when they are valid.
+
+        Checks names against the keyword-only signature of ``__init__`` (with close matches), types
+        against its annotations, and values with :meth:`_check_values`.
+        """
+        accepted = _keyword_params(cls)
+        hints = _hints(cls)
+        given = dict(params)
+        problems: list[str] = []
+        if backend is not None:
+            if "backend" in accepted:
+                given["backend"] = backend
+            else:
+                problems.append(f"backend {backend!r} given, but {cls.__name__} has a single implementation; remove it")
+        for key, value in given.items():
+            if key not in accepted:
+                close = difflib.get_close_matches(key, list(accepted), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                problems.append(f"unknown parameter {key!r}; {hint}accepted: {', '.join(accepted) or '(none)'}")
+            elif key in hints and not _matches(value, hints[key]):
+                problems.append(f"{key}: expected {_type_name(hints[key])}, got {value!r} ({type(value).__name__})")
+        missing = [n for n, p in accepted.items() if p.default is inspect.Parameter.empty and n not in given]
+        problems += [f"{n}: required but missing; add it" for n in missing]
+        if not problems:
+            full = {n: p.default for n, p in accepted.items()} | given
+            problems += cls._check_values(full)
+        return problems
+
+    @classmethod
+    def _check_values(cls, params: dict[str, Any]) -> list[str]:
+        """Range checks on well-typed parameters (all of them, defaults filled in); override."""
+        return []
+
+    @classmethod
+    def describe_params(cls) -> str:
+        return ", ".join(f"{n}={p.default!r}" for n, p in _keyword_params(cls).items())
+
+
+def _check_input(x: Tensor, threat: ThreatModel, *, attack: str, batch: int) -> None:
+    if not torch.is_floating_point(x):
+        raise ThreatModelError(f"attack {attack}, batch {batch}: expected floating-point pixels, got {x.dtype}")
+    if x.numel() == 0:
+        return
+    if not torch.isfinite(x).all():
+        raise ThreatModelError(f"attack {attack}, batch {batch}: the clean input has non-finite values")
+    lo, hi = threat.bounds
+    if x.min() < lo or x.max() > hi:
+        raise ThreatModelError(
+            f"attack {attack}, batch {batch}: the clean input spans [{float(x.min()):.4g}, {float(x.max()):.4g}], "
+            f"outside the threat model's bounds {threat.bounds}; pass pixels in {threat.bounds} "
+            f"(normalisation belongs inside the model)"
+        )
+
+
+def _keyword_params(cls: type) -> dict[str, inspect.Parameter]:
+    sig = inspect.signature(cls.__init__)
+    return {n: p for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: check names only
+        return {}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a simple annotation (int, float, bool, str, None, Literal, unions)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # generics and the like: not checked here
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def create_attack(name: str, *, backend: str | None = None, **params: Any) -> Attack:
+    """Build the registered attack ``name`` with ``params``; raises :class:`AttackParamsError` on bad ones.
+
+    ``backend`` picks the implementation of a built-in (``"torchattacks"``, the default, or
+    ``"foolbox"``); other attacks have one implementation and reject it.
+    """
+    from advbench.attacks import ATTACKS
+
+    factory = ATTACKS.get(name)
+    checker = getattr(factory, "check_params", None)
+    if callable(checker):
+        problems = checker(params, backend=backend)
+        if problems:
+            raise AttackParamsError(name, problems)
+    elif backend is not None:
+        raise AttackParamsError(name, [f"backend {backend!r} given, but {name} has a single implementation; remove it"])
+    if backend is not None:
+        params = {**params, "backend": backend}
+    try:
+        attack = factory(**params)
+    except TypeError as exc:  # a plain callable without check_params
+        raise AttackParamsError(name, [str(exc)]) from exc
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack {name!r} built a {type(attack).__name__}, expected an advbench Attack")
+    return attack
+
+
+# -- dataset-level generation -----------------------------------------------------------------
+
+
+def batch_generator(seed: int, batch: int) -> torch.Generator:
+    """The (CPU) generator of batch ``batch`` under ``seed``: independent streams, same seed -> same stream."""
+    state = np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def generate(
+    model: nn.Module,
+    attack: Attack,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    *,
+    batch_size: int = 250,
+    seed: int = 0,
+    progress: bool = False,
+) -> AttackResult:
+    """Attack every example of ``(x, y)`` in batches of ``batch_size``; returns one concatenated result.
+
+    Memory is bounded by one batch on the model's device (results come back to ``x``'s device).
+    Batch ``b`` gets the generator ``batch_generator(seed, b)``, so the same seed and batch size give
+    the same examples, whatever ran before. ``seconds`` is the sum over batches of the attack time.
+    Every batch is validated by the attack (:func:`~advbench.attacks.base.check_adversarial`).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"expected as many labels as inputs, got {x.shape[0]} inputs and {y.shape[0]} labels")
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = x.device
+    parts: list[AttackResult] = []
+    with tqdm(total=x.shape[0], desc=repr(attack), unit="img", disable=not progress, leave=False) as bar:
+        for b, start in enumerate(range(0, x.shape[0], batch_size)):
+            xb = x[start : start + batch_size].to(device)
+            yb = y[start : start + batch_size].to(device)
+            parts.append(attack(model, xb, yb, threat, generator=batch_generator(seed, b), batch=b))
+            bar.update(xb.shape[0])
+    if not parts:
+        return AttackResult(x.clone(), torch.zeros(0, dtype=torch.bool), x.new_zeros(0), 0.0)
+    return AttackResult(
+        x_adv=torch.cat([p.x_adv for p in parts]).to(x.device),
+        success=torch.cat([p.success for p in parts]).to(x.device),
+        linf=torch.cat([p.linf for p in parts]).to(x.device),
+        seconds=sum(p.seconds for p in parts),
+    )

@@ -1,0 +1,341 @@
+"""torchattacks and foolbox, the whole of both, behind advbench's attack contract.
+
+Every attack of both libraries is registered under a namespaced name (``torchattacks.MIFGSM``,
+``foolbox.LinfDeepFoolAttack``, foolbox's aliases such as ``foolbox.LinfPGD`` too) when the
+``advbench.attacks`` entry point loads. Registration reads the libraries' ``__init__.py`` as text (no
+import: torchattacks and foolbox take about a second each to import); the library is imported the
+first time one of its attacks is checked, described or run, and its parameters are then read from the
+attack's own signature.
+
+How a library attack meets the L-inf threat model:
+
+* ``eps`` (torchattacks) or ``epsilons`` (foolbox) is set from the threat model and cannot be given;
+  so are ``model`` and a ``seed`` parameter (drawn from the attack's generator). ``n_classes``
+  defaults to the model's ``num_classes``.
+* Attacks whose own threat model is not an L-inf ball of radius eps (L2, L1, L0 and unbounded
+  attacks such as CW or DeepFool, foolbox's minimisation attacks, torchattacks attacks without an
+  ``eps``) declare ``project_output``: their output is projected onto the L-inf ball and the box,
+  and success is measured after the projection. For L1/L2 attacks given radius eps this is a no-op
+  (an Lp ball of radius eps, p >= 1, lies inside the L-inf ball of radius eps).
+* Randomness: both libraries draw from torch's global RNG; it is forked and seeded from the attack's
+  generator around the call (:func:`~advbench.attacks.base.seeded_global_rng`).
+* The library's wrapper classes (torchattacks' ``MultiAttack`` and ``LGV``, which wrap other attacks
+  or need a training loader) are not attacks on their own and are not registered.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import importlib.util
+import inspect
+import re
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from advbench.attacks.base import (
+    Attack,
+    AttackParamsError,
+    ThreatModel,
+    _matches,
+    _type_name,
+    derive_seed,
+    seeded_global_rng,
+)
+
+__all__ = [
+    "FoolboxAttack",
+    "LibraryAttack",
+    "TorchattacksAttack",
+    "discover_foolbox",
+    "discover_torchattacks",
+    "register_library_attacks",
+    "run_foolbox",
+    "run_torchattacks",
+]
+
+
+# -- running a library attack -------------------------------------------------------------------
+
+
+def run_torchattacks(
+    name: str, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, **params: Any
+) -> Tensor:
+    """``torchattacks.<name>(model, **params)(x, y)`` with its global-RNG draws seeded from ``generator``.
+
+    The model sees pixels in [0, 1]: normalisation is inside advbench's ``Classifier``, so
+    torchattacks' ``set_normalization_used`` is never called.
+    """
+    import torchattacks
+
+    attack = getattr(torchattacks, name)(model, **params)
+    with seeded_global_rng(derive_seed(generator), x.device):
+        return attack(x, y)
+
+
+def run_foolbox(
+    name: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    generator: torch.Generator | None,
+    *,
+    output: str = "raw",
+    **params: Any,
+) -> Tensor:
+    """``foolbox.attacks.<name>(**params)`` run on ``model`` within ``threat``.
+
+    Fixed-epsilon attacks get ``epsilons=threat.eps``; minimisation attacks get ``epsilons=None``
+    and return their unrestricted result (the caller projects it). ``output`` picks foolbox's
+    ``"raw"`` or ``"clipped"`` (restricted to the attack's own eps-ball) result.
+    """
+    import foolbox as fb
+
+    attack = getattr(fb.attacks, name)(**params)
+    fmodel = fb.PyTorchModel(model, bounds=threat.bounds, device=x.device)
+    minimization = isinstance(attack, fb.attacks.base.MinimizationAttack)
+    with seeded_global_rng(derive_seed(generator), x.device):
+        raw, clipped, _ = attack(fmodel, x, y, epsilons=None if minimization else threat.eps)
+    return raw if output == "raw" or minimization else clipped
+
+
+# -- discovering the libraries' attacks without importing them ----------------------------------
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+_TA_SECTION = re.compile(r"^#\s*(.+?)\s+(attacks|Class)\s*$")
+_TA_IMPORT = re.compile(r"^from \.attacks\.(\w+) import (\w+)\s*$")
+_TA_NORMS = {"none": "none", "linf": "linf", "l2": "l2", "l1": "l1", "l0": "l0", "linf, l2": "linf"}
+
+
+def discover_torchattacks() -> list[dict[str, Any]]:
+    """One record per torchattacks attack: name, module, norm (from ``__init__``'s section comments), targeted."""
+    root = _package_dir("torchattacks")
+    if root is None:
+        return []
+    out = []
+    section = ""
+    for line in (root / "__init__.py").read_text(encoding="utf-8").splitlines():
+        if m := _TA_SECTION.match(line.strip()):
+            section = m.group(1).strip().lower()
+        elif (m := _TA_IMPORT.match(line.strip())) and section in _TA_NORMS:
+            module, name = m.groups()
+            source = (root / "attacks" / f"{module}.py").read_text(encoding="utf-8")
+            targeted = re.search(r"supported_mode\s*=\s*\[[^\]]*['\"]targeted['\"]", source) is not None
+            out.append({"name": name, "module": f"torchattacks.attacks.{module}", "norm": _TA_NORMS[section],
+                        "targeted": targeted})
+    return out
+
+
+_FB_NORMS = {"EADAttack": "l1", "SparseL1DescentAttack": "l1", "PointwiseAttack": "l0", "GenAttack": "linf",
+             "DDNAttack": "l2", "VirtualAdversarialAttack": "l2", "NewtonFoolAttack": "l2", "BoundaryAttack": "l2",
+             "HopSkipJumpAttack": "l2", "SaltAndPepperNoiseAttack": "l2"}
+
+
+def _foolbox_norm(name: str) -> str:
+    if m := re.match(r"(Linfinity|LInf|Linf|L0|L1|L2)", name):
+        return "linf" if m.group(1).lower().startswith("linf") else m.group(1).lower()
+    return _FB_NORMS.get(name, "other")
+
+
+def discover_foolbox() -> list[dict[str, Any]]:
+    """One record per foolbox attack class and alias exported by ``foolbox.attacks``."""
+    root = _package_dir("foolbox")
+    if root is None:
+        return []
+    tree = ast.parse((root / "attacks" / "__init__.py").read_text(encoding="utf-8"))
+    names: dict[str, str] = {}  # exported name -> the class it names
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module != "base":
+            for alias in node.names:
+                names[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Name):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and node.value.id in names:
+                    names[target.id] = names[node.value.id]
+    return [{"name": n, "module": "foolbox.attacks", "norm": _foolbox_norm(cls), "targeted": None, "class": cls}
+            for n, cls in names.items()]
+
+
+# -- the wrapper classes ------------------------------------------------------------------------
+
+
+class LibraryAttack(Attack):
+    """An attack of a third-party library; one subclass per attack is made by :func:`register_library_attacks`."""
+
+    package: ClassVar[str]
+    library_name: ClassVar[str]
+    library_module: ClassVar[str]
+    #: library parameters advbench sets itself
+    reserved: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **params: Any) -> None:
+        self._params = dict(params)
+        problems = type(self).check_params(self._params)
+        if problems:
+            raise AttackParamsError(type(self).__name__, problems)
+
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    @classmethod
+    def library_class(cls) -> type:
+        return getattr(importlib.import_module(cls.library_module), cls.library_name)
+
+    @classmethod
+    def library_params(cls) -> dict[str, inspect.Parameter]:
+        """The library attack's hyper-parameters a user may set (its signature minus ``reserved``)."""
+        return _library_params(cls.library_class(), cls.reserved)
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], *, backend: str | None = None) -> list[str]:
+        problems = []
+        if backend is not None and backend != cls.package:
+            problems.append(f"backend {backend!r} given, but {cls.__name__} is implemented by {cls.package} only; "
+                            f"remove it")
+        accepted = cls.library_params()
+        hints = _library_hints(cls.library_class())
+        for key, value in params.items():
+            if key in cls.reserved:
+                problems.append(f"{key!r} is set by advbench from the threat model; remove it")
+            elif key not in accepted:
+                close = difflib.get_close_matches(key, list(accepted), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                problems.append(f"unknown parameter {key!r}; {hint}accepted: {', '.join(accepted) or '(none)'}")
+            else:
+                hint = hints.get(key, _hint_from_default(accepted[key].default))
+                if not _matches(value, hint):
+                    problems.append(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+        problems += [f"{n}: required but missing; add it" for n, p in accepted.items()
+                     if p.default is inspect.Parameter.empty and n not in params]
+        return problems
+
+    @classmethod
+    def describe_params(cls) -> str:
+        try:
+            accepted = cls.library_params()
+        except ImportError as exc:
+            return f"({cls.package} is not installed: {exc})"
+        return ", ".join(n if p.default is inspect.Parameter.empty else f"{n}={p.default!r}"
+                         for n, p in accepted.items())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class TorchattacksAttack(LibraryAttack):
+    package = "torchattacks"
+    reserved = frozenset({"model", "seed"})
+
+    @classmethod
+    def _sets_eps(cls) -> bool:
+        return cls.norm == "linf" and "eps" in _library_params(cls.library_class(), frozenset())
+
+    @classmethod
+    def library_params(cls) -> dict[str, inspect.Parameter]:
+        reserved = cls.reserved | ({"eps"} if cls._sets_eps() else set())
+        return _library_params(cls.library_class(), frozenset(reserved))
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], *, backend: str | None = None) -> list[str]:
+        if "eps" in params and cls._sets_eps():
+            rest = {k: v for k, v in params.items() if k != "eps"}
+            problem = "'eps' is set by advbench from the threat model; remove it"
+            return [problem, *cls.check_params(rest, backend=backend)]
+        return super().check_params(params, backend=backend)
+
+    @property
+    def project_output(self) -> bool:  # type: ignore[override]
+        norm = str(self._params.get("norm", "Linf")).lower()
+        return not self._sets_eps() or norm != "linf"
+
+    def run(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator | None
+    ) -> Tensor:
+        signature = _library_params(self.library_class(), frozenset())
+        kwargs = dict(self._params)
+        if "eps" in signature and (self._sets_eps() or "eps" not in kwargs):
+            kwargs["eps"] = threat.eps
+        if "seed" in signature:
+            kwargs["seed"] = derive_seed(generator) % 2**31
+        if "n_classes" in signature and "n_classes" not in kwargs and hasattr(model, "num_classes"):
+            kwargs["n_classes"] = model.num_classes
+        return run_torchattacks(self.library_name, model, x, y, generator, **kwargs)
+
+
+class FoolboxAttack(LibraryAttack):
+    package = "foolbox"
+
+    @property
+    def project_output(self) -> bool:  # type: ignore[override]
+        import foolbox as fb
+
+        return self.norm != "linf" or issubclass(self.library_class(), fb.attacks.base.MinimizationAttack)
+
+    def run(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator | None
+    ) -> Tensor:
+        return run_foolbox(self.library_name, model, x, y, threat, generator, output="clipped", **self._params)
+
+
+# -- signatures ---------------------------------------------------------------------------------
+
+
+@cache
+def _library_params(cls: type, reserved: frozenset[str]) -> dict[str, inspect.Parameter]:
+    sig = inspect.signature(cls.__init__)
+    return {n: p for n, p in sig.parameters.items()
+            if n != "self" and n not in reserved and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+@cache
+def _library_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:  # annotations that do not resolve: fall back to the defaults' types
+        return {}
+
+
+def _hint_from_default(default: Any) -> Any:
+    """Torchattacks has no annotations: infer a lenient type from the default value."""
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int | float):
+        return float  # accepts ints too; torchattacks writes c=1 for a real-valued constant
+    if isinstance(default, str):
+        return str
+    return Any
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+def register_library_attacks(registry: Any) -> None:
+    """Add a lightweight wrapper class for every attack of torchattacks and foolbox to ``registry``."""
+    for base, records in ((TorchattacksAttack, discover_torchattacks()), (FoolboxAttack, discover_foolbox())):
+        for rec in records:
+            name = f"{base.package}.{rec['name']}"
+            cls = type(name, (base,), {
+                "library_name": rec["name"],
+                "library_module": rec["module"],
+                "norm": rec["norm"],
+                "supports_targeted": bool(rec["targeted"]),
+                "__module__": __name__,
+                "__qualname__": name,
+                "__doc__": f"{base.package}'s {rec['name']} behind advbench's attack contract.",
+            })
+            registry.add(name, cls, source="advbench", norm=rec["norm"], targeted=rec["targeted"], package=base.package)

@@ -1,0 +1,69 @@
+"""PGD (Madry et al. 2018): BIM from a uniform random start in the eps-ball.
+
+    x_0 = clip(x + U(-eps, eps), 0, 1);  x_{t+1} = clip_{x, eps}( x_t + step_size * sign(grad_x CE(f(x_t), y)) )
+
+``step_size=None`` means ``2.5 * eps / steps`` (Madry et al.'s rule: enough to cross the ball and back).
+
+Seeding: both libraries draw the random start from torch's *global* RNG. advbench draws a seed from
+the ``generator`` it is given and runs the library inside ``torch.random.fork_rng`` seeded with it, so
+the same generator gives the same examples and the caller's global RNG stream is left untouched.
+(Rather than re-implementing the random start, which would make the backends diverge from the
+libraries they claim to run.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advbench.attacks import register_attack
+from advbench.attacks.base import Attack, Backend, ThreatModel
+from advbench.attacks.libraries import run_foolbox, run_torchattacks
+
+__all__ = ["PGD"]
+
+
+@register_attack("pgd", norm="linf", targeted=False, package="advbench")
+class PGD(Attack):
+    """Projected Gradient Descent, L-inf. ``backend``: ``"torchattacks"`` (default) or ``"foolbox"``."""
+
+    def __init__(
+        self,
+        *,
+        steps: int = 40,
+        step_size: float | None = None,
+        random_start: bool = True,
+        backend: Backend = "torchattacks",
+    ) -> None:
+        self.steps = steps
+        self.step_size = step_size
+        self.random_start = random_start
+        self.backend = backend
+        self._validate()
+
+    @classmethod
+    def _check_values(cls, params: dict[str, Any]) -> list[str]:
+        out = []
+        if params["steps"] < 1:
+            out.append(f"steps: expected an integer >= 1, got {params['steps']!r}")
+        if params["step_size"] is not None and not params["step_size"] > 0:
+            out.append(
+                f"step_size: expected a number > 0 (pixel units) or null for 2.5*eps/steps, got {params['step_size']!r}"
+            )
+        return out
+
+    def run(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator | None
+    ) -> Tensor:
+        step_size = 2.5 * threat.eps / self.steps if self.step_size is None else self.step_size
+        if self.backend == "torchattacks":
+            return run_torchattacks(
+                "PGD", model, x, y, generator,
+                eps=threat.eps, alpha=step_size, steps=self.steps, random_start=self.random_start,
+            )
+        return run_foolbox(
+            "LinfPGD", model, x, y, threat, generator,
+            abs_stepsize=step_size, steps=self.steps, random_start=self.random_start,
+        )

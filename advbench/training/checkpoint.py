@@ -1,0 +1,147 @@
+"""Checkpoints: ``weights.safetensors`` plus a JSON model card, written atomically and verified on load.
+
+A checkpoint directory holds exactly two files. The card records what is needed to rebuild the
+model through the registry (``architecture``, ``params``, ``num_classes``, ``input_shape``), what
+produced it (recipe, seed, data hash, library versions), its final metrics, and the sha256 of the
+weights file, which :func:`load_checkpoint` checks before trusting anything. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import torch
+from safetensors.torch import load_file, save_file
+
+import advbench
+from advbench.errors import CacheError
+from advbench.models import Classifier, create_model
+
+__all__ = ["CARD_FILE", "WEIGHTS_FILE", "library_versions", "load_checkpoint", "save_checkpoint"]
+
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FILE = "card.json"
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a trained model."""
+    return {
+        "advbench": advbench.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):  # pydantic configs (RecipeConfig, ...)
+        return obj.model_dump(mode="json")
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, (np.generic, torch.Tensor)):
+        return obj.item()
+    raise TypeError(f"the model card holds a {type(obj).__name__}, which is not JSON-serialisable")
+
+
+def save_checkpoint(model: Classifier, directory: str | os.PathLike[str], card: Mapping[str, Any], *,
+                    overwrite: bool = False) -> str:
+    """Write ``model``'s weights and ``card`` to ``directory`` atomically; returns the directory.
+
+    The files are written into a temporary sibling directory that is renamed into place, so a
+    crash never leaves a half-written checkpoint. ``card`` should hold ``params`` (the architecture's
+    keyword arguments), the recipe, seed, data hash and final metrics; ``architecture``,
+    ``num_classes``, ``input_shape``, ``library_versions`` and ``weights_sha256`` are filled in.
+    An existing checkpoint raises :class:`CacheError` unless ``overwrite``.
+    """
+    target = Path(directory)
+    if target.exists() and not overwrite:
+        raise CacheError(f"checkpoint {str(target)!r} already exists; pass overwrite=True or remove it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "advbench", "arch": model.arch})
+        full = {
+            "format_version": FORMAT_VERSION,
+            "params": {},
+            **dict(card),
+            "architecture": card.get("architecture", model.arch),
+            "num_classes": model.num_classes,
+            "input_shape": list(model.input_shape),
+            "library_versions": library_versions(),
+            "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
+        }
+        if full["architecture"] != model.arch:
+            raise ValueError(f"card says architecture {full['architecture']!r} but the model is {model.arch!r}")
+        text = json.dumps(full, indent=2, sort_keys=True, default=_jsonable, allow_nan=True)
+        (tmp / CARD_FILE).write_text(text + "\n", encoding="utf-8")
+        for f in (WEIGHTS_FILE, CARD_FILE):
+            with (tmp / f).open("rb") as fh:
+                os.fsync(fh.fileno())
+        if target.exists():  # overwrite: move the old one aside, then swap
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(target)
+
+
+def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild the model saved in ``directory`` through the registry; returns ``(model in eval mode, card)``.
+
+    Raises :class:`CacheError` if a file is missing, the card is malformed, the weights' sha256
+    differs from the card's, or the weights do not fit the architecture.
+    """
+    root = Path(directory)
+    card_path, weights_path = root / CARD_FILE, root / WEIGHTS_FILE
+    for p in (card_path, weights_path):
+        if not p.is_file():
+            raise CacheError(f"checkpoint {str(root)!r} is incomplete: {p.name} is missing; delete it and retrain")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        arch, params = card["architecture"], dict(card.get("params", {}))
+        num_classes, input_shape = int(card["num_classes"]), tuple(card["input_shape"])
+        expected = str(card["weights_sha256"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"checkpoint {str(root)!r}: malformed {CARD_FILE} ({type(exc).__name__}: {exc})") from None
+    actual = _sha256(weights_path)
+    if actual != expected:
+        raise CacheError(
+            f"checkpoint {str(root)!r}: {WEIGHTS_FILE} has sha256 {actual[:12]}..., the card expects "
+            f"{str(expected)[:12]}...; the file is corrupt or was replaced. Delete the checkpoint and retrain."
+        )
+    try:
+        state = load_file(str(weights_path), device="cpu")
+        model = create_model(arch, num_classes=num_classes, input_shape=input_shape, **params)  # type: ignore[arg-type]
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError, TypeError) as exc:
+        raise CacheError(
+            f"checkpoint {str(root)!r}: the weights do not fit {arch!r} with params {params} "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    return model.eval(), card

@@ -1,0 +1,165 @@
+"""The composite objective (eq. 3) with one temperature per regularised layer.
+
+    L = CE(f(x), y) + alpha * sum_l SNNL(h_l(x), y, T_l)
+
+Temperature modes (``SNNLConfig.temperature``):
+
+* ``"learned"``: ``log T_l`` is a parameter updated by its own optimiser to *minimise* the layer's
+  SNNL (eq. 2), whatever the sign of alpha. The weights' gradient of ``alpha * SNNL`` would reach
+  ``log T`` scaled by alpha (and with the wrong sign for alpha < 0); a gradient-scaling identity
+  divides it by alpha on the way back, so ``log T`` receives exactly ``dSNNL/dlog T`` from the one
+  backward pass.
+* ``"reference"``: the reference code's ``T = T0 / t``; ``t`` starts at 1 and before each use takes
+  one plain step ``t <- t - lr * dSNNL/dt`` on detached activations; no gradient reaches the network.
+* ``"fixed"``: ``T = T0``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advbench.models import Classifier
+from advbench.suite.schema import SNNLConfig
+from advbench.training.snnl import SNNL_EPS, _floor_from_shift, _masks, _snnl, pairwise_distances, snnl_from_distances
+
+__all__ = ["CompositeLoss", "LayerTemperature", "LossTerms"]
+
+# Bounds on a learned/reference temperature: keeps d/T finite in float32 if it drifts for many steps.
+_LOG_T_MIN, _LOG_T_MAX = math.log(1e-4), math.log(1e8)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the incoming gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class LayerTemperature(nn.Module):
+    """The temperature of one layer's SNNL in one of the modes ``learned``, ``reference``, ``fixed``."""
+
+    t: Tensor  # reference mode: the divisor of T0 (a buffer)
+
+    def __init__(self, *, mode: str, T0: float, lr: float) -> None:
+        super().__init__()
+        if mode not in ("learned", "reference", "fixed"):
+            raise ValueError(f"temperature mode must be 'learned', 'reference' or 'fixed', got {mode!r}")
+        if T0 <= 0:
+            raise ValueError(f"T0 must be > 0, got {T0}")
+        self.mode, self.T0, self.lr = mode, float(T0), float(lr)
+        if mode == "learned":
+            self.log_t = nn.Parameter(torch.tensor(math.log(T0)))
+        else:  # reference: the divisor t of T0 / t; fixed: unused
+            self.register_buffer("t", torch.tensor(1.0))
+
+    @property
+    def value(self) -> float:
+        """The current temperature."""
+        if self.mode == "learned":
+            return math.exp(float(self.log_t))
+        return self.T0 / float(self.t)
+
+    def for_loss(self, d: Tensor, y: Tensor, *, alpha: float, eps: float) -> Tensor | float:
+        """The temperature the composite loss uses on distances ``d`` (steps ``t`` in reference mode)."""
+        if self.mode == "fixed":
+            return self.T0
+        if self.mode == "learned":
+            return _ScaleGrad.apply(self.log_t, 1.0 / alpha).exp()
+        t = self.t.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            s = snnl_from_distances(d.detach(), y, self.T0 / t, eps=eps)
+            (g,) = torch.autograd.grad(s, t)
+        if torch.isfinite(g):
+            new = (self.t - self.lr * g).clamp(self.T0 * math.exp(-_LOG_T_MAX), self.T0 * math.exp(-_LOG_T_MIN))
+            self.t.copy_(new)
+        return self.T0 / float(self.t)
+
+    def clamp_(self) -> None:
+        """Keep a learned ``log T`` within bounds (call after its optimiser steps)."""
+        if self.mode == "learned":
+            with torch.no_grad():
+                self.log_t.clamp_(_LOG_T_MIN, _LOG_T_MAX)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, T={self.value:.4g}"
+
+
+@dataclass
+class LossTerms:
+    """The terms of one evaluation of the composite loss (tensors keep their graph)."""
+
+    loss: Tensor
+    ce: Tensor
+    logits: Tensor
+    snnl: dict[str, Tensor] = field(default_factory=dict)
+    temperature: dict[str, float] = field(default_factory=dict)
+    floor: dict[str, float] = field(default_factory=dict)
+
+
+class CompositeLoss(nn.Module):
+    """``CE + alpha * sum_l SNNL(h_l, y, T_l)`` over ``layers``, computed from one forward pass.
+
+    With ``alpha == 0`` the SNNL is not computed at all (baseline speed). The temperatures'
+    parameters (``temperature_parameters()``) belong to their own optimiser, never the network's.
+    """
+
+    def __init__(self, config: SNNLConfig, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.alpha = float(config.alpha)
+        self.layers = tuple(layers)
+        self.distance = config.distance
+        self.eps = SNNL_EPS
+        self.temperatures = nn.ModuleDict(
+            {
+                _key(layer): LayerTemperature(mode=config.temperature, T0=config.T0, lr=config.temperature_lr)
+                for layer in self.layers
+            }
+        )
+
+    def temperature(self, layer: str) -> LayerTemperature:
+        return self.temperatures[_key(layer)]  # type: ignore[return-value]
+
+    def temperature_parameters(self) -> list[nn.Parameter]:
+        return list(self.temperatures.parameters())
+
+    def forward(self, model: Classifier, x: Tensor, y: Tensor) -> LossTerms:
+        if self.alpha == 0.0:
+            logits = model(x)
+            ce = nn.functional.cross_entropy(logits, y)
+            return LossTerms(ce, ce, logits)
+        feats = model.features(x, [*self.layers, "logits"])
+        logits = feats["logits"]
+        ce = nn.functional.cross_entropy(logits, y)
+        terms = LossTerms(ce, ce, logits)
+        total = ce
+        eye, same = _masks(y)
+        for layer in self.layers:
+            d = pairwise_distances(feats[layer], distance=self.distance)
+            t = self.temperature(layer).for_loss(d, y, alpha=self.alpha, eps=self.eps)
+            s, shift = _snnl(d, t, eye, same, eps=self.eps)
+            terms.snnl[layer] = s
+            terms.temperature[layer] = float(t.detach()) if isinstance(t, Tensor) else float(t)
+            terms.floor[layer] = _floor_from_shift(shift)
+            total = total + self.alpha * s
+        terms.loss = total
+        return terms
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, layers={list(self.layers)}, distance={self.distance!r}"
+
+
+def _key(layer: str) -> str:
+    # ModuleDict keys may not contain dots
+    return layer.replace(".", "__")

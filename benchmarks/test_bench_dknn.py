@@ -1,0 +1,125 @@
+"""DkNN scoring throughput: 10,000 queries against 60,000 training points across the CNN's layers.
+
+Run with ``pytest benchmarks/test_bench_dknn.py -m benchmark``. The network is the 28x28 ``cnn``
+(hidden ``conv1`` 6,272 wide, ``conv2`` 3,136, ``fc1`` 128, plus the 10 logits) with random weights on
+random inputs: the cost of exact search depends only on the sizes. ``extra_info`` reports queries/s,
+the split between representation extraction and search, the achieved GFLOP/s of the distance
+computation (2 * queries * train * width per layer, the GEMM faiss runs) against this machine's
+float32 matmul peak measured in the same run (torch, same thread count), peak RSS and the load
+average (other processes on a shared box lower every number).
+
+The recall benchmarks compare approximate indices (IVF on the full widths; PCA to 64 dimensions, flat
+or HNSW -- HNSW graphs on 6,272-wide vectors take many minutes to build on two cores, so HNSW is
+measured after PCA) with exact search on 20,000 training points and 500 queries.
+``ADVBENCH_BENCH_DKNN_TRAIN`` / ``_QUERIES`` / ``_RECALL_TRAIN`` / ``_RECALL_QUERIES`` shrink the
+problems for a smoke run.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from advbench.evaluation.dknn import DkNN
+from advbench.models import create_model
+
+pytestmark = pytest.mark.benchmark
+
+N_TRAIN = int(os.environ.get("ADVBENCH_BENCH_DKNN_TRAIN", 60_000))
+N_QUERY = int(os.environ.get("ADVBENCH_BENCH_DKNN_QUERIES", 10_000))
+N_RECALL = int(os.environ.get("ADVBENCH_BENCH_DKNN_RECALL_QUERIES", 500))
+N_RECALL_TRAIN = int(os.environ.get("ADVBENCH_BENCH_DKNN_RECALL_TRAIN", 20_000))
+N_CAL = 750
+THREADS = min(2, os.cpu_count() or 1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(THREADS)
+    faiss.omp_set_num_threads(THREADS)
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=10, input_shape=(1, 28, 28)).eval()
+    g = torch.Generator().manual_seed(0)
+    x_train = torch.rand(N_TRAIN, 1, 28, 28, generator=g)
+    y_train = torch.randint(0, 10, (N_TRAIN,), generator=g)
+    x_cal = torch.rand(N_CAL, 1, 28, 28, generator=g)
+    y_cal = torch.randint(0, 10, (N_CAL,), generator=g)
+    x_query = torch.rand(N_QUERY, 1, 28, 28, generator=g)
+    return model, x_train, y_train, x_cal, y_cal, x_query
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def test_bench_dknn_exact_scoring(benchmark, setup) -> None:
+    model, x_train, y_train, x_cal, y_cal, x_query = setup
+    peak = matmul_peak_gflops()
+    dknn = DkNN(model, k=75, batch_size=1000)
+    t0 = time.perf_counter()
+    dknn.fit(x_train, y_train)
+    fit_s = time.perf_counter() - t0
+    fit_timings = dict(dknn.last_timings)
+    dknn.calibrate(x_cal, y_cal)
+
+    out = benchmark.pedantic(dknn.predict, args=(x_query,), rounds=1, iterations=1, warmup_rounds=0)
+    assert len(out) == N_QUERY and np.isfinite(out.credibility).all()
+
+    seconds = benchmark.stats.stats.median
+    t = dknn.last_timings
+    flops = sum(2.0 * N_QUERY * N_TRAIN * d for d in dknn.dims.values())
+    gflops = flops / t["search_s"] / 1e9
+    benchmark.extra_info.update(
+        {
+            "n_train": N_TRAIN, "n_query": N_QUERY, "k": 75, "layers": list(dknn.layers), "dims": dknn.dims,
+            "threads": THREADS, "seconds": seconds, "queries_per_s": N_QUERY / seconds,
+            "features_s": t["features_s"], "search_s": t["search_s"],
+            "feature_fraction": t["features_s"] / seconds, "search_fraction": t["search_s"] / seconds,
+            "distance_gflops": gflops, "matmul_peak_gflops": peak, "fraction_of_peak": gflops / peak,
+            "fit_s": fit_s, "fit_features_s": fit_timings["features_s"], "fit_index_s": fit_timings["index_s"],
+            "index_gib": sum(N_TRAIN * d * 4 for d in dknn.dims.values()) / 2**30,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "loadavg_1m": os.getloadavg()[0],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("index", "reduce_dim"), [("ivf", None), ("hnsw", None), ("exact", 64)], ids=["ivf", "hnsw", "pca64"]
+)
+def test_bench_dknn_recall(benchmark, setup, index: str, reduce_dim: int | None) -> None:
+    model, x_train, y_train, x_cal, y_cal, x_query = setup
+    x_train, y_train, xq = x_train[:N_RECALL_TRAIN], y_train[:N_RECALL_TRAIN], x_query[:N_RECALL]
+    dknn = DkNN(model, k=75, index=index, reduce_dim=reduce_dim, batch_size=1000)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    dknn.fit(x_train, y_train)
+    fit_s = time.perf_counter() - t0
+    dknn.calibrate(x_cal, y_cal)
+
+    benchmark.pedantic(dknn.predict, args=(xq,), rounds=1, iterations=1, warmup_rounds=0)
+    seconds = benchmark.stats.stats.median
+    search_s = dknn.last_timings["search_s"]
+    recall = dknn.recall_at_k(x_train, xq)
+    assert all(0.0 <= r <= 1.0 for r in recall.values())
+    benchmark.extra_info.update(
+        {
+            "n_train": len(y_train), "n_query": len(xq), "k": 75, "index_specs": dknn.index_specs,
+            "recall_at_k": recall, "fit_s": fit_s, "seconds": seconds, "search_s": search_s,
+            "queries_per_s": len(xq) / seconds,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "loadavg_1m": os.getloadavg()[0],
+        }
+    )

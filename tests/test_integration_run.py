@@ -1,0 +1,143 @@
+"""`advbench run suites/quick.yaml` end to end through the CLI: kill it part way, resume, compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+TABLES = ["outcomes.csv.gz", "clean.csv", "dknn.csv", "transfer_metrics.csv"]
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "advbench.cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "ADVBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0"}
+
+
+def _run_args(tmp: Path, name: str) -> list[str]:
+    return [
+        "run",
+        str(ROOT / "suites" / "quick.yaml"),
+        "--runs-dir",
+        str(tmp / f"runs-{name}"),
+        "--report",
+        str(tmp / f"report-{name}.md"),
+    ]
+
+
+def _latest_results(runs: Path) -> Path:
+    dirs = sorted(p for p in runs.iterdir() if (p / "manifest.json").is_file())
+    return dirs[-1] / "results"
+
+
+def _read(results: Path, table: str) -> pd.DataFrame:
+    df = pd.read_csv(results / table)
+    return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("whole")
+    proc = _cli(*_run_args(tmp, "a"), cwd=tmp, env=_env(tmp / "cache"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, _latest_results(tmp / "runs-a")
+
+
+def test_report_written_with_every_section(uninterrupted):
+    tmp, _ = uninterrupted
+    text = (tmp / "report-a.md").read_text()
+    for heading in (
+        "## Clean accuracy",
+        "## Entanglement per hidden layer",
+        "## White-box robustness",
+        "## Transfer matrices",
+        "## Paired differences",
+        "## DkNN credibility",
+        "## Evaluation-quality flags",
+        "## Provenance",
+    ):
+        assert heading in text
+    assert (tmp / "report-a" / "credibility.png").is_file()
+    assert "Denominator" in text
+
+
+def test_killed_run_resumes_to_identical_results(uninterrupted, tmp_path):
+    _, whole = uninterrupted
+    env = _env(tmp_path / "cache")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "advbench.cli.main", *_run_args(tmp_path, "b")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # wait until a few cells are finished, then kill -9 mid-run
+    deadline = time.time() + 300
+    manifest = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "runs-b").glob("*/manifest.json")) if (tmp_path / "runs-b").exists() else []
+        if found:
+            try:
+                manifest = json.loads(found[0].read_text())
+            except ValueError:
+                manifest = None
+            if manifest and len(manifest.get("cells", {})) >= 4:
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(manifest["cells"])
+
+    resumed = _cli(*_run_args(tmp_path, "b"), cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = _latest_results(tmp_path / "runs-b")
+    cells = json.loads((results.parent / "manifest.json").read_text())["cells"]
+    assert sum(c["cached"] for c in cells.values()) >= done_before
+    for table in TABLES:
+        pd.testing.assert_frame_equal(_read(results, table), _read(whole, table), check_exact=True)
+
+    # a re-run of a finished suite is all cache hits, and quick
+    t0 = time.perf_counter()
+    again = _cli(*_run_args(tmp_path, "b"), cwd=tmp_path, env=env)
+    elapsed = time.perf_counter() - t0
+    assert again.returncode == 0, again.stderr[-3000:]
+    cells = json.loads((_latest_results(tmp_path / "runs-b").parent / "manifest.json").read_text())["cells"]
+    assert all(c["cached"] for c in cells.values())
+    assert elapsed < 60  # generous: shared 2-core CI machines; the README quotes the measured figure
+
+
+def test_plan_lists_cells_and_computes_nothing(uninterrupted, tmp_path):
+    tmp, _ = uninterrupted
+    proc = _cli(
+        "run",
+        str(ROOT / "suites" / "quick.yaml"),
+        "--plan",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+        env=_env(tmp / "cache"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "train baseline seed=0" in proc.stdout and "0 to compute" in proc.stdout
+    assert not (tmp_path / "runs").exists()
