@@ -19,6 +19,9 @@ from advbench.suite.rundir import atomic_write_text
 
 __all__ = ["render_report", "write_report"]
 
+#: Gap (as a fraction) above which a table-based evaluation-quality flag is raised.
+FLAG_TOLERANCE = 0.01
+
 log = logging.getLogger(__name__)
 
 
@@ -26,10 +29,13 @@ def _pct(v: float) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
 
-def _ci(mean: float, lo: float, hi: float, *, pct: bool = True) -> str:
+def _ci(mean: float, lo: float, hi: float, *, pct: bool = True, bounds: tuple[float, float] | None = (0.0, 1.0)) -> str:
+    """``mean [lo, hi]``; the interval is clipped to the metric's range (rates and scores live in [0, 1])."""
     f = _pct if pct else (lambda v: "n/a" if not np.isfinite(v) else f"{v:.3f}")
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return f(mean)
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return f"{f(mean)} [{f(lo)}, {f(hi)}]"
 
 
@@ -69,7 +75,7 @@ def render_report(
             if len(seeds) > 1
             else "— with a single seed, a bootstrap over examples instead."
         )
-        + " Percentages are in points.",
+        + " Percentages are in points; intervals of rates are clipped to [0, 100].",
         "",
     ]
     out += _clean_section(results)
@@ -94,6 +100,13 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
         results.metrics.to_csv(fig_dir / "transfer_metrics.csv", index=False)
     if len(results.dknn):
         results.dknn.to_csv(fig_dir / "dknn_metrics.csv", index=False)
+    if len(results.outcomes):
+        order = [m["name"] for m in results.suite["models"]]
+        ref = "baseline" if "baseline" in order else order[0]
+        if len(order) > 1:
+            _paired(results, ref, [m for m in order if m != ref]).to_csv(
+                fig_dir / "paired_differences.csv", index=False
+            )
     atomic_write_text(path, text)
     return path
 
@@ -122,7 +135,7 @@ def _clean_section(results: Results) -> list[str]:
 
 def _entanglement_section(results: Results, figures_dir: Path | None, prefix: str) -> list[str]:
     tr = results.training
-    cols = [c for c in tr.columns if c.startswith("probe_snnl/")]
+    cols = [c for c in tr.columns if c.startswith("entanglement/") and not c.startswith("entanglement_T/")]
     if tr.empty or not cols:
         return []
     last = tr.loc[tr.groupby(["model", "seed"])["epoch"].idxmax()]
@@ -133,7 +146,7 @@ def _entanglement_section(results: Results, figures_dir: Path | None, prefix: st
 
         for c in cols:
             m, lo, hi = mean_ci(g[c].to_numpy(dtype=float))
-            row[c.split("/", 1)[1]] = _ci(m, lo, hi, pct=False)
+            row[c.split("/", 1)[1]] = _ci(m, lo, hi, pct=False, bounds=(0.0, np.inf))
         rows.append(row)
     out = [
         "## Entanglement per hidden layer",
@@ -225,60 +238,118 @@ def _transfer_sections(results: Results, figures_dir: Path | None, prefix: str) 
     return out
 
 
+_PAIRED_LABELS = {
+    "white_box": "white-box: V->V minus R->R",
+    "from": "as source: V->M minus R->M",
+    "to": "as target: M->V minus M->R",
+    "cross": "cross: V->R minus R->V",
+}
+
+
+def _paired(results: Results, reference: str, variants: list[str]) -> pd.DataFrame:
+    """Paired differences, computed once per results object (the bootstrap is not free)."""
+    from advbench.evaluation.stats import paired_differences
+
+    memo = results.__dict__.setdefault("_paired_memo", {})
+    key = (reference, tuple(variants))
+    if key not in memo:
+        memo[key] = paired_differences(results.outcomes, reference=reference, variants=variants)
+    return memo[key]
+
+
 def _paired_section(results: Results) -> list[str]:
     if results.outcomes.empty:
         return []
-    from advbench.evaluation.stats import paired_differences
-
     order = _model_order(results)
     reference = "baseline" if "baseline" in order else order[0]
     variants = [m for m in order if m != reference]
     if not variants:
         return []
-    diff = paired_differences(results.outcomes, reference=reference, variants=variants)
+    diff = _paired(results, reference, variants)
     if diff.empty:
         return []
+    keep = ((diff["comparison"] == "white_box") & (diff["metric"] == "adv_accuracy")) | (
+        diff["comparison"].isin(["from", "to"]) & (diff["metric"] == "transfer_rate")
+    )
+    rows = []
+    for r in diff[keep].itertuples():
+        lo, hi = r.ci_low, r.ci_high
+        ci = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+        rows.append(
+            {
+                "variant (V)": r.variant,
+                "comparison": _PAIRED_LABELS.get(r.comparison, r.comparison),
+                "M": "" if not isinstance(r.other, str) else r.other,
+                "attack": r.attack,
+                "eps": r.eps,
+                "metric": r.metric,
+                "difference (pp)": f"{100 * r.diff:+.1f} {ci}",
+                "McNemar p": f"{r.p_value:.3g}",
+                "n paired": int(r.n_paired),
+            }
+        )
     out = [
         "## Paired differences",
         "",
-        f"Each variant minus `{reference}` trained from the same seed (same initial weights and batch order), "
-        "in percentage points with a 95% CI; the p-value is an exact McNemar test on the per-example "
-        "outcomes (discordant pairs pooled over seeds).",
+        f"Each variant V minus the reference R = `{reference}` trained from the same seed (same initial weights "
+        "and batch order), in percentage points with a 95% CI across seeds (a paired bootstrap over examples "
+        "when there is one seed). White-box rows compare adversarial accuracy (positive = V more robust); "
+        "source/target rows compare the transfer rate to / from a third model M (negative = fewer examples "
+        "transfer). p: exact McNemar test on the per-example outcomes, discordant pairs pooled over seeds; "
+        "n paired: examples in both cells' denominators, summed over seeds. Every comparison and metric is in "
+        "`transfer_metrics.csv` and `paired_differences.csv` next to this report.",
+        "",
+        _table(pd.DataFrame(rows)),
         "",
     ]
-    show = diff.copy()
-    for c in ("diff", "ci_low", "ci_high"):
-        if c in show:
-            show[c] = (100 * show[c]).round(2)
-    if "p_value" in show:
-        show["p_value"] = show["p_value"].map(lambda p: f"{p:.3g}")
-    out += [_table(show), ""]
     return out
+
+
+_DKNN_METRICS = {
+    "dknn_accuracy": "DkNN accuracy",
+    "mean_credibility": "mean credibility",
+    "ece_credibility": "ECE",
+    "auroc_clean_vs_set": "AUROC clean vs set",
+}
 
 
 def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> list[str]:
     dk = results.dknn
     if dk.empty:
         return []
+    dk = dk[dk["metric"].isin(list(_DKNN_METRICS))].copy()
+
+    # Collapse adversarial sets into white-box (crafted on the scored model) and transferred (crafted on another).
+    def group(r: Any) -> str:
+        if r["kind"] != "adversarial":
+            return str(r["kind"])
+        where = "white-box" if r["source"] == r["model"] else "transferred"
+        return f"{r['attack']} eps={r['eps']:g} ({where})"
+
+    dk["input"] = dk.apply(group, axis=1)
+    per_seed = dk.groupby(["model", "input", "metric", "seed"], sort=False)["value"].mean().reset_index()
+    sets = dk.drop_duplicates(["model", "input", "seed", "input_set"])
+    n = sets.groupby(["model", "input", "seed"])["n"].sum().groupby(["model", "input"]).max()
+    summ = _seed_summary(per_seed, ["input", "model", "metric"], "value")
+    summ["cell"] = [_ci(r.mean, r.ci_low, r.ci_high, pct=False) for r in summ.itertuples()]
+    wide = summ.pivot_table(index=["input", "model"], columns="metric", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=[c for c in _DKNN_METRICS if c in wide.columns]).rename(columns=_DKNN_METRICS)
+    wide["n per seed"] = [int(n.get((m, i), 0)) for i, m in wide.index]
+    wide = wide.reset_index()
     out = [
         "## DkNN credibility and calibration",
         "",
-        "Deep k-Nearest Neighbors over the hidden layers and logits. Accuracy and mean credibility on each "
-        "input set; ECE of credibility (10 bins); AUROC of credibility for telling clean test inputs "
-        "(positive) from the set's inputs. n = examples per set and seed.",
+        "Deep k-Nearest Neighbors over the hidden layers and logits, mean [95% CI] across seeds. Accuracy: DkNN "
+        "prediction equals the true label (not defined for OOD inputs). ECE: expected calibration error of "
+        "credibility against correctness (10 bins; for OOD every prediction counts as wrong). AUROC: how well "
+        "credibility tells the clean test inputs (positive class, higher credibility) from the set's inputs. "
+        "Adversarial sets are pooled per attack and eps into those crafted on the scored model (white-box) and "
+        "on the other models (transferred); n per seed counts the scored examples. Per-set rows: "
+        "`dknn_metrics.csv`.",
+        "",
+        _table(wide),
         "",
     ]
-    keys = [c for c in ("model", "input_set", "metric") if c in dk]
-    summ = _seed_summary(dk, keys, "value")
-    wide = (
-        summ.assign(cell=[_ci(r.mean, r.ci_low, r.ci_high, pct=False) for r in summ.itertuples()])
-        .pivot_table(index=["input_set", "model"], columns="metric", values="cell", aggfunc="first")
-        .reset_index()
-    )
-    if "n" in dk:
-        ns = dk.groupby(["input_set", "model"])["n"].first().reset_index()
-        wide = wide.merge(ns, on=["input_set", "model"], how="left")
-    out += [_table(wide), ""]
     if figures_dir is not None and not results.dknn_examples.empty:
         from advbench.reports.plots import credibility_histograms, reliability_diagram
 
@@ -306,7 +377,11 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
 def _flags_section(results: Results) -> list[str]:
     from advbench.evaluation.flags import evaluation_flags
 
-    frames = [evaluation_flags(results.metrics, num_classes=_num_classes(results))] if not results.metrics.empty else []
+    frames = (
+        [evaluation_flags(results.metrics, num_classes=_num_classes(results), tolerance=FLAG_TOLERANCE)]
+        if not results.metrics.empty
+        else []
+    )
     if not results.gradient_flags.empty:
         frames.append(results.gradient_flags)
     flags = (
@@ -315,12 +390,14 @@ def _flags_section(results: Results) -> list[str]:
     out = ["## Evaluation-quality flags", ""]
     if flags.empty:
         return out + [
-            "No flag raised: iterative attacks at least as strong as FGSM, success increasing with eps, "
-            "no transfer attack stronger than the white-box one, input gradients finite and non-zero.",
+            f"No flag raised (gaps above {100 * FLAG_TOLERANCE:g} points): iterative attacks at least as strong as "
+            "FGSM, success increasing with eps, no transfer attack stronger than the white-box one, input gradients "
+            "finite and non-zero.",
             "",
         ]
     return out + [
-        "Signs of gradient masking or a broken attack (after AutoAttack's and ART's checks). "
+        "Signs of gradient masking or a broken attack (after AutoAttack's and ART's checks), per seed, raised "
+        f"when a gap exceeds {100 * FLAG_TOLERANCE:g} points (a smaller gap is within a few examples' noise). "
         "The numbers above are shown as measured.",
         "",
         _table(flags),

@@ -83,7 +83,7 @@ def entanglement_curves(training: pd.DataFrame, layers: list[str], path: Path, *
     """Probe SNNL (entanglement) of each hidden layer over epochs, mean over seeds, one line per model."""
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 2.9), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
-        col = f"probe_snnl/{layer}"
+        col = f"entanglement/{layer}"
         if col not in training:
             continue
         for model, g in training.groupby("model"):
