@@ -8,9 +8,11 @@ computation (2 * queries * train * width per layer, the GEMM faiss runs) against
 float32 matmul peak measured in the same run (torch, same thread count), peak RSS and the load
 average (other processes on a shared box lower every number).
 
-The recall benchmarks compare approximate indices (IVF on the full widths; PCA to 64 dimensions, flat
-or HNSW -- HNSW graphs on 6,272-wide vectors take many minutes to build on two cores, so HNSW is
-measured after PCA) with exact search on 20,000 training points and 500 queries.
+The recall benchmarks compare approximate indices (IVF and HNSW on the full widths, and PCA to 64
+dimensions with flat search) with exact search on 20,000 training points and 500 queries (building an
+HNSW graph of 6,272-wide vectors takes minutes on two cores, hence the smaller training set). Random
+weights on random inputs give unclustered, nearly isotropic features: the worst case for IVF and PCA,
+so these recalls are lower bounds of what trained models on real data get (runs report their own).
 ``ADVBENCH_BENCH_DKNN_TRAIN`` / ``_QUERIES`` / ``_RECALL_TRAIN`` / ``_RECALL_QUERIES`` shrink the
 problems for a smoke run.
 """

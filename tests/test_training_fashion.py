@@ -17,8 +17,8 @@ from advbench.training import init_model, train_model
 
 pytestmark = pytest.mark.slow
 
-#: The values chosen by the tuning runs reported in issue 3 (learned temperature, |alpha| = 0.1).
-ENTANGLED_ALPHA, DISENTANGLED_ALPHA = -0.1, 0.1
+#: The values chosen by the tuning runs reported in issue 3 (learned temperature; -0.2 already collapses accuracy).
+ENTANGLED_ALPHA, DISENTANGLED_ALPHA = -0.05, 0.1
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,7 @@ class LayerTemperature(nn.Module):
     def value(self) -> float:
         """The current temperature."""
         if self.mode == "learned":
-            return math.exp(float(self.log_t))
+            return math.exp(self.log_t.item())
         return self.T0 / float(self.t)
 
     def for_loss(self, d: Tensor, y: Tensor, *, alpha: float, eps: float) -> Tensor | float:
