@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import copy
 import re
 import subprocess
@@ -30,8 +32,19 @@ THREAT = ThreatModel(eps=EPS)
 
 #: the built-ins, each with both backends (taken from the registry itself)
 BUILTINS = [e.name for e in ATTACKS.entries() if e.source == "advbench" and "." not in e.name]
-BUILTIN_CASES = [(n, {"backend": b, **({"steps": 3} if n != "fgsm" else {})}) for n in BUILTINS
-                 for b in ("torchattacks", "foolbox")]
+
+
+def _backends(name: str) -> tuple[str | None, ...]:
+    """Both library backends for attacks that take ``backend``; none for single-implementation ones."""
+    takes_backend = "backend" in inspect.signature(ATTACKS.get(name)).parameters
+    return ("torchattacks", "foolbox") if takes_backend else (None,)
+
+
+BUILTIN_CASES = [
+    (n, {**({"backend": b} if b else {}), **({"steps": 3} if n != "fgsm" else {})})
+    for n in BUILTINS
+    for b in _backends(n)
+]
 #: a representative sample of the wrapped attacks: L-inf, L2, L0/none (projected), random, minimisation
 WRAPPED_CASES = [
     ("torchattacks.MIFGSM", {"steps": 3}),

@@ -90,18 +90,43 @@ def run_train(runner: Runner, cell: Cell, state: _State) -> bool:
     state.models[(name, seed)] = model
     history = history.assign(model=name, seed=seed)
     state.histories.append(history)
-    test = runner.splits().test
-    idx = torch.from_numpy(runner.transfer_indices())
-    acc_full = _accuracy(model, test.x, test.y, runner.device)
-    state.clean.append({"model": name, "seed": seed, "test_accuracy": acc_full, "n": len(test)})
-    from advbench.evaluation.flags import flags_frame, gradient_flags
-
-    flags = gradient_flags(
-        model, test.x[idx[:256]].to(runner.device), test.y[idx[:256]].to(runner.device), name=name, seed=seed
-    )
-    if flags:
-        state.flags.append(flags_frame(flags))
+    _clean_evaluation(runner, cell, state, model, name, seed)
     return cached
+
+
+def _clean_evaluation(runner: Runner, cell: Cell, state: _State, model: torch.nn.Module, name: str, seed: int) -> None:
+    """Clean test accuracy and the input-gradient checks of a trained model, cached with its key."""
+    from advbench.evaluation.flags import FLAG_COLUMNS, flags_frame, gradient_flags
+    from advbench.suite.cache import cache_key
+
+    test = runner.splits().test
+    key = cache_key("clean-eval", {"model": cell.key, "test": runner.splits().hashes["test"], "n_grad": _N_GRAD})
+    entry = runner.cache.get("clean-eval", key)
+    if entry is None:
+        idx = torch.from_numpy(runner.transfer_indices()[:_N_GRAD])
+        record = {
+            "model": name,
+            "seed": seed,
+            "test_accuracy": _accuracy(model, test.x, test.y, runner.device),
+            "n": len(test),
+        }
+        flags = flags_frame(
+            gradient_flags(model, test.x[idx].to(runner.device), test.y[idx].to(runner.device), name=name, seed=seed)
+        )
+        with runner.cache.writer("clean-eval", key, {"label": f"clean evaluation {name} seed={seed}"}) as folder:
+            (folder / "clean.json").write_text(json.dumps(record))
+            flags.to_csv(folder / "gradient_flags.csv", index=False)
+        entry = runner.cache.get("clean-eval", key)
+        if entry is None:
+            raise CacheError(f"the clean evaluation of {name} seed={seed} could not be read back")
+    state.clean.append(_read_json(entry.file("clean.json")))
+    flags = pd.read_csv(entry.file("gradient_flags.csv"))
+    if len(flags):
+        state.flags.append(flags.reindex(columns=list(FLAG_COLUMNS)))
+
+
+#: Test examples whose input gradients are checked for masking (zero or non-finite).
+_N_GRAD = 256
 
 
 def _probe(runner: Runner) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,8 @@ run killed at any moment resumes with the same command and recomputes only unfin
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
 import logging
 import sys
@@ -198,11 +200,28 @@ class Runner:
         from advbench.reports.markdown import write_report
 
         out = Path(self.opt.report or self.suite.report.output.format(name=self.suite.name))
+        stamp = out.with_suffix("") / "results.sha256"
+        digest = _results_digest(run_dir.results)
+        if out.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+            # The report is a pure function of the results: identical results, nothing to re-render.
+            log.info("report %s is up to date (results unchanged, sha256 %s)", out, digest[:12])
+            return
         manifest = dict(run_dir.manifest)
         manifest["run_dir"] = str(run_dir.path)
         write_report(results, out, manifest=manifest, plots=self.suite.report.plots)
+        stamp.write_text(digest + "\n")
         log.info("report written to %s", out)
 
+
+def _results_digest(folder: Path) -> str:
+    """SHA-256 over a results folder's files (names and bytes), to tell whether a report is stale."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            data = f.read_bytes()
+            h.update(gzip.decompress(data) if f.suffix == ".gz" else data)  # gzip headers carry a timestamp
+    return h.hexdigest()
 
 def _device(name: str) -> torch.device:
     if name == "auto":
