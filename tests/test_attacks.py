@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
-
 import copy
+import inspect
 import re
 import subprocess
 import sys

@@ -155,6 +155,18 @@ def check_adversarial(
         )
 
 
+def check_steps(params: dict[str, Any], *, default_step: str) -> list[str]:
+    """Problems with the ``steps`` / ``step_size`` hyper-parameters shared by the iterative attacks."""
+    out = []
+    if params["steps"] < 1:
+        out.append(f"steps: expected an integer >= 1, got {params['steps']!r}")
+    if params["step_size"] is not None and not params["step_size"] > 0:
+        out.append(
+            f"step_size: expected a number > 0 (pixel units) or null for {default_step}, got {params['step_size']!r}"
+        )
+    return out
+
+
 def derive_seed(generator: torch.Generator | None) -> int:
     """A 63-bit seed drawn from ``generator`` (the global RNG when None)."""
     return int(torch.randint(0, 2**62, (1,), generator=generator))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from advbench.attacks import register_attack
-from advbench.attacks.base import Attack, Backend, ThreatModel
+from advbench.attacks.base import Attack, Backend, ThreatModel, check_steps
 from advbench.attacks.libraries import run_foolbox, run_torchattacks
 
 __all__ = ["BIM"]
@@ -33,14 +33,7 @@ class BIM(Attack):
 
     @classmethod
     def _check_values(cls, params: dict[str, Any]) -> list[str]:
-        out = []
-        if params["steps"] < 1:
-            out.append(f"steps: expected an integer >= 1, got {params['steps']!r}")
-        if params["step_size"] is not None and not params["step_size"] > 0:
-            out.append(
-                f"step_size: expected a number > 0 (pixel units) or null for eps/steps, got {params['step_size']!r}"
-            )
-        return out
+        return check_steps(params, default_step="eps/steps")
 
     def run(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator | None

@@ -1,8 +1,8 @@
 """advbench's built-in attacks, loaded through the ``advbench.attacks`` entry-point group.
 
 Importing this module registers ``fgsm``, ``bim`` and ``pgd`` (each with a torchattacks and a
-foolbox backend), ``dknn-adaptive`` (a feature-space attack on the DkNN) and a namespaced wrapper for every attack of torchattacks and foolbox, discovered
-without importing either library.
+foolbox backend), ``dknn-adaptive`` (a feature-space attack on the DkNN) and a namespaced wrapper
+for every attack of torchattacks and foolbox, discovered without importing either library.
 """
 
 from __future__ import annotations

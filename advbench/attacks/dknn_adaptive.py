@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advbench.attacks import register_attack
-from advbench.attacks.base import Attack, ThreatModel
+from advbench.attacks.base import Attack, ThreatModel, check_steps
 
 __all__ = ["DkNNAdaptive"]
 
@@ -86,13 +86,7 @@ class DkNNAdaptive(Attack):
 
     @classmethod
     def _check_values(cls, params: dict[str, Any]) -> list[str]:
-        out = []
-        if params["steps"] < 1:
-            out.append(f"steps: expected an integer >= 1, got {params['steps']!r}")
-        if params["step_size"] is not None and not params["step_size"] > 0:
-            out.append(
-                f"step_size: expected a number > 0 (pixel units) or null for 2.5*eps/steps, got {params['step_size']!r}"
-            )
+        out = check_steps(params, default_step="2.5*eps/steps")
         if params["n_neighbors"] < 0:
             out.append(f"n_neighbors: expected an integer >= 0 (0 = class mean), got {params['n_neighbors']!r}")
         if params["reference_size"] < 1:

@@ -21,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", action="store_true", help="print the plan and what is cached; compute nothing")
     p.add_argument("--resume", action="store_true", help="continue the latest run of this suite (the default)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (overrides the suite)")
-    p.add_argument("--cache-dir", default=None, help="content-addressed cache (default $ADVBENCH_CACHE or ~/.cache/advbench)")
+    p.add_argument(
+        "--cache-dir", default=None, help="content-addressed cache (default $ADVBENCH_CACHE or ~/.cache/advbench)"
+    )
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs/)")
     p.add_argument("--report", default=None, help="Markdown report path (overrides the suite's report.output)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"], help="override the suite's device")

@@ -31,7 +31,9 @@ def mlp(*, num_classes: int, input_shape: tuple[int, int, int], hidden: tuple[in
         blocks.append((f"fc{i}", nn.Sequential(*layer, nn.Linear(width, n), nn.ReLU())))
         width = n
     blocks.append(("logits", nn.Linear(width, num_classes)))
-    return Classifier(blocks, hidden=[b for b, _ in blocks[:-1]], num_classes=num_classes, input_shape=input_shape, arch="mlp")
+    return Classifier(
+        blocks, hidden=[b for b, _ in blocks[:-1]], num_classes=num_classes, input_shape=input_shape, arch="mlp"
+    )
 
 
 @register_model("cnn")
@@ -46,7 +48,9 @@ def cnn(
         ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape, 2, c2), fc), nn.ReLU())),
         ("logits", nn.Linear(fc, num_classes)),
     ]
-    return Classifier(blocks, hidden=["conv1", "conv2", "fc1"], num_classes=num_classes, input_shape=input_shape, arch="cnn")
+    return Classifier(
+        blocks, hidden=["conv1", "conv2", "fc1"], num_classes=num_classes, input_shape=input_shape, arch="cnn"
+    )
 
 
 @register_model("cnn-digits")
@@ -70,11 +74,15 @@ class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.skip = (
-            nn.Identity() if stride == 1 and cin == cout
+            nn.Identity()
+            if stride == 1 and cin == cout
             else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
         )
         self.act = nn.ReLU()
@@ -98,6 +106,9 @@ def resnet_small(
         ("logits", nn.Linear(w3, num_classes)),
     ]
     return Classifier(
-        blocks, hidden=["stem", "stage1", "stage2", "stage3", "pool"], num_classes=num_classes,
-        input_shape=input_shape, arch="resnet-small",
+        blocks,
+        hidden=["stem", "stage1", "stage2", "stage3", "pool"],
+        num_classes=num_classes,
+        input_shape=input_shape,
+        arch="resnet-small",
     )
