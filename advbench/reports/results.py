@@ -60,7 +60,11 @@ class Results:
         (folder / "suite.json").write_text(json.dumps(self.suite, indent=1))
         for f in fields(self):
             if f.name in _FILES:
-                getattr(self, f.name).to_csv(folder / _FILES[f.name], index=False)
+                # fast, reproducible gzip (no timestamp in the header)
+                compression = (
+                    {"method": "gzip", "compresslevel": 1, "mtime": 0} if _FILES[f.name].endswith(".gz") else None
+                )
+                getattr(self, f.name).to_csv(folder / _FILES[f.name], index=False, compression=compression)
 
     @classmethod
     def load(cls, folder: str | Path) -> Results:

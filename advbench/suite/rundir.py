@@ -156,7 +156,9 @@ class RunDir:
             "seconds": round(seconds, 3),
             "node": platform.node(),
         }
-        self.save()
+        # A computed cell is recorded at once; cache hits are cheap to redo, so batch their writes.
+        if not cached or len(self.manifest["cells"]) % 50 == 0:
+            self.save()
 
     def finish(self, wall_s: float, stage_seconds: dict[str, float]) -> None:
         self.manifest["status"] = "complete"
