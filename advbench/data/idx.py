@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from advbench.errors import DataError
+from advbench.hashing import sha256_file
 
 __all__ = ["download", "read_idx", "sha256_file", "user_cache_dir"]
 
@@ -78,14 +79,6 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{len(raw) - header} bytes: the file is truncated or corrupt: {fix}"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(url: str, dest: str | Path, sha256: str, *, timeout: float = 60.0, progress: bool = True) -> Path:

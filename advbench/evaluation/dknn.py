@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from advbench.errors import CacheError
+from advbench.hashing import sha256_file
 from advbench.models.classifier import Classifier
 
 __all__ = ["DkNN", "DkNNOutput", "model_fingerprint"]
@@ -381,7 +382,7 @@ class DkNN:
         for i, name in enumerate(self.layers):
             fname = f"index_{i}.faiss"
             faiss.write_index(self.indices[name], str(path / fname))
-            files[fname] = _sha256_file(path / fname)
+            files[fname] = sha256_file(path / fname)
             index_files[name] = fname
         buf = io.BytesIO()
         arrays: dict[str, Any] = {"y_train": self.y_train}
@@ -427,7 +428,7 @@ class DkNN:
                 fpath = path / fname
                 if not fpath.is_file():
                     raise CacheError(f"{fpath} is missing; {hint}")
-                got = _sha256_file(fpath)
+                got = sha256_file(fpath)
                 if got != expected:
                     raise CacheError(f"{fpath} is corrupt: sha256 {got}, expected {expected}; {hint}")
             got_model = model_fingerprint(model)
@@ -630,14 +631,6 @@ def _check_int(name: str, value: object, low: int) -> None:
 
 def _cat(parts: list[np.ndarray], empty_shape: tuple[int, int], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(empty_shape, dtype=dtype)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fmt(timings: dict[str, float]) -> str:

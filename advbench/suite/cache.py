@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from advbench.errors import CacheError
+from advbench.hashing import sha256_file
 
 __all__ = ["Cache", "CacheEntry", "cache_key", "default_cache_dir"]
 
@@ -46,14 +47,6 @@ def cache_key(kind: str, spec: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of everything that determines a cell's output."""
     blob = json.dumps({"kind": kind, "spec": spec}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -109,7 +102,7 @@ class Cache:
             f = folder / name
             if not f.is_file():
                 raise CacheError(f"{f} is missing")
-            got = _sha256(f)
+            got = sha256_file(f)
             if got != digest:
                 raise CacheError(f"{f}: sha256 {got[:12]}... does not match the manifest's {digest[:12]}...")
         return CacheEntry(kind, key, folder, manifest.get("meta", {}))
@@ -138,7 +131,7 @@ class Cache:
                 if f.is_file():
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
-                    files[str(f.relative_to(tmp))] = _sha256(f)
+                    files[str(f.relative_to(tmp))] = sha256_file(f)
             manifest = {"kind": kind, "key": key, "files": files, "meta": meta or {}, "created": time.time()}
             with open(tmp / MANIFEST, "w") as fh:
                 json.dump(manifest, fh, indent=1, sort_keys=True)

@@ -8,7 +8,6 @@ weights file, which :func:`load_checkpoint` checks before trusting anything. No 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import advbench
 from advbench.errors import CacheError
+from advbench.hashing import sha256_file
 from advbench.models import Classifier, create_model
 
 __all__ = ["CARD_FILE", "WEIGHTS_FILE", "library_versions", "load_checkpoint", "save_checkpoint"]
@@ -43,14 +43,6 @@ def library_versions() -> dict[str, str]:
         "safetensors": safetensors.__version__,
         "python": platform.python_version(),
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -89,7 +81,7 @@ def save_checkpoint(model: Classifier, directory: str | os.PathLike[str], card: 
             "num_classes": model.num_classes,
             "input_shape": list(model.input_shape),
             "library_versions": library_versions(),
-            "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
+            "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
         }
         if full["architecture"] != model.arch:
             raise ValueError(f"card says architecture {full['architecture']!r} but the model is {model.arch!r}")
@@ -129,7 +121,7 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[Classifier, dict
         expected = str(card["weights_sha256"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CacheError(f"checkpoint {str(root)!r}: malformed {CARD_FILE} ({type(exc).__name__}: {exc})") from None
-    actual = _sha256(weights_path)
+    actual = sha256_file(weights_path)
     if actual != expected:
         raise CacheError(
             f"checkpoint {str(root)!r}: {WEIGHTS_FILE} has sha256 {actual[:12]}..., the card expects "
