@@ -226,9 +226,7 @@ def _dknn_for(runner: Runner, model: torch.nn.Module) -> Any:
 
 
 def run_dknn_index(runner: Runner, cell: Cell, state: _State) -> bool:
-    # The index is built and cached here; dknn-score loads it.
-    from advbench.evaluation.dknn import DkNN
-
+    """Build and cache the DkNN index of one model; dknn-score loads it."""
     # Presence is enough here: the checksums of a (possibly multi-GB) index are verified when
     # dknn-score loads it, and a corrupt index is rebuilt there.
     if runner.cache.exists(cell.kind, cell.key):
@@ -241,8 +239,6 @@ def run_dknn_index(runner: Runner, cell: Cell, state: _State) -> bool:
     dknn.calibrate(splits.calibration.x, splits.calibration.y)
     with runner.cache.writer("dknn-index", cell.key, {"label": cell.label}) as folder:
         dknn.save(folder / "dknn")
-    del dknn
-    _ = DkNN  # imported for the type; loading happens in run_dknn_score
     return False
 
 
