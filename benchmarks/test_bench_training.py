@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from advbench.suite.schema import RecipeConfig, SNNLConfig
-from advbench.training import CompositeLoss, init_model, make_optimizer, pairwise_distances, snnl_from_distances
+from advbench.training import TrainStep, init_model, pairwise_distances, snnl_from_distances
 
 pytestmark = pytest.mark.benchmark
 
@@ -26,20 +26,10 @@ MAX_RATIO = 1.15
 def _stepper(alpha: float, x: torch.Tensor, y: torch.Tensor):
     recipe = RecipeConfig(batch_size=BATCH, snnl=SNNLConfig(alpha=alpha))
     model = init_model("cnn", params={}, num_classes=10, input_shape=(1, 28, 28), seed=0, x_train=x)
-    loss_fn = CompositeLoss(recipe.snnl, model.hidden_layers)
-    opt = make_optimizer(model.parameters(), recipe)
-    t_params = loss_fn.temperature_parameters()
-    t_opt = torch.optim.Adam(t_params, lr=recipe.snnl.temperature_lr) if alpha and t_params else None
+    train_step = TrainStep(model, recipe, model.hidden_layers)  # the step train_model runs
 
-    def step() -> None:  # the body of train_model's inner loop
-        terms = loss_fn(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        if t_opt is not None:
-            t_opt.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        opt.step()
-        if t_opt is not None:
-            t_opt.step()
+    def step() -> None:
+        train_step(x, y)
 
     return step, model
 

@@ -14,6 +14,13 @@ import pandas as pd
 __all__ = ["credibility_histograms", "entanglement_curves", "reliability_diagram", "transfer_heatmap"]
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def transfer_heatmap(matrix: pd.DataFrame, path: Path, *, title: str, fmt: str = "{:.0%}") -> Path:
     """A source x target heatmap of a rate in [0, 1]."""
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * matrix.shape[1], 1.0 + 0.8 * matrix.shape[0]))
@@ -31,10 +38,7 @@ def transfer_heatmap(matrix: pd.DataFrame, path: Path, *, title: str, fmt: str =
                 )
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def reliability_diagram(examples: pd.DataFrame, path: Path, *, title: str, n_bins: int = 10) -> Path:
@@ -54,10 +58,7 @@ def reliability_diagram(examples: pd.DataFrame, path: Path, *, title: str, n_bin
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def credibility_histograms(examples: pd.DataFrame, path: Path, *, title: str) -> Path:
@@ -73,10 +74,7 @@ def credibility_histograms(examples: pd.DataFrame, path: Path, *, title: str) ->
         ax.set_xlabel("credibility")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def entanglement_curves(training: pd.DataFrame, layers: list[str], path: Path, *, title: str) -> Path:
@@ -94,7 +92,4 @@ def entanglement_curves(training: pd.DataFrame, layers: list[str], path: Path, *
     axes[0][0].set_ylabel("SNNL at the minimising T")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -15,6 +15,7 @@ from advbench.training.snnl import (
 )
 from advbench.training.trainer import (
     TrainResult,
+    TrainStep,
     batch_order,
     fit_normalization,
     init_model,
@@ -31,6 +32,7 @@ __all__ = [
     "LossTerms",
     "SoftNearestNeighborLoss",
     "TrainResult",
+    "TrainStep",
     "batch_order",
     "entanglement",
     "fit_normalization",

@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from advbench.errors import NonFiniteLossError
 from advbench.models import Classifier, create_model
 from advbench.suite.schema import RecipeConfig
-from advbench.training.loss import CompositeLoss
+from advbench.training.loss import CompositeLoss, LossTerms
 from advbench.training.snnl import entanglement
 
 __all__ = [
     "TrainResult",
+    "TrainStep",
     "batch_order",
     "fit_normalization",
     "init_model",
@@ -177,6 +178,41 @@ def _check_finite(value: Tensor, *, name: str, epoch: int, step: int, term: str)
         )
 
 
+class TrainStep:
+    """One optimisation step of the composite loss: forward, finiteness checks, weight and temperature updates.
+
+    Owns the loss, the weights' optimiser and (when the SNNL is on and the temperature is learned) the
+    temperatures' optimiser. :func:`train_model` and the training benchmark both run exactly this.
+    """
+
+    def __init__(self, model: Classifier, recipe: RecipeConfig, layers: Sequence[str]) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.loss_fn = CompositeLoss(recipe.snnl, self.layers)
+        self.opt = make_optimizer(model.parameters(), recipe)
+        t_params = self.loss_fn.temperature_parameters()
+        self.t_opt = (
+            torch.optim.Adam(t_params, lr=recipe.snnl.temperature_lr) if t_params and recipe.snnl.alpha != 0 else None
+        )
+
+    def __call__(self, xb: Tensor, yb: Tensor, *, name: str = "model", epoch: int = 0, step: int = 0) -> LossTerms:
+        terms = self.loss_fn(self.model, xb, yb)
+        _check_finite(terms.ce, name=name, epoch=epoch, step=step, term="cross-entropy (CE)")
+        for layer, s in terms.snnl.items():
+            _check_finite(s, name=name, epoch=epoch, step=step, term=f"SNNL of layer {layer!r}")
+        _check_finite(terms.loss, name=name, epoch=epoch, step=step, term="total")
+        self.opt.zero_grad(set_to_none=True)
+        if self.t_opt is not None:
+            self.t_opt.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        self.opt.step()
+        if self.t_opt is not None:
+            self.t_opt.step()
+            for layer in self.layers:
+                self.loss_fn.temperature(layer).clamp_()
+        return terms
+
+
 def train_model(
     model: Classifier,
     x_train: Tensor,
@@ -208,10 +244,8 @@ def train_model(
         raise ValueError(
             f"snnl.layers {bad} are not hidden layers of {model.arch!r}; choose from {list(model.hidden_layers)}"
         )
-    loss_fn = CompositeLoss(cfg, layers)
-    opt = make_optimizer(model.parameters(), recipe)
-    t_params = loss_fn.temperature_parameters()
-    t_opt = torch.optim.Adam(t_params, lr=cfg.temperature_lr) if t_params and cfg.alpha != 0 else None
+    train_step = TrainStep(model, recipe, layers)
+    loss_fn = train_step.loss_fn
 
     init_hash = weights_hash(model)
     order_hash = hashlib.sha256()
@@ -237,20 +271,7 @@ def train_model(
                                             disable=disable)):
                 order_hash.update(idx.numpy().tobytes())
                 xb, yb = x_train[idx], y_train[idx]
-                terms = loss_fn(model, xb, yb)
-                _check_finite(terms.ce, name=name, epoch=epoch, step=step, term="cross-entropy (CE)")
-                for layer, s in terms.snnl.items():
-                    _check_finite(s, name=name, epoch=epoch, step=step, term=f"SNNL of layer {layer!r}")
-                _check_finite(terms.loss, name=name, epoch=epoch, step=step, term="total")
-                opt.zero_grad(set_to_none=True)
-                if t_opt is not None:
-                    t_opt.zero_grad(set_to_none=True)
-                terms.loss.backward()
-                opt.step()
-                if t_opt is not None:
-                    t_opt.step()
-                    for layer in layers:
-                        loss_fn.temperature(layer).clamp_()
+                terms = train_step(xb, yb, name=name, epoch=epoch, step=step)
                 n = len(yb)
                 seen += n
                 correct += int((terms.logits.detach().argmax(1) == yb).sum())
