@@ -185,7 +185,7 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _attack_mode(model: nn.Module) -> Iterator[None]:
+def _attack_mode(model: nn.Module, attack: str = "the attack") -> Iterator[None]:
     """Eval mode for the duration; restores the train/eval flags, ``requires_grad`` and ``.grad`` exactly.
 
     Each parameter's ``.grad`` is set aside (to None) during the attack and put back afterwards, so
@@ -198,6 +198,9 @@ def _attack_mode(model: nn.Module) -> Iterator[None]:
     params = list(model.parameters())
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
+    # An attack must not change the model it attacks: keep a copy of the weights and buffers, and
+    # put them back (then refuse the batch) if a faulty attack wrote to them.
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.eval()
     for p in params:
         p.grad = None
@@ -209,6 +212,15 @@ def _attack_mode(model: nn.Module) -> Iterator[None]:
             p.grad = g
         for m, t in training.items():
             m.training = t
+    after = model.state_dict()
+    changed = [k for k, v in before.items() if k not in after or not torch.equal(after[k], v)]
+    if changed:
+        with torch.no_grad():
+            model.load_state_dict(before)
+        raise ThreatModelError(
+            f"{attack} modified the model's weights ({', '.join(changed[:5])}"
+            f"{', ...' if len(changed) > 5 else ''}); an attack may only read the model. The weights were restored"
+        )
 
 
 class Attack(abc.ABC):
@@ -255,7 +267,7 @@ class Attack(abc.ABC):
             )
         x, y = x.detach(), y.detach()
         _check_input(x, threat, attack=repr(self), batch=batch)
-        with _attack_mode(model):
+        with _attack_mode(model, repr(self)):
             start = time.perf_counter()
             x_adv = self.run(model, x, y, threat, generator)
             seconds = time.perf_counter() - start

@@ -28,7 +28,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, help="Markdown report path (overrides the suite's report.output)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"], help="override the suite's device")
     p.add_argument("--executor", default="local", choices=["local", "ray"], help="where cells run (default local)")
-    p.add_argument("--address", default=None, help="Ray cluster address with --executor ray")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address with --executor ray (default: start Ray on this machine)"
+    )
+    p.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first failed cell (default: record it and go on)"
+    )
+    p.add_argument(
+        "--time-limit",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop an attack cell that runs longer than this and record it as failed (default: no limit)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="torch threads per cell (default: torch's own locally, 1 per Ray task); results are "
+        "bit-identical across executors for the same N",
+    )
     p.set_defaults(func=main)
 
 
@@ -36,3 +56,23 @@ def main(args: argparse.Namespace) -> int:
     from advbench.suite.runner import run_from_cli
 
     return run_from_cli(args)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 thread, got {text!r}")
+    return value

@@ -78,6 +78,7 @@ def render_report(
         + " Percentages are in points; intervals of rates are clipped to [0, 100].",
         "",
     ]
+    out += _failures_section(results)
     out += _clean_section(results)
     out += _entanglement_section(results, figures_dir, link_prefix)
     out += _transfer_sections(results, figures_dir, link_prefix)
@@ -112,6 +113,25 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
 
 
 # -- sections ----------------------------------------------------------------------------------
+
+
+def _failures_section(results: Results) -> list[str]:
+    f = results.failures
+    if not len(f):
+        return []
+    failed = int((f["status"] == "failed").sum())
+    skipped = len(f) - failed
+    return [
+        "## Failed cells",
+        "",
+        f"**{failed} cell{'s' if failed != 1 else ''} failed and {skipped} "
+        f"{'were' if skipped != 1 else 'was'} skipped because they need a failed cell.** "
+        "Every table below leaves them out (their denominators count only what ran). "
+        "A re-run retries them; `--fail-fast` stops a run at the first failure instead.",
+        "",
+        _table(f[["cell", "kind", "status", "error"]]),
+        "",
+    ]
 
 
 def _clean_section(results: Results) -> list[str]:

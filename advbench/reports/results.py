@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ _FILES = {
     "dknn_examples": "dknn_examples.csv.gz",
     "gradient_flags": "gradient_flags.csv",
     "metrics": "transfer_metrics.csv",
+    "failures": "failures.csv",
 }
 
 
@@ -36,6 +37,8 @@ class Results:
     * ``clean``: clean test accuracy per model and seed.
     * ``dknn`` / ``dknn_examples``: DkNN calibration records and per-example credibility.
     * ``gradient_flags``: input-gradient checks per model and seed.
+    * ``failures``: cells that failed (a faulty attack plugin, say) or were skipped because a cell
+      they need failed: ``cell``, ``kind``, ``status``, ``error``. Empty when everything ran.
     """
 
     suite: dict[str, Any]
@@ -46,6 +49,7 @@ class Results:
     dknn: pd.DataFrame
     dknn_examples: pd.DataFrame
     gradient_flags: pd.DataFrame
+    failures: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def from_parts(cls, *, suite: dict[str, Any], outcomes: pd.DataFrame, **tables: pd.DataFrame) -> Results:

@@ -35,6 +35,44 @@ def _entry_or_none(runner: Runner, cell: Cell) -> Any:
     return runner.cache.get(cell.kind, cell.key)
 
 
+def _model(runner: Runner, state: _State, name: str, seed: int) -> torch.nn.Module:
+    """The trained model: from this process's state, else from its checkpoint in the cache.
+
+    A cell may run in a process that did not run its dependencies (a Ray worker), so every input
+    a cell reads can come back from the cache.
+    """
+    model = state.models.get((name, seed))
+    if model is None:
+        from advbench.training import load_checkpoint
+
+        train = runner.cell("train", model=name, seed=seed)
+        entry = runner.cache.get("train", train.key)
+        if entry is None:
+            raise CacheError(
+                f"{train.label} is not in the cache at {runner.cache.root}, but a later cell needs it; "
+                f"run the suite again to recompute it"
+            )
+        model, _ = load_checkpoint(entry.path / "checkpoint")
+        model = model.to(runner.device).eval()
+        state.models[(name, seed)] = model
+    return model
+
+
+def _adv(runner: Runner, state: _State, seed: int, source: str, akey: str, eps: float) -> dict[str, torch.Tensor]:
+    """An adversarial set: from this process's state, else from the cache."""
+    k = (seed, source, akey, eps)
+    if k not in state.adv:
+        cell = runner.cell("attack", seed=seed, model=source, attack=akey, eps=eps)
+        entry = runner.cache.get("attack", cell.key)
+        if entry is None:
+            raise CacheError(
+                f"{cell.label} is not in the cache at {runner.cache.root}, but a later cell needs it; "
+                f"run the suite again to recompute it"
+            )
+        state.adv[k] = load_file(str(entry.file("adv.safetensors")))
+    return state.adv[k]
+
+
 # -- training ----------------------------------------------------------------------------------
 
 
@@ -158,7 +196,7 @@ def run_attack(runner: Runner, cell: Cell, state: _State) -> bool:
         except Exception as exc:  # a safetensors parse error of a file whose checksum matched: treat as corrupt
             log.warning("unreadable adversarial set %s (%s); recomputing", cell.label, exc)
     acfg = next(a for a in runner.suite.attacks if a.key == akey)
-    model = state.models[(source, seed)]
+    model = _model(runner, state, source, seed)
     test = runner.splits().test
     idx = torch.from_numpy(runner.transfer_indices())
     x, y = test.x[idx].to(runner.device), test.y[idx].to(runner.device)
@@ -193,10 +231,10 @@ def run_transfer(runner: Runner, cell: Cell, state: _State) -> bool:
             return True
         except (OSError, ValueError) as exc:
             log.warning("unreadable outcomes %s (%s); recomputing", cell.label, exc)
-    adv = state.adv[(seed, source, akey, eps)]
+    adv = _adv(runner, state, seed, source, akey, eps)
     test = runner.splits().test
     idx = adv["indices"].long()
-    targets = {m.name: state.models[(m.name, seed)] for m in runner.suite.models}
+    targets = {m.name: _model(runner, state, m.name, seed) for m in runner.suite.models}
     df = outcomes_for(
         seed=seed,
         source=source,
@@ -232,7 +270,7 @@ def run_dknn_index(runner: Runner, cell: Cell, state: _State) -> bool:
     if runner.cache.exists(cell.kind, cell.key):
         return True
     name, seed = cell.params["model"], cell.params["seed"]
-    model = state.models[(name, seed)]
+    model = _model(runner, state, name, seed)
     splits = runner.splits()
     dknn = _dknn_for(runner, model)
     dknn.fit(splits.train.x, splits.train.y)
@@ -275,8 +313,8 @@ def run_dknn_score(runner: Runner, cell: Cell, state: _State) -> bool:
             return True
         except (OSError, ValueError) as exc:
             log.warning("unreadable DkNN scores %s (%s); recomputing", cell.label, exc)
-    model = state.models[(name, seed)]
-    index_cell = runner.plan_cells["dknn-index"][(name, seed)]
+    model = _model(runner, state, name, seed)
+    index_cell = runner.cell("dknn-index", model=name, seed=seed)
     ientry = runner.cache.get("dknn-index", index_cell.key)
     if ientry is None:
         run_dknn_index(runner, index_cell, state)
@@ -289,9 +327,16 @@ def run_dknn_score(runner: Runner, cell: Cell, state: _State) -> bool:
     idx = torch.from_numpy(runner.transfer_indices()[:n])
     x_clean, y = test.x[idx], test.y[idx]
     sets: dict[str, dict[str, Any]] = {"clean": {"x": x_clean, "y": y, "kind": "clean"}}
-    for (s, source, akey, eps), adv in sorted(state.adv.items()):
-        if s != seed:
-            continue
+    # The adversarial sets this cell scores are the ones its spec lists (all of the seed's, less
+    # any whose attack failed), in a fixed order.
+    wanted = set(cell.spec["adv"])
+    attacks = sorted(
+        (c.params["model"], c.params["attack"], c.params["eps"])
+        for c in runner.cells_of("attack")
+        if c.params["seed"] == seed and c.key in wanted
+    )
+    for source, akey, eps in attacks:
+        adv = _adv(runner, state, seed, source, akey, eps)
         sets[f"{akey}@{eps:g} from {source}"] = {
             "x": adv["x_adv"][:n],
             "y": y,

@@ -148,17 +148,35 @@ class RunDir:
         )
         self.save()
 
-    def record_cell(self, label: str, kind: str, key: str, *, cached: bool, seconds: float) -> None:
+    def record_cell(
+        self,
+        label: str,
+        kind: str,
+        key: str,
+        *,
+        cached: bool,
+        seconds: float,
+        node: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        """Record a finished cell: computed or from the cache, its seconds and the node that ran it."""
+        self.manifest.setdefault("failures", {}).pop(label, None)
         self.manifest.setdefault("cells", {})[label] = {
             "kind": kind,
             "key": key,
             "cached": cached,
             "seconds": round(seconds, 3),
-            "node": platform.node(),
-        }
+            "node": node or platform.node(),
+        } | ({"attempts": attempts} if attempts != 1 else {})
         # A computed cell is recorded at once; cache hits are cheap to redo, so batch their writes.
         if not cached or len(self.manifest["cells"]) % 50 == 0:
             self.save()
+
+    def record_failure(self, label: str, kind: str, key: str, *, status: str, error: str) -> None:
+        """Record a cell that failed, or was skipped because a cell it needs failed."""
+        self.manifest.setdefault("cells", {}).pop(label, None)
+        self.manifest.setdefault("failures", {})[label] = {"kind": kind, "key": key, "status": status, "error": error}
+        self.save()
 
     def finish(self, wall_s: float, stage_seconds: dict[str, float]) -> None:
         self.manifest["status"] = "complete"

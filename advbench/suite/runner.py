@@ -50,6 +50,11 @@ class RunOptions:
     report: str | None = None
     resume: bool = False
     progress: bool = True
+    executor: str = "local"  # "local" (in this process) or "ray"
+    address: str | None = None  # Ray cluster address; None starts a local Ray instance
+    fail_fast: bool = False  # stop at the first failed cell instead of recording it and going on
+    time_limit: float | None = None  # seconds per attack cell (plugins can hang); None: no limit
+    threads: int | None = None  # torch threads per cell; None: torch's default locally, 1 on Ray
 
 
 @dataclass
@@ -76,7 +81,8 @@ class Runner:
         self.device = _device(self.opt.device or suite.device)
         self.stage_seconds: dict[str, float] = defaultdict(float)
         self._splits: Splits | None = None
-        self.plan_cells: dict[str, dict[tuple[Any, Any], Cell]] = {}
+        self._plan: Plan | None = None
+        self._cells: dict[tuple[str, tuple[tuple[str, Any], ...]], Cell] = {}
 
     # -- data ---------------------------------------------------------------------------------
     def splits(self) -> Splits:
@@ -101,28 +107,40 @@ class Runner:
         return min(dk.n_examples or n, n) if dk is not None else 0
 
     def plan(self) -> Plan:
-        ood = self.suite.evaluations.ood
-        return build_plan(
-            self.suite,
-            self.splits(),
-            n_transfer=len(self.transfer_indices()),
-            n_dknn=self.n_dknn(),
-            n_ood=ood.n_examples if ood else 0,
-        )
+        if self._plan is None:
+            ood = self.suite.evaluations.ood
+            self._plan = build_plan(
+                self.suite,
+                self.splits(),
+                n_transfer=len(self.transfer_indices()),
+                n_dknn=self.n_dknn(),
+                n_ood=ood.n_examples if ood else 0,
+            )
+            self._cells = {(c.kind, tuple(sorted(c.params.items()))): c for c in self._plan.cells}
+        return self._plan
+
+    def cell(self, kind: str, **params: Any) -> Cell:
+        """The plan's cell of ``kind`` with exactly these ``params`` (e.g. ``cell("train", model=..., seed=0)``)."""
+        self.plan()
+        try:
+            return self._cells[(kind, tuple(sorted(params.items())))]
+        except KeyError:
+            raise KeyError(f"the plan of suite {self.suite.name!r} has no {kind} cell with {params}") from None
+
+    def cells_of(self, kind: str) -> list[Cell]:
+        return self.plan().by_kind(kind)
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> RunDir:
         t0 = time.perf_counter()
         from advbench.attacks import ATTACKS
 
+        if self.opt.threads:
+            torch.set_num_threads(self.opt.threads)
         run_dir = RunDir.create(self.opt.runs_dir, self.suite, resume=self.opt.resume)
         run_dir.write_config(self.suite, self.source)
         splits = self.splits()
         plan = self.plan()
-        self.plan_cells = {
-            kind: {(c.params.get("model"), c.params.get("seed")): c for c in plan.by_kind(kind)}
-            for kind in ("train", "dknn-index")
-        }
         run_dir.start(
             self.suite,
             source=self.source,
@@ -137,27 +155,87 @@ class Runner:
             plugins={e.name: e.source for e in ATTACKS.entries() if e.source not in ("advbench", "user")}
             | {"failed": ATTACKS.failed_plugins},
         )
+        run_dir.manifest["executor"] = self.opt.executor
         log.info("run folder %s; %d cells; cache %s", run_dir.path, len(plan.cells), self.cache.root)
         self.cache.sweep_tmp()
-        state = _State()
-        hits = 0
+        remote: dict[str, dict[str, Any]] = {}
+        if self.opt.executor == "ray":
+            from advbench.suite.ray_executor import compute_on_ray
+
+            # Workers compute every missing cell into the shared cache; the loop below then reads
+            # them all back here (cache hits), so both executors assemble results the same way.
+            remote = compute_on_ray(self, run_dir)
+        failures = self._run_cells(plan, run_dir, remote)
+        results = self._collect(self._state, failures)
+        results.save(run_dir.results)
+        wall = time.perf_counter() - t0
+        run_dir.manifest["failed_cells"] = len(failures)
+        run_dir.finish(wall, dict(self.stage_seconds))
+        self._render(results, run_dir)
+        self._summary(plan, self._hits, wall, run_dir)
+        if failures:
+            log.error(
+                "%d cells failed or were skipped (listed in the report's 'Failed cells' section): %s",
+                len(failures),
+                "; ".join(f"{f['cell']}: {f['error']}" for f in failures[:3]) + (" ..." if len(failures) > 3 else ""),
+            )
+        self.failures = failures
+        return run_dir
+
+    def _run_cells(self, plan: Plan, run_dir: RunDir, remote: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every cell in plan order (each reads its inputs from the cells before it); the failures."""
+        from advbench.suite.execute import execute_cell, failure_message, is_fatal, without_failed
+
+        self._state = state = _State()
+        self._hits = 0
+        failed: dict[str, str] = {}
+        labels = {c.key: c.label for c in plan.cells}
+        failures: list[dict[str, Any]] = []
         bar = tqdm(plan.cells, desc=f"suite {self.suite.name}", unit="cell", disable=not self.opt.progress)
-        for cell in bar:
-            bar.set_postfix_str(cell.label[:60])
+        for planned in bar:
+            bar.set_postfix_str(planned.label[:60])
+            cell, reason = without_failed(planned, failed, labels)
+            info = remote.get(planned.key)
+            status = "skipped"
+            if cell is not None and info is not None and info["status"] == "failed":
+                cell, reason, status = None, info["error"], "failed"
+            if cell is None:
+                failed[planned.key] = reason
+                failures.append({"cell": planned.label, "kind": planned.kind, "status": status, "error": reason})
+                run_dir.record_failure(planned.label, planned.kind, planned.key, status=status, error=reason)
+                log.warning("%s %s: %s", status, planned.label, reason)
+                continue
             start = time.perf_counter()
-            cached = self._execute(cell, state)
+            try:
+                cached = execute_cell(self, cell, state)
+            except Exception as exc:
+                if self.opt.fail_fast or is_fatal(exc):
+                    raise
+                message = failure_message(exc)
+                failed[planned.key] = message
+                failures.append({"cell": cell.label, "kind": cell.kind, "status": "failed", "error": message})
+                run_dir.record_failure(cell.label, cell.kind, cell.key, status="failed", error=message)
+                log.error("cell %s failed: %s (the run goes on; --fail-fast stops it)", cell.label, message)
+                continue
             seconds = time.perf_counter() - start
-            hits += cached
+            if info is not None and info["status"] == "ok" and not info["cached"]:
+                # computed on a Ray worker: record its compute time and node, not the read-back here
+                self.stage_seconds[cell.kind] += info["seconds"]
+                run_dir.record_cell(
+                    cell.label,
+                    cell.kind,
+                    cell.key,
+                    cached=False,
+                    seconds=info["seconds"],
+                    node=info["node"],
+                    attempts=info["attempts"],
+                )
+                continue
+            self._hits += cached
             self.stage_seconds[cell.kind] += seconds
             run_dir.record_cell(cell.label, cell.kind, cell.key, cached=cached, seconds=seconds)
         bar.close()
-        results = self._collect(state)
-        results.save(run_dir.results)
-        wall = time.perf_counter() - t0
-        run_dir.finish(wall, dict(self.stage_seconds))
-        self._render(results, run_dir)
-        self._summary(plan, hits, wall, run_dir)
-        return run_dir
+        return failures
 
     def _summary(self, plan: Plan, hits: int, wall: float, run_dir: RunDir) -> None:
         rows = [
@@ -177,13 +255,7 @@ class Runner:
                 "recomputed %d corrupt cache entries: %s", len(self.cache.corrupt_found), self.cache.corrupt_found
             )
 
-    def _execute(self, cell: Cell, state: _State) -> bool:
-        from advbench.suite import cells
-
-        handler = getattr(cells, "run_" + cell.kind.replace("-", "_"))
-        return bool(handler(self, cell, state))
-
-    def _collect(self, state: _State) -> Results:
+    def _collect(self, state: _State, failures: list[dict[str, Any]]) -> Results:
         from advbench.reports.results import Results
 
         return Results.from_parts(
@@ -194,6 +266,7 @@ class Runner:
             dknn=pd.concat(state.dknn, ignore_index=True) if state.dknn else pd.DataFrame(),
             dknn_examples=pd.concat(state.dknn_examples, ignore_index=True) if state.dknn_examples else pd.DataFrame(),
             gradient_flags=pd.concat(state.flags, ignore_index=True) if state.flags else pd.DataFrame(),
+            failures=pd.DataFrame(failures, columns=["cell", "kind", "status", "error"]),
         )
 
     def _render(self, results: Results, run_dir: RunDir) -> None:
@@ -236,8 +309,12 @@ def _device(name: str) -> torch.device:
 
 def run_from_cli(args: argparse.Namespace) -> int:
     suite = load_suite(args.file)
-    if args.executor != "local":
-        raise ConfigError(args.file, ["--executor ray is not available yet; use the default local executor"])
+    if args.address and args.executor != "ray":
+        raise ConfigError(args.file, [f"--address {args.address} is for the Ray executor; add --executor ray"])
+    if args.executor == "ray":
+        from advbench.suite.ray_executor import require_ray
+
+        require_ray()
     opts = RunOptions(
         runs_dir=args.runs_dir,
         cache_dir=args.cache_dir,
@@ -246,6 +323,11 @@ def run_from_cli(args: argparse.Namespace) -> int:
         report=args.report,
         resume=args.resume,
         progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
+        executor=args.executor,
+        address=args.address,
+        fail_fast=args.fail_fast,
+        time_limit=args.time_limit,
+        threads=args.threads,
     )
     runner = Runner(suite, source=args.file, options=opts)
     if args.plan:
@@ -260,7 +342,8 @@ def run_from_cli(args: argparse.Namespace) -> int:
         )
         return 0
     runner.run()
-    return 0
+    # 1 when cells failed: the results are partial (the report lists what is missing).
+    return 1 if runner.failures else 0
 
 
 def report_from_cli(args: argparse.Namespace) -> int:

@@ -1,0 +1,173 @@
+"""Faulty attack plugins are reported with their names and the run goes on, unless ``--fail-fast``.
+
+Six kinds of bad attack (raises, NaN, wrong shape, exceeds eps, modifies the weights, hangs past the
+time limit) run in one small suite next to a good one; the good one's results must be exactly those
+of a run without the bad ones, and every bad one must be in the report's "Failed cells" table.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from advbench.attacks import ATTACKS
+from advbench.attacks.base import Attack, ThreatModel
+from advbench.errors import ThreatModelError
+from advbench.suite.execute import CellTimeoutError
+from advbench.suite.runner import Runner, RunOptions
+from advbench.suite.schema import Suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Raises(Attack):
+    def run(self, model, x, y, threat: ThreatModel, generator):
+        raise RuntimeError("plugin bug: index out of range")
+
+
+class _NaN(Attack):
+    def run(self, model, x, y, threat: ThreatModel, generator):
+        return torch.full_like(x, float("nan"))
+
+
+class _WrongShape(Attack):
+    def run(self, model, x, y, threat: ThreatModel, generator):
+        return x[:, :, :-1]
+
+
+class _ExceedsEps(Attack):
+    def run(self, model, x, y, threat: ThreatModel, generator):
+        return (x + 3 * threat.eps).clamp(*threat.bounds)
+
+
+class _ModifiesWeights(Attack):
+    def run(self, model, x, y, threat: ThreatModel, generator):
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        return x.clone()
+
+
+class _Hangs(Attack):
+    def run(self, model, x, y, threat: ThreatModel, generator):
+        time.sleep(3600)
+        return x
+
+
+BAD = {
+    "test-raises": (_Raises, "plugin bug: index out of range"),
+    "test-nan": (_NaN, "non-finite"),
+    "test-wrong-shape": (_WrongShape, "expected shape"),
+    "test-exceeds-eps": (_ExceedsEps, "eps"),
+    "test-modifies-weights": (_ModifiesWeights, "modified the model's weights"),
+    "test-hangs": (_Hangs, "time limit"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bad_attacks():
+    for name, (cls, _) in BAD.items():
+        ATTACKS.add(name, cls, source="tests")
+    yield
+    for name in BAD:
+        ATTACKS.unregister(name)
+
+
+def _suite(attacks: list[dict]) -> Suite:
+    doc = yaml.safe_load((ROOT / "tests" / "suites" / "tiny.yaml").read_text())
+    doc["seeds"] = [0]
+    doc["attacks"] = attacks
+    return Suite.model_validate(doc)
+
+
+def _run(suite: Suite, tmp: Path, name: str, cache: Path, **opts) -> Runner:
+    runner = Runner(
+        suite,
+        source=f"{name}.yaml",
+        options=RunOptions(
+            runs_dir=str(tmp / f"runs-{name}"),
+            cache_dir=str(cache),
+            report=str(tmp / f"{name}.md"),
+            progress=False,
+            threads=1,
+            **opts,
+        ),
+    )
+    runner.run()
+    return runner
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad-plugins")
+    cache = tmp / "cache"
+    good = [{"name": "fgsm", "eps": [0.1]}]
+    clean = _run(_suite(good), tmp, "good", cache)
+    bad = [{"name": name, "eps": [0.1]} for name in BAD]
+    mixed = _run(_suite(bad[:3] + good + bad[3:]), tmp, "mixed", cache, time_limit=2.0)
+    return tmp, clean, mixed
+
+
+def test_every_bad_plugin_is_reported_by_name_and_the_run_goes_on(runs):
+    tmp, _clean, mixed = runs
+    failures = pd.DataFrame(mixed.failures)
+    attack_failures = failures[failures["kind"] == "attack"]
+    assert len(attack_failures) == 2 * len(BAD)  # each bad attack on each of the two models
+    for name, (_, needle) in BAD.items():
+        row = attack_failures[attack_failures["cell"].str.contains(f"attack {name} ")]
+        assert len(row) == 2, f"{name} not reported: {attack_failures['cell'].tolist()}"
+        assert (row["status"] == "failed").all()
+        assert needle in row["error"].iloc[0], row["error"].iloc[0]
+    # their transfer cells are skipped, not failed, and say why
+    skipped = failures[failures["kind"] == "transfer"]
+    assert len(skipped) == 2 * len(BAD) and (skipped["status"] == "skipped").all()
+    # the report says so, with the attack names
+    report = (tmp / "mixed.md").read_text()
+    assert "## Failed cells" in report
+    for name in BAD:
+        assert name in report
+
+
+def test_good_cells_are_unaffected_by_the_bad_ones(runs):
+    _tmp, clean, mixed = runs
+    a = clean._collect(clean._state, []).metrics
+    b = mixed._collect(mixed._state, []).metrics
+    pd.testing.assert_frame_equal(
+        a.sort_values(list(a.columns)).reset_index(drop=True),
+        b.sort_values(list(b.columns)).reset_index(drop=True),
+        check_exact=True,
+    )
+    # the weights the bad attack wrote to were restored: clean accuracy is identical
+    assert clean._state.clean == mixed._state.clean
+    # DkNN scoring went on with the sets that exist (clean and fgsm), under its own cache key
+    dknn = pd.concat(mixed._state.dknn)
+    assert set(dknn["input_set"]) >= {"clean", "fgsm@0.1 from baseline", "fgsm@0.1 from entangled"}
+    assert not any(name in s for s in dknn["input_set"] for name in BAD)
+
+
+def test_failed_cells_are_in_the_manifest_and_retried_on_the_next_run(runs):
+    import json
+
+    tmp, _, mixed = runs
+    manifest = json.loads(next((tmp / "runs-mixed").glob("*/manifest.json")).read_text())
+    assert manifest["failed_cells"] == len(mixed.failures)
+    assert {v["status"] for v in manifest["failures"].values()} == {"failed", "skipped"}
+    assert not any(name in label for label in manifest["cells"] for name in BAD)
+
+
+def test_fail_fast_stops_at_the_first_bad_plugin(tmp_path):
+    suite = _suite([{"name": "fgsm", "eps": [0.1]}, {"name": "test-exceeds-eps", "eps": [0.1]}])
+    with pytest.raises(ThreatModelError, match="eps"):
+        _run(suite, tmp_path, "ff", tmp_path / "cache", fail_fast=True)
+
+
+def test_hanging_attack_is_stopped_at_the_time_limit(tmp_path):
+    suite = _suite([{"name": "test-hangs", "eps": [0.1]}])
+    t0 = time.perf_counter()
+    with pytest.raises(CellTimeoutError, match="time limit of 1 s"):
+        _run(suite, tmp_path, "hang", tmp_path / "cache", fail_fast=True, time_limit=1.0)
+    assert time.perf_counter() - t0 < 120
