@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
-from advbench.data.base import DATASETS, RawDataset, Split, Splits, load_dataset, make_splits, register_dataset
+from advbench.data.base import (
+    DATASETS,
+    RawDataset,
+    Split,
+    Splits,
+    check_raw_dataset,
+    dataset_sizes,
+    load_dataset,
+    make_splits,
+    register_dataset,
+)
 
-__all__ = ["DATASETS", "RawDataset", "Split", "Splits", "load_dataset", "make_splits", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "RawDataset",
+    "Split",
+    "Splits",
+    "check_raw_dataset",
+    "dataset_sizes",
+    "load_dataset",
+    "make_splits",
+    "register_dataset",
+]

@@ -15,7 +15,17 @@ import torch
 from advbench.errors import DataError
 from advbench.registry import Registry
 
-__all__ = ["DATASETS", "RawDataset", "Split", "Splits", "load_dataset", "make_splits", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "RawDataset",
+    "Split",
+    "Splits",
+    "check_raw_dataset",
+    "dataset_sizes",
+    "load_dataset",
+    "make_splits",
+    "register_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -78,13 +88,128 @@ DATASETS: Registry[DatasetLoader] = Registry("dataset", group="advbench.datasets
 register_dataset = DATASETS.register
 
 
+def dataset_sizes(name: str, params: dict[str, Any] | None = None) -> tuple[int, int | None] | None:
+    """``(training pool, official test set or None)`` of a registered dataset, known without loading it.
+
+    A loader declares its size with the registry's ``sizes`` metadata, either a tuple or a function
+    of the loader's parameters (``@register_dataset("x", sizes=(60000, 10000))``). ``None`` when the
+    dataset does not declare one (its size is then checked by :func:`make_splits` once loaded).
+    """
+    try:
+        sizes = DATASETS.entry(name).meta.get("sizes")
+    except KeyError:  # UnknownNameError: validation reports the name itself
+        return None
+    try:
+        if callable(sizes):
+            sizes = sizes(dict(params or {}))
+        if sizes is None:
+            return None
+        pool, test = sizes
+        return int(pool), None if test is None else int(test)
+    except Exception:  # bad params are reported by the parameter checks, not here
+        return None
+
+
 def load_dataset(name: str, *, data_dir: str | Path | None = None, **kwargs: Any) -> RawDataset:
-    """Load the registered dataset ``name``; ``data_dir`` is passed to loaders that read files."""
+    """Load the registered dataset ``name``; ``data_dir`` is passed to loaders that read files.
+
+    The result is checked with :func:`check_raw_dataset`, so a plugin returning NaN pixels or labels
+    out of range fails here with a :class:`DataError`, before anything is trained on it.
+    """
     loader = DATASETS.get(name)
     params = inspect.signature(loader).parameters
     if "data_dir" in params:
         kwargs["data_dir"] = data_dir
-    return loader(**kwargs)
+    raw = loader(**kwargs)
+    if not isinstance(raw, RawDataset):
+        raise DataError(
+            f"dataset {name!r}: the loader returned a {type(raw).__name__}; expected an "
+            f"advbench.data.RawDataset; fix the loader registered as {name!r}"
+        )
+    check_raw_dataset(raw)
+    return raw
+
+
+def check_raw_dataset(raw: RawDataset) -> None:
+    """Raise :class:`DataError` naming the dataset, the array and the fix if ``raw`` is malformed.
+
+    Checks the shapes ((N, C, H, W) images, (N,) labels of the same N), that images are finite and
+    within ``0..max_value``, and that labels are whole numbers in ``0..num_classes-1``. The checks
+    are cheap for the usual ``uint8`` images (no pass over the pixels is needed for finiteness).
+    """
+    fix = f"fix the loader of {raw.name!r} (see advbench.data.RawDataset for the expected format)"
+    if not isinstance(raw.num_classes, (int, np.integer)) or isinstance(raw.num_classes, bool) or raw.num_classes < 2:
+        raise DataError(f"{raw.name}: num_classes={raw.num_classes!r}; expected an integer >= 2; {fix}")
+    if not isinstance(raw.max_value, (int, float, np.number)) or not 0 < float(raw.max_value) < float("inf"):
+        raise DataError(f"{raw.name}: max_value={raw.max_value!r}; expected a positive finite number; {fix}")
+    pairs = [("train", raw.x_train, raw.y_train)]
+    if raw.x_test is not None or raw.y_test is not None:
+        pairs.append(("test", raw.x_test, raw.y_test))
+    shape = None
+    for split, x, y in pairs:
+        if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+            raise DataError(
+                f"{raw.name}: x_{split} is a {type(x).__name__} and y_{split} a {type(y).__name__}; "
+                f"expected two numpy arrays; {fix}"
+            )
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(
+                f"{raw.name}: x_{split} has shape {x.shape} and y_{split} {y.shape}; expected (N, C, H, W) "
+                f"images and (N,) labels with the same N; {fix}"
+            )
+        if shape is not None and x.shape[1:] != shape:
+            raise DataError(f"{raw.name}: test images {x.shape[1:]} differ from training images {shape}; {fix}")
+        shape = x.shape[1:]
+        _check_pixels(raw, split, x, fix)
+        _check_labels(raw, split, y, fix)
+
+
+def _check_pixels(raw: RawDataset, split: str, x: np.ndarray, fix: str) -> None:
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{raw.name}: x_{split} has dtype {x.dtype}; expected integer or float pixel values; {fix}")
+    if x.size == 0:
+        return
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = int(np.argwhere(bad)[0][0])
+            raise DataError(
+                f"{raw.name}: x_{split} holds {int(bad.sum())} NaN or infinite pixel value(s) (first in "
+                f"example {first}); expected finite values in 0..{raw.max_value}; drop or repair those examples"
+            )
+    lo = 0 if x.dtype.kind == "u" else x.min()
+    # uint8 images with max_value 255 cannot leave the range: no pass over the pixels
+    fits = x.dtype.kind in "iu" and np.iinfo(x.dtype).max <= raw.max_value
+    hi = raw.max_value if fits else x.max()
+    if lo < 0 or hi > raw.max_value:
+        raise DataError(
+            f"{raw.name}: x_{split} holds pixel values in [{lo:g}, {hi:g}]; expected 0..max_value={raw.max_value}; "
+            f"rescale the images or set max_value; {fix}"
+        )
+
+
+def _check_labels(raw: RawDataset, split: str, y: np.ndarray, fix: str) -> None:
+    if y.dtype.kind == "f":
+        if y.size and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            bad = y[~(np.isfinite(y) & (y == np.round(y)))]
+            raise DataError(
+                f"{raw.name}: y_{split} holds non-integer labels (e.g. {bad[0]!r}); expected whole numbers "
+                f"0..{raw.num_classes - 1}; {fix}"
+            )
+    elif y.dtype.kind not in "iu":
+        raise DataError(
+            f"{raw.name}: y_{split} has dtype {y.dtype}; expected integer class indices 0..{raw.num_classes - 1} "
+            f"(map class names to indices); {fix}"
+        )
+    if y.size:
+        lo, hi = y.min(), y.max()
+        if lo < 0 or hi >= raw.num_classes:
+            bad = int(((y < 0) | (y >= raw.num_classes)).sum())
+            raise DataError(
+                f"{raw.name}: y_{split} holds {bad} label(s) outside 0..{raw.num_classes - 1} (min {lo:g}, "
+                f"max {hi:g}) for num_classes={raw.num_classes}; expected class indices 0..{raw.num_classes - 1}; "
+                f"{fix}"
+            )
 
 
 def _to_split(name: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, max_value: int) -> Split:
@@ -115,8 +240,14 @@ def make_splits(
     """
     rng = np.random.default_rng(seed)
     for label, v in (("train", train), ("calibration", calibration), ("test", test)):
-        if v is not None and v < 0:
-            raise DataError(f"split size {label}={v}: expected a non-negative number of examples")
+        if v is None and label != "calibration":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise DataError(
+                f"split size {label}={v!r}: expected a non-negative whole number of examples; "
+                f"fix dataset.splits (or evaluations.dknn.calibration_size) in the suite"
+            )
+    check_raw_dataset(raw)
     n_pool = len(raw.y_train)
     perm = rng.permutation(n_pool)
     if raw.x_test is None or raw.y_test is None:

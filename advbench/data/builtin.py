@@ -15,6 +15,7 @@ import numpy as np
 from advbench.data.base import RawDataset, register_dataset
 from advbench.data.idx import download, read_idx, user_cache_dir
 from advbench.errors import DataError
+from advbench.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def find_idx_dir(
         candidates += [Path(env), Path(env) / name]
     if system_dir is not None:
         candidates.append(system_dir)
-    cache = user_cache_dir() / "datasets" / name
+    cache = download_cache_dir(name)
     candidates.append(cache)
     for c in candidates:
         if _has_all(c):
@@ -101,7 +102,43 @@ def _missing_message(name: str, looked: list[Path], apt_package: str | None, why
     )
 
 
-def read_idx_dataset(name: str, folder: Path, classes: tuple[str, ...]) -> RawDataset:
+def download_cache_dir(name: str) -> Path:
+    """Where advbench downloads the IDX files of ``name`` (``~/.cache/advbench/datasets/<name>``)."""
+    return user_cache_dir() / "datasets" / name
+
+
+def read_idx_dataset(
+    name: str, folder: Path, classes: tuple[str, ...], *, url: str | None = None, sha256: dict[str, str] | None = None
+) -> RawDataset:
+    """Read the four IDX files in ``folder``.
+
+    A file that is corrupt (it fails to decompress or its header does not match its size) raises
+    :class:`DataError` naming it, unless ``folder`` is advbench's own download cache and ``url`` and
+    ``sha256`` are given: then every file whose SHA-256 is wrong is deleted and downloaded again.
+    """
+    try:
+        return _read_idx_folder(name, folder, classes)
+    except DataError as exc:
+        if url is None or sha256 is None or folder.resolve() != download_cache_dir(name).resolve():
+            raise
+        bad = [f for f in IDX_FILES if sha256_file(folder / f) != sha256[f]]
+        if not bad:
+            raise
+        log.warning("%s: corrupt file(s) %s in the download cache (%s); downloading them again", name, bad, exc)
+        try:
+            for f in bad:
+                (folder / f).unlink(missing_ok=True)
+                download(url + f, folder / f, sha256[f])
+        except DataError as again:
+            raise DataError(
+                f"{name}: {', '.join(str(folder / f) for f in bad)} in the download cache was corrupt ({exc}) and "
+                f"downloading it again failed ({again}); run again with network access, or put good copies of "
+                f"the files in a folder and set $ADVBENCH_DATA or dataset.data_dir to it"
+            ) from again
+        return _read_idx_folder(name, folder, classes)
+
+
+def _read_idx_folder(name: str, folder: Path, classes: tuple[str, ...]) -> RawDataset:
     # zlib releases the GIL: the four files decompress side by side
     with ThreadPoolExecutor(max_workers=2) as pool:
         x_train, y_train, x_test, y_test = pool.map(read_idx, [folder / f for f in IDX_FILES])
@@ -112,7 +149,10 @@ def read_idx_dataset(name: str, folder: Path, classes: tuple[str, ...]) -> RawDa
                 f"(expected (N, H, W) and (N,), the same H, W for train and t10k); replace the files"
             )
         if ys.size and int(ys.max()) >= len(classes):
-            raise DataError(f"{folder}: {split} labels go up to {int(ys.max())}, expected < {len(classes)}")
+            raise DataError(
+                f"{folder}: {split} labels go up to {int(ys.max())}, expected < {len(classes)} for {name}; "
+                f"the labels file is not {name}'s: replace it with the right one"
+            )
     return RawDataset(
         name=name,
         x_train=x_train[:, None],
@@ -126,7 +166,7 @@ def read_idx_dataset(name: str, folder: Path, classes: tuple[str, ...]) -> RawDa
     )
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", sizes=(60000, 10000))
 def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
     """Zalando's Fashion-MNIST: 60,000 + 10,000 grey 28x28 images of 10 clothing classes."""
     folder = find_idx_dir(
@@ -138,19 +178,21 @@ def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) 
         download_ok=download,
         apt_package="dataset-fashion-mnist",
     )
-    return read_idx_dataset("fashion-mnist", folder, FASHION_MNIST_CLASSES)
+    return read_idx_dataset(
+        "fashion-mnist", folder, FASHION_MNIST_CLASSES, url=FASHION_MNIST_URL, sha256=FASHION_MNIST_SHA256
+    )
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", sizes=(60000, 10000))
 def mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
     """LeCun's MNIST handwritten digits (28x28), from the user's files or a verified download."""
     folder = find_idx_dir(
         "mnist", data_dir=data_dir, system_dir=None, url=MNIST_URL, sha256=MNIST_SHA256, download_ok=download
     )
-    return read_idx_dataset("mnist", folder, tuple(str(i) for i in range(10)))
+    return read_idx_dataset("mnist", folder, tuple(str(i) for i in range(10)), url=MNIST_URL, sha256=MNIST_SHA256)
 
 
-@register_dataset("digits")
+@register_dataset("digits", sizes=(1797, None))
 def digits(*, size: int = 8) -> RawDataset:
     """scikit-learn's embedded 8x8 handwritten digits (1,797 images, no download).
 
@@ -184,7 +226,7 @@ def digits(*, size: int = 8) -> RawDataset:
     )
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", sizes=lambda params: (params.get("n", 600), None))
 def synthetic(
     *, n: int = 600, num_classes: int = 4, shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0
 ) -> RawDataset:

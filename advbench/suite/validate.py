@@ -41,8 +41,17 @@ def load_suite(path: str | Path) -> Suite:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(src, [f"{src}: cannot read the file ({exc}); expected a UTF-8 YAML file"]) from exc
     try:
-        lines, duplicates = _line_map(text)
+        lines, duplicates, tags = _line_map(text)
+        if tags:  # refused before anything is constructed: nothing in the file is ever executed
+            report = _Problems(src, lines)
+            for loc, msg in tags:
+                report.add(loc, msg)
+            raise ConfigError(src, report.items)
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(
+            src, [f"{src}: given values nested too deeply to read; expected a suite nested a few levels; flatten it"]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{src}:{mark.line + 1}:{mark.column + 1}" if mark is not None else src
@@ -79,6 +88,8 @@ def validate_suite_dict(
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             report.add(loc, _pydantic_message(err, loc))
     _semantic_problems(data, report)
+    if suite is not None:
+        _cross_field_problems(suite, data, report)
     if report.items or suite is None:
         raise ConfigError(source, report.items)
     return suite
@@ -230,13 +241,38 @@ def _pydantic_message(err: Any, loc: PathT) -> str:
     return f"given {given_text}; expected {expected}{hint}"
 
 
-def _line_map(text: str) -> tuple[dict[PathT, int], list[tuple[PathT, str]]]:
-    """Field paths -> 1-based line numbers, and keys given twice in one mapping (YAML keeps the last)."""
+#: The tags yaml.safe_load understands; any other tag (``!!python/object/apply:os.system``, ``!foo``) is refused.
+_SAFE_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}"
+    for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "binary", "merge", "omap", "pairs",
+              "set")
+)
+
+
+def _tag_message(tag: str) -> str:
+    shown = tag.replace("tag:yaml.org,2002:", "!!")
+    builds = "builds a Python object" if shown.startswith("!!python/") else "is not a plain YAML type"
+    return (
+        f"given the YAML tag {shown!r}, which {builds}; expected plain YAML values (advbench reads suites "
+        f"with yaml.safe_load and never constructs objects or runs code from them); remove the tag"
+    )
+
+
+def _line_map(text: str) -> tuple[dict[PathT, int], list[tuple[PathT, str]], list[tuple[PathT, str]]]:
+    """Field paths -> 1-based line numbers, keys given twice in one mapping (YAML keeps the last), and
+    explicit tags other than the plain YAML types (composing builds no Python objects)."""
     out: dict[PathT, int] = {}
     duplicates: list[tuple[PathT, str]] = []
+    tags: list[tuple[PathT, str]] = []
+    walked: set[int] = set()
 
     def walk(node: yaml.Node, path: PathT) -> None:
         out.setdefault(path, node.start_mark.line + 1)
+        if id(node) in walked:  # an alias (*name) of a node already walked: walk each node once
+            return
+        walked.add(id(node))
+        if node.tag not in _SAFE_TAGS:
+            tags.append((path, _tag_message(str(node.tag))))
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, int] = {}
             for key, value in node.value:
@@ -259,7 +295,37 @@ def _line_map(text: str) -> tuple[dict[PathT, int], list[tuple[PathT, str]]]:
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
         walk(root, ())
-    return out, duplicates
+        size = _expanded_size(root)
+        if size > _MAX_VALUES:
+            tags.append(
+                ((), f"given a document that expands to more than {_MAX_VALUES:,} values through YAML aliases "
+                     f"(*name); expected a plain suite (a 'billion laughs' file?); write the values out instead")
+            )
+    return out, duplicates, tags
+
+
+#: Values a suite may expand to through aliases; real suites hold a few hundred.
+_MAX_VALUES = 100_000
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """The number of values ``root`` stands for once every alias is expanded (memoised, so cheap)."""
+    memo: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in memo:
+            return memo[id(node)]
+        memo[id(node)] = 1  # a recursive alias counts once rather than looping
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v) for v in node.value)
+        else:
+            n = 1
+        memo[id(node)] = min(n, 10 * _MAX_VALUES)
+        return memo[id(node)]
+
+    return size(root)
 
 
 # -- semantic checks against the registries ---------------------------------------------------
@@ -350,9 +416,109 @@ def _semantic_problems(data: dict[str, Any], report: _Problems) -> None:
                         report.add(("attacks", i, "params", key), _reserved_message(key, given[key]))
                 rest = {k: v for k, v in given.items() if k not in RESERVED_ATTACK}
                 for msg in checker(rest, backend=a.get("backend")):
-                    report.add(("attacks", i, "params"), msg)
+                    field = "backend" if msg.startswith("backend ") and "backend" in a else "params"
+                    report.add(("attacks", i, field), msg)
             else:
                 params(attack, given, ("attacks", i, "params"), RESERVED_ATTACK, check_missing=False)
+
+
+def _cross_field_problems(suite: Suite, data: dict[str, Any], report: _Problems) -> None:
+    """Problems that involve several fields: sizes against the dataset, options that exclude each other."""
+    from advbench.data import DATASETS, dataset_sizes
+
+    raw = data if isinstance(data, dict) else {}
+    ds = suite.dataset
+    evaluations = suite.evaluations
+    dk = evaluations.dknn if evaluations.dknn is not None and evaluations.dknn.enabled else None
+    cal = dk.calibration_size if dk is not None else 0
+    train, test = ds.splits.train, ds.splits.test
+    sizes = dataset_sizes(ds.name, ds.params) if ds.name in DATASETS else None
+    n_train: int | None = train
+    if sizes is not None:
+        pool, test_pool = sizes
+        cal_text = f", calibration={cal} (evaluations.dknn.calibration_size)" if cal else ""
+        if test_pool is None:
+            n_test = test if test is not None else max(1, pool // 5)
+            needed = (train or 0) + cal + n_test
+            if needed > pool:
+                report.add(
+                    ("dataset", "splits"),
+                    f"given train={train}{cal_text}, test={n_test}: {needed} examples in all; expected at most "
+                    f"the {pool} examples of {ds.name!r}; reduce dataset.splits"
+                    + (" or evaluations.dknn.calibration_size" if cal else ""),
+                )
+                n_train = None
+            elif train is None:
+                n_train = pool - n_test - cal
+        else:
+            if test is not None and test > test_pool:
+                report.add(
+                    ("dataset", "splits", "test"),
+                    f"given {test}; expected at most the {test_pool} examples of {ds.name!r}'s official test set; "
+                    f"set it to {test_pool} or less (or null for all of them)",
+                )
+            if (train or 0) + cal > pool:
+                report.add(
+                    ("dataset", "splits"),
+                    f"given train={train}{cal_text}: {(train or 0) + cal} examples from the training pool; expected "
+                    f"at most the {pool} training examples of {ds.name!r}; reduce dataset.splits.train"
+                    + (" or evaluations.dknn.calibration_size" if cal else ""),
+                )
+                n_train = None
+            elif train is None:
+                n_train = pool - cal
+        if n_train is not None and n_train < 1:
+            report.add(
+                ("dataset", "splits"),
+                f"given train=null: the calibration and test sets leave {n_train} training examples of "
+                f"{ds.name!r}; expected at least 1; reduce evaluations.dknn.calibration_size or dataset.splits.test",
+            )
+            n_train = None
+    if dk is not None and n_train is not None and dk.k > n_train:
+        report.add(
+            ("evaluations", "dknn", "k"),
+            f"given {dk.k}; expected at most the {n_train} training examples the DkNN searches (dataset.splits.train); "
+            f"lower k or enlarge the training split",
+        )
+
+    # options that contradict each other
+    if evaluations.ood is not None and dk is None:
+        why = "is disabled" if evaluations.dknn is not None else "is not configured"
+        report.add(
+            ("evaluations", "ood"),
+            f"given an out-of-distribution set, but evaluations.dknn {why}; expected the DkNN too (the OOD inputs "
+            f"are scored by the DkNN's credibility): add evaluations.dknn or remove evaluations.ood",
+        )
+    if ds.data_dir is not None and ds.name in DATASETS:
+        loader = DATASETS.get(ds.name)
+        try:
+            reads_files = "data_dir" in inspect.signature(loader).parameters
+        except (TypeError, ValueError):
+            reads_files = True
+        if not reads_files:
+            report.add(
+                ("dataset", "data_dir"),
+                f"given {ds.data_dir!r}, but the dataset {ds.name!r} reads no files; expected no data_dir for it; "
+                f"remove it (or pick a dataset that reads files, e.g. fashion-mnist)",
+            )
+    models = raw.get("models") if isinstance(raw.get("models"), list) else []
+    for i, m in enumerate(suite.models):
+        given = models[i].get("recipe") if i < len(models) and isinstance(models[i], dict) else None
+        given = given if isinstance(given, dict) else {}
+        if "momentum" in given and m.recipe.optimizer != "sgd":
+            report.add(
+                ("models", i, "recipe", "momentum"),
+                f"given {m.recipe.momentum}, but optimizer is {m.recipe.optimizer!r}, which takes no momentum; "
+                f"expected momentum only with optimizer: sgd; remove it or switch to sgd",
+            )
+        snnl = given.get("snnl") if isinstance(given.get("snnl"), dict) else {}
+        if "temperature_lr" in snnl and m.recipe.snnl.temperature == "fixed":
+            report.add(
+                ("models", i, "recipe", "snnl", "temperature_lr"),
+                f"given {m.recipe.snnl.temperature_lr}, but temperature is 'fixed' (T = T0 throughout), so "
+                f"nothing is learned; expected temperature_lr only with temperature: learned or reference; "
+                f"remove it or change the temperature",
+            )
 
 
 def check_params(
