@@ -22,6 +22,7 @@ from advbench.training import (
     train_model,
     weights_hash,
 )
+from advbench.training.checkpoint import card_digest
 
 N_TRAIN = 256
 
@@ -245,6 +246,7 @@ def test_checkpoint_refuses_weights_of_another_architecture(digits_splits, tmp_p
     path = Path(save_checkpoint(fresh(digits_splits), tmp_path / "ck", _card()))
     card = json.loads((path / "card.json").read_text())
     card["params"] = {"fc": 32}
+    card["card_sha256"] = card_digest(card)  # a consistent card, so the weights check is what refuses it
     (path / "card.json").write_text(json.dumps(card))
     with pytest.raises(CacheError, match="do not fit"):
         load_checkpoint(path)

@@ -2,12 +2,16 @@
 
 A checkpoint directory holds exactly two files. The card records what is needed to rebuild the
 model through the registry (``architecture``, ``params``, ``num_classes``, ``input_shape``), what
-produced it (recipe, seed, data hash, library versions), its final metrics, and the sha256 of the
-weights file, which :func:`load_checkpoint` checks before trusting anything. No pickle anywhere.
+produced it (recipe, seed, data hash, library versions), its final metrics, the sha256 of the
+weights file and a sha256 of the card's own content (``card_sha256``), all of which
+:func:`load_checkpoint` checks before trusting anything. The weights are read only as safetensors (a
+header and raw tensor bytes): a pickle or ``torch.save`` archive in their place is refused, never
+unpickled. No pickle anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -27,11 +31,39 @@ from advbench.errors import CacheError
 from advbench.hashing import sha256_file
 from advbench.models import Classifier, create_model
 
-__all__ = ["CARD_FILE", "WEIGHTS_FILE", "library_versions", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CARD_FILE", "WEIGHTS_FILE", "card_digest", "library_versions", "load_checkpoint", "save_checkpoint"]
 
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the card carries card_sha256
+_FIX = "delete the checkpoint (or its cache entry) and retrain"
+
+
+def card_digest(card: Mapping[str, Any]) -> str:
+    """sha256 of a card's canonical JSON without its ``card_sha256`` field (which holds this digest)."""
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=_jsonable, allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_safetensors_header(path: Path, root: Path) -> None:
+    """Refuse anything but a safetensors file before a parser sees it (a pickle is never loaded)."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if len(head) == 9 and 2 <= n <= size - 8 and head[8:9] == b"{":
+        return
+    if head[:2] == b"PK":
+        what = "a zip archive, as written by torch.save"
+    elif head[:1] == b"\x80" or head[:1] in (b"(", b"c", b"]", b"}"):
+        what = "a Python pickle"
+    else:
+        what = f"not a safetensors file (it starts with {head[:8]!r}, {size} bytes)"
+    raise CacheError(
+        f"checkpoint {str(root)!r}: {WEIGHTS_FILE} is {what}; advbench reads weights only as safetensors and "
+        f"never unpickles them (unpickling can run arbitrary code). It was not loaded: {_FIX}."
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -85,7 +117,10 @@ def save_checkpoint(model: Classifier, directory: str | os.PathLike[str], card: 
         }
         if full["architecture"] != model.arch:
             raise ValueError(f"card says architecture {full['architecture']!r} but the model is {model.arch!r}")
-        text = json.dumps(full, indent=2, sort_keys=True, default=_jsonable, allow_nan=True)
+        full["format_version"] = FORMAT_VERSION
+        full = json.loads(json.dumps(full, default=_jsonable, allow_nan=True))  # the values as read back
+        full["card_sha256"] = card_digest(full)
+        text = json.dumps(full, indent=2, sort_keys=True, allow_nan=True)
         (tmp / CARD_FILE).write_text(text + "\n", encoding="utf-8")
         for f in (WEIGHTS_FILE, CARD_FILE):
             with (tmp / f).open("rb") as fh:
@@ -106,32 +141,45 @@ def save_checkpoint(model: Classifier, directory: str | os.PathLike[str], card: 
 def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model saved in ``directory`` through the registry; returns ``(model in eval mode, card)``.
 
-    Raises :class:`CacheError` if a file is missing, the card is malformed, the weights' sha256
-    differs from the card's, or the weights do not fit the architecture.
+    Raises :class:`CacheError` if a file is missing, the card is malformed or altered (its
+    ``card_sha256``), the weights' sha256 differs from the card's, the weights file is not a
+    safetensors file (a pickle is refused unread), or the weights do not fit the architecture.
     """
     root = Path(directory)
     card_path, weights_path = root / CARD_FILE, root / WEIGHTS_FILE
     for p in (card_path, weights_path):
         if not p.is_file():
-            raise CacheError(f"checkpoint {str(root)!r} is incomplete: {p.name} is missing; delete it and retrain")
+            raise CacheError(f"checkpoint {str(root)!r} is incomplete: {p.name} is missing; {_FIX}")
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
+        if not isinstance(card, dict):
+            raise TypeError(f"expected a JSON object, got a {type(card).__name__}")
+        if card.get("format_version") != 1:  # version 1 cards predate card_sha256
+            if card_digest(card) != card.get("card_sha256"):
+                raise CacheError(
+                    f"checkpoint {str(root)!r}: {CARD_FILE} does not match its card_sha256 (sha256 "
+                    f"{card_digest(card)[:12]}..., recorded {str(card.get('card_sha256'))[:12]}...); the card is "
+                    f"corrupt or was edited: {_FIX}"
+                )
         arch, params = card["architecture"], dict(card.get("params", {}))
         num_classes, input_shape = int(card["num_classes"]), tuple(card["input_shape"])
         expected = str(card["weights_sha256"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CacheError(f"checkpoint {str(root)!r}: malformed {CARD_FILE} ({type(exc).__name__}: {exc})") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CacheError(
+            f"checkpoint {str(root)!r}: malformed {CARD_FILE} ({type(exc).__name__}: {exc}); {_FIX}"
+        ) from None
     actual = sha256_file(weights_path)
     if actual != expected:
         raise CacheError(
             f"checkpoint {str(root)!r}: {WEIGHTS_FILE} has sha256 {actual[:12]}..., the card expects "
-            f"{str(expected)[:12]}...; the file is corrupt or was replaced. Delete the checkpoint and retrain."
+            f"{str(expected)[:12]}...; the file is corrupt or was replaced: {_FIX}."
         )
+    _check_safetensors_header(weights_path, root)
     try:
         state = load_file(str(weights_path), device="cpu")
         model = create_model(arch, num_classes=num_classes, input_shape=input_shape, **params)  # type: ignore[arg-type]
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, ValueError, TypeError) as exc:
+    except (RuntimeError, OSError, ValueError, TypeError, safetensors.SafetensorError) as exc:
         raise CacheError(
             f"checkpoint {str(root)!r}: the weights do not fit {arch!r} with params {params} "
             f"({type(exc).__name__}: {exc})"
