@@ -6,11 +6,14 @@ fsynced) and renamed into place in one step, so a reader sees a whole entry or n
 killed mid-write leaves only a temporary folder that the next run sweeps away. Reads verify every
 checksum; a corrupt entry is reported, moved aside to ``<root>/corrupt/`` and recomputed. Two runs
 sharing a cache may both compute an entry; the first rename wins and the other copy is dropped.
+A full disk (``ENOSPC``) while writing is a :class:`DiskFullError` naming the cache folder and what
+was being written; the half-written temporary folder is removed and existing entries are untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -26,12 +29,71 @@ from typing import Any
 from advbench.errors import CacheError
 from advbench.hashing import sha256_file
 
-__all__ = ["Cache", "CacheEntry", "cache_key", "default_cache_dir"]
+__all__ = ["Cache", "CacheEntry", "DiskFullError", "cache_key", "default_cache_dir", "is_disk_full"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
 _STALE_TMP_SECONDS = 6 * 3600
+
+
+#: errno values meaning "no room left": the disk is full, or the user's quota is used up
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(CacheError, OSError):
+    """The disk under the cache (or a run folder) has no room left.
+
+    Both an :class:`~advbench.errors.AdvbenchError` (the CLI prints it without a traceback) and an
+    :class:`OSError` with ``errno`` ENOSPC (code that handles I/O errors keeps working).
+    """
+
+    def __init__(self, message: str, *, path: str | Path = "", nbytes: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+        self.strerror = message
+        self.path, self.nbytes = str(path), nbytes
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (worker processes)
+        return (_rebuild_disk_full, (self.strerror, self.path, self.nbytes))
+
+
+def _rebuild_disk_full(message: str, path: str, nbytes: int | None) -> DiskFullError:
+    return DiskFullError(message, path=path, nbytes=nbytes)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is an out-of-space ``OSError``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _FULL:
+            return True
+        if "No space left on device" in str(cur) or "Disk quota exceeded" in str(cur):  # e.g. SafetensorError
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    with contextlib.suppress(OSError):
+        for f in folder.rglob("*"):
+            with contextlib.suppress(OSError):
+                if f.is_file():
+                    total += f.stat().st_size
+    return total
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def default_cache_dir() -> Path:
@@ -96,13 +158,23 @@ class Cache:
             manifest = json.loads((folder / MANIFEST).read_text())
         except (OSError, ValueError) as exc:
             raise CacheError(f"unreadable manifest in {folder}: {exc}") from exc
+        if not isinstance(manifest, dict):
+            raise CacheError(f"malformed manifest in {folder}: expected a JSON object")
         if manifest.get("key") != key or manifest.get("kind") != kind:
             raise CacheError(f"{folder} holds {manifest.get('kind')}/{manifest.get('key')}, not {kind}/{key}")
-        for name, digest in manifest.get("files", {}).items():
+        files = manifest.get("files", {}) if isinstance(manifest, dict) else None
+        if not isinstance(files, dict):
+            raise CacheError(f"malformed manifest in {folder}: expected a 'files' mapping")
+        for name, digest in files.items():
             f = folder / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise CacheError(f"the manifest in {folder} names a file outside its entry: {name!r}")
             if not f.is_file():
                 raise CacheError(f"{f} is missing")
-            got = sha256_file(f)
+            try:
+                got = sha256_file(f)
+            except OSError as exc:  # vanished (another run quarantined it) or unreadable
+                raise CacheError(f"{f} cannot be read: {exc}") from exc
             if got != digest:
                 raise CacheError(f"{f}: sha256 {got[:12]}... does not match the manifest's {digest[:12]}...")
         return CacheEntry(kind, key, folder, manifest.get("meta", {}))
@@ -119,38 +191,66 @@ class Cache:
     def writer(self, kind: str, key: str, meta: dict[str, Any] | None = None) -> Iterator[Path]:
         """Yield a private folder to write the entry's files into; commit it atomically on success.
 
-        Nothing is published if the block raises.
+        Nothing is published if the block raises. If the disk fills up (in the block or while
+        committing), the temporary folder is removed and :class:`DiskFullError` says where and how
+        much was being written; entries already in the cache are untouched.
         """
         tmp_root = self.root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-{key[:12]}-", dir=tmp_root))
         try:
-            yield tmp
-            files = {}
-            for f in sorted(tmp.rglob("*")):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-                    files[str(f.relative_to(tmp))] = sha256_file(f)
-            manifest = {"kind": kind, "key": key, "files": files, "meta": meta or {}, "created": time.time()}
-            with open(tmp / MANIFEST, "w") as fh:
-                json.dump(manifest, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            final = self.path(kind, key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists() and not (final / MANIFEST).is_file():
-                shutil.rmtree(final, ignore_errors=True)  # a leftover without a manifest is never valid
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-{key[:12]}-", dir=tmp_root))
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise self._disk_full(kind, key, None) from exc
+            raise
+        try:
             try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / MANIFEST).is_file():
-                    raise
-                log.debug("cache entry %s/%s was written concurrently; keeping the first", kind, key[:12])
-            _fsync_dir(final.parent)
+                yield tmp
+                self._commit(tmp, kind, key, meta)
+            except Exception as exc:
+                if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                    raise self._disk_full(kind, key, _folder_bytes(tmp)) from exc
+                raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _disk_full(self, kind: str, key: str, nbytes: int | None) -> DiskFullError:
+        free = _free_bytes(self.root)
+        size = f" after writing {nbytes:,} bytes of it" if nbytes is not None else ""
+        left = f" ({free:,} bytes free)" if free is not None else ""
+        return DiskFullError(
+            f"the cache disk at {self.root} is full{left}: no room to store the {kind} entry {key[:12]}{size}. "
+            f"Nothing was published and the entries already cached are intact. To fix: free space on that disk, "
+            f"or point the cache at a disk with room (--cache-dir, $ADVBENCH_CACHE or the suite's cache_dir), "
+            f"then run the same command again; finished cells are reused",
+            path=self.root,
+            nbytes=nbytes,
+        )
+
+    def _commit(self, tmp: Path, kind: str, key: str, meta: dict[str, Any] | None) -> None:
+        files = {}
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+                files[str(f.relative_to(tmp))] = sha256_file(f)
+        manifest = {"kind": kind, "key": key, "files": files, "meta": meta or {}, "created": time.time()}
+        with open(tmp / MANIFEST, "w") as fh:
+            json.dump(manifest, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        final = self.path(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists() and not (final / MANIFEST).is_file():
+            shutil.rmtree(final, ignore_errors=True)  # a leftover without a manifest is never valid
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / MANIFEST).is_file():
+                raise
+            log.debug("cache entry %s/%s was written concurrently; keeping the first", kind, key[:12])
+        _fsync_dir(final.parent)
 
     def sweep_tmp(self) -> int:
         """Remove temporary folders left by killed runs (older than a few hours, so live writers are safe)."""

@@ -13,23 +13,42 @@ from typing import Any
 
 import yaml
 
+from advbench.errors import AdvbenchError
+from advbench.suite.cache import DiskFullError, is_disk_full
 from advbench.suite.schema import Suite
 
 __all__ = ["RunDir", "atomic_write_text"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``text`` to ``path`` through a temporary file, fsync and rename.
+
+    ``path`` holds either its old content or the new one, never a mix. A full disk raises
+    :class:`~advbench.suite.cache.DiskFullError` naming the file and the fix; the temporary file is
+    removed and the old ``path`` is left as it was.
+    """
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            nbytes = len(text.encode("utf-8"))
+            raise DiskFullError(
+                f"the disk holding {path} is full: no room to write its {nbytes:,} bytes. {path.name} keeps its "
+                f"previous content. To fix: free space on that disk (or write the runs elsewhere), then run the "
+                f"same command again; finished cells come from the cache",
+                path=path,
+                nbytes=nbytes,
+            ) from exc
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -99,12 +118,25 @@ class RunDir:
         for i in range(1000):
             path = runs / (f"{suite.name}-{stamp}" + (f"-{i}" if i else ""))
             try:
-                path.mkdir()  # never reuse (and so never overwrite) an earlier run's folder
+                # mkdir is atomic: of runs started in the same second (even in other processes) exactly
+                # one gets each name, so an earlier run's folder is never reused or overwritten
+                path.mkdir()
                 break
             except FileExistsError:
                 continue
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise DiskFullError(
+                        f"the disk holding {runs} is full: no room for the run folder {path.name}. To fix: free "
+                        f"space on that disk (or write the runs elsewhere), then run the same command again",
+                        path=runs,
+                    ) from exc
+                raise
         else:
-            raise RuntimeError(f"could not create a fresh run folder under {runs}")
+            raise AdvbenchError(
+                f"could not create a fresh run folder under {runs}: {suite.name}-{stamp} and its 999 numbered "
+                f"variants all exist; expected at most a few runs per second; remove old runs or pick another runs dir"
+            )
         rd = cls(path)
         rd.results.mkdir()
         return rd
