@@ -1,0 +1,146 @@
+"""Faults through the CLI: ``kill -9`` at random points, again and again, and two runs at once on one cache.
+
+Each kill lands at a random moment (seeded), so over the loop it hits process start-up, training,
+attacks, cache writes and report rendering. After every kill the cache must hold only complete,
+verified entries; the final resumed run must give exactly the tables of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from advbench.suite.cache import Cache
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "tests" / "suites" / "tiny.yaml"
+TABLES = ["outcomes.csv.gz", "clean.csv", "dknn.csv", "dknn_examples.csv.gz", "transfer_metrics.csv"]
+KILLS = 8
+pytestmark = pytest.mark.integration
+
+
+def _cmd(tmp: Path, name: str, cache: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "advbench.cli.main",
+        "-q",
+        "run",
+        str(SUITE),
+        "--threads",
+        "1",
+        "--runs-dir",
+        str(tmp / f"runs-{name}"),
+        "--cache-dir",
+        str(cache),
+        "--report",
+        str(tmp / f"{name}.md"),
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+
+
+def _tables(runs: Path) -> dict[str, pd.DataFrame]:
+    run = max((p for p in runs.iterdir() if (p / "results" / "suite.json").is_file()), key=lambda p: p.stat().st_mtime)
+    out = {}
+    for t in TABLES:
+        df = pd.read_csv(run / "results" / t)
+        out[t] = df.sort_values(list(df.columns)).reset_index(drop=True)
+    return out
+
+
+def _assert_same(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    for t in TABLES:
+        pd.testing.assert_frame_equal(a[t], b[t], check_exact=True, obj=t)
+
+
+def _entries(cache_root: Path) -> list[tuple[str, str]]:
+    return [
+        (kind.name, entry.name)
+        for kind in cache_root.iterdir()
+        if kind.is_dir() and kind.name not in ("tmp", "corrupt")
+        for shard in kind.iterdir()
+        for entry in shard.iterdir()
+    ]
+
+
+def _assert_cache_consistent(cache_root: Path) -> int:
+    """Every visible entry is complete and verifies; returns how many there are."""
+    cache = Cache(cache_root)
+    entries = _entries(cache_root)
+    for kind, key in entries:
+        assert cache.get(kind, key) is not None, f"half-written or corrupt cache entry {kind}/{key[:12]}"
+    assert not cache.corrupt_found
+    return len(entries)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = subprocess.run(_cmd(tmp, "ref", tmp / "cache"), env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _tables(tmp / "runs-ref")
+
+
+def test_kill_9_at_random_points_then_resume_gives_identical_results(reference, tmp_path):
+    rng = random.Random(20261123)
+    cache = tmp_path / "cache"
+    kills: list[tuple[float, int]] = []  # (seconds after start, cache entries complete at the kill)
+    for i in range(KILLS):
+        runs = tmp_path / "runs-killed"
+        before = set(runs.glob("*/manifest.json")) if runs.exists() else set()
+        proc = subprocess.Popen(
+            _cmd(tmp_path, "killed", cache), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        # The first kill lands during start-up; the others a random time after the run has begun
+        # (its manifest exists), so machine load only shifts them, never all into start-up.
+        delay = 0.3 if i == 0 else rng.uniform(0.0, 3.0)
+        deadline = time.time() + 120
+        while i and proc.poll() is None and time.time() < deadline:
+            if runs.exists() and set(runs.glob("*/manifest.json")) - before:
+                break
+            time.sleep(0.02)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills.append((delay, _assert_cache_consistent(cache)))
+        if proc.returncode == 0:
+            _assert_cache_consistent(cache)
+            break  # the run finished before this kill
+    # the kills landed at several different points of the plan, not all at one spot
+    assert len(kills) >= 3 and len({n for _, n in kills}) >= 3, kills
+    final = subprocess.run(_cmd(tmp_path, "killed", cache), env=_env(), capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    _assert_cache_consistent(cache)
+    _assert_same(_tables(tmp_path / "runs-killed"), reference)
+
+
+def test_two_runs_at_once_on_one_cache_both_finish_with_the_same_results(reference, tmp_path):
+    cache = tmp_path / "cache"
+    procs = [
+        subprocess.Popen(
+            _cmd(tmp_path, f"twin{i}", cache), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    _assert_cache_consistent(cache)
+    for i in range(2):
+        _assert_same(_tables(tmp_path / f"runs-twin{i}"), reference)
+        manifest = json.loads(next((tmp_path / f"runs-twin{i}").glob("*/manifest.json")).read_text())
+        assert manifest["status"] == "complete"
