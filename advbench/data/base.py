@@ -142,7 +142,7 @@ def check_raw_dataset(raw: RawDataset) -> None:
         raise DataError(f"{raw.name}: num_classes={raw.num_classes!r}; expected an integer >= 2; {fix}")
     if not isinstance(raw.max_value, (int, float, np.number)) or not 0 < float(raw.max_value) < float("inf"):
         raise DataError(f"{raw.name}: max_value={raw.max_value!r}; expected a positive finite number; {fix}")
-    pairs = [("train", raw.x_train, raw.y_train)]
+    pairs: list[tuple[str, Any, Any]] = [("train", raw.x_train, raw.y_train)]
     if raw.x_test is not None or raw.y_test is not None:
         pairs.append(("test", raw.x_test, raw.y_test))
     shape = None

@@ -501,17 +501,19 @@ def _cross_field_problems(suite: Suite, data: dict[str, Any], report: _Problems)
                 f"given {ds.data_dir!r}, but the dataset {ds.name!r} reads no files; expected no data_dir for it; "
                 f"remove it (or pick a dataset that reads files, e.g. fashion-mnist)",
             )
-    models = raw.get("models") if isinstance(raw.get("models"), list) else []
+    given_models = raw.get("models")
+    models: list[Any] = given_models if isinstance(given_models, list) else []
     for i, m in enumerate(suite.models):
-        given = models[i].get("recipe") if i < len(models) and isinstance(models[i], dict) else None
-        given = given if isinstance(given, dict) else {}
+        recipe = models[i].get("recipe") if i < len(models) and isinstance(models[i], dict) else None
+        given: dict[str, Any] = recipe if isinstance(recipe, dict) else {}
         if "momentum" in given and m.recipe.optimizer != "sgd":
             report.add(
                 ("models", i, "recipe", "momentum"),
                 f"given {m.recipe.momentum}, but optimizer is {m.recipe.optimizer!r}, which takes no momentum; "
                 f"expected momentum only with optimizer: sgd; remove it or switch to sgd",
             )
-        snnl = given.get("snnl") if isinstance(given.get("snnl"), dict) else {}
+        given_snnl = given.get("snnl")
+        snnl: dict[str, Any] = given_snnl if isinstance(given_snnl, dict) else {}
         if "temperature_lr" in snnl and m.recipe.snnl.temperature == "fixed":
             report.add(
                 ("models", i, "recipe", "snnl", "temperature_lr"),
