@@ -179,6 +179,14 @@ class Cache:
                 raise CacheError(f"{f}: sha256 {got[:12]}... does not match the manifest's {digest[:12]}...")
         return CacheEntry(kind, key, folder, manifest.get("meta", {}))
 
+    def discard(self, kind: str, key: str, reason: str) -> None:
+        """Quarantine an entry whose checksums matched but whose contents were refused when read."""
+        folder = self.path(kind, key)
+        if folder.is_dir():
+            log.warning("cache entry %s/%s refused (%s); it will be recomputed", kind, key[:12], reason)
+            self.corrupt_found.append(f"{kind}/{key}")
+            self._quarantine(folder)
+
     def _quarantine(self, folder: Path) -> None:
         dest = self.root / "corrupt" / f"{folder.name}-{int(time.time() * 1000)}"
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,14 @@ def run_train(runner: Runner, cell: Cell, state: _State) -> bool:
         if entry is None:
             raise CacheError(f"the checkpoint of {cell.label} could not be read back from {runner.cache.root}")
     # Fresh and cached runs both continue from the stored checkpoint, so their results are identical.
-    model, card = load_checkpoint(entry.path / "checkpoint")
+    try:
+        model, card = load_checkpoint(entry.path / "checkpoint")
+    except CacheError as exc:
+        if not cached:
+            raise
+        # its checksums matched the cache manifest, but the checkpoint itself was refused: recompute
+        runner.cache.discard("train", cell.key, str(exc))
+        return run_train(runner, cell, state)
     history = pd.DataFrame(_read_json(entry.file("history.json")))
     model = model.to(runner.device).eval()
     state.models[(name, seed)] = model
@@ -194,7 +201,7 @@ def run_attack(runner: Runner, cell: Cell, state: _State) -> bool:
             state.adv[(seed, source, akey, eps)] = load_file(str(entry.file("adv.safetensors")))
             return True
         except Exception as exc:  # a safetensors parse error of a file whose checksum matched: treat as corrupt
-            log.warning("unreadable adversarial set %s (%s); recomputing", cell.label, exc)
+            runner.cache.discard(cell.kind, cell.key, f"unreadable adversarial set: {exc}")
     acfg = next(a for a in runner.suite.attacks if a.key == akey)
     model = _model(runner, state, source, seed)
     test = runner.splits().test
@@ -230,7 +237,7 @@ def run_transfer(runner: Runner, cell: Cell, state: _State) -> bool:
             state.outcomes.append(pd.read_csv(entry.file("outcomes.csv.gz")))
             return True
         except (OSError, ValueError) as exc:
-            log.warning("unreadable outcomes %s (%s); recomputing", cell.label, exc)
+            runner.cache.discard(cell.kind, cell.key, f"unreadable outcomes: {exc}")
     adv = _adv(runner, state, seed, source, akey, eps)
     test = runner.splits().test
     idx = adv["indices"].long()
@@ -312,7 +319,7 @@ def run_dknn_score(runner: Runner, cell: Cell, state: _State) -> bool:
             state.dknn_examples.append(pd.read_csv(entry.file("examples.csv.gz")))
             return True
         except (OSError, ValueError) as exc:
-            log.warning("unreadable DkNN scores %s (%s); recomputing", cell.label, exc)
+            runner.cache.discard(cell.kind, cell.key, f"unreadable DkNN scores: {exc}")
     model = _model(runner, state, name, seed)
     index_cell = runner.cell("dknn-index", model=name, seed=seed)
     ientry = runner.cache.get("dknn-index", index_cell.key)
@@ -321,7 +328,15 @@ def run_dknn_score(runner: Runner, cell: Cell, state: _State) -> bool:
         ientry = runner.cache.get("dknn-index", index_cell.key)
     if ientry is None:
         raise CacheError(f"the DkNN index of {name} seed={seed} could not be built or read")
-    dknn = DkNN.load(ientry.path / "dknn", model)
+    try:
+        dknn = DkNN.load(ientry.path / "dknn", model)
+    except CacheError as exc:  # checksums matched, contents refused: rebuild the index once
+        runner.cache.discard("dknn-index", index_cell.key, str(exc))
+        run_dknn_index(runner, index_cell, state)
+        ientry = runner.cache.get("dknn-index", index_cell.key)
+        if ientry is None:
+            raise CacheError(f"the DkNN index of {name} seed={seed} could not be rebuilt") from exc
+        dknn = DkNN.load(ientry.path / "dknn", model)
     n = runner.n_dknn()
     test = runner.splits().test
     idx = torch.from_numpy(runner.transfer_indices()[:n])
