@@ -50,4 +50,4 @@ def test_ray_speedup_on_quick_suite(benchmark, figure, tmp_path):
     figure("quick.yaml local executor, 1 thread", walls["local-1thread"], unit="s", digits=1)
     figure("quick.yaml --executor ray, 2 workers x 1 thread", walls["ray"], unit="s", digits=1)
     figure("ray speed-up over local (default threads)", walls["local"] / walls["ray"], unit="x", digits=2)
-    figure("ray speed-up over local (1 thread, same results)", walls["local-1thread"] / walls["ray"], unit="x", digits=2)
+    figure("ray speed-up over local (1 thread)", walls["local-1thread"] / walls["ray"], unit="x", digits=2)

@@ -76,3 +76,29 @@ def test_validate_exit_codes(tmp_path, capsys):
     assert "did you mean 'cnn-digits'" in captured.err
     assert "missing.yaml: the file does not exist" in captured.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "ok.yaml"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--time-limit", "0"], "expected a positive number of seconds"),
+        (["--time-limit", "soon"], "expected a number of seconds"),
+        (["--threads", "0"], "expected at least 1 thread"),
+        (["--executor", "dask"], "invalid choice"),
+    ],
+)
+def test_run_options_are_checked_before_anything_runs(tmp_path, capsys, args, message):
+    suite = tmp_path / "ok.yaml"
+    suite.write_text(VALID)
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(suite), "--runs-dir", str(tmp_path / "runs"), *args])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_address_without_the_ray_executor_is_refused(tmp_path, capsys):
+    suite = tmp_path / "ok.yaml"
+    suite.write_text(VALID)
+    code = main(["run", str(suite), "--address", "10.0.0.1:6379", "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2 and "add --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -16,7 +16,7 @@ import yaml
 
 from advbench.hashing import sha256_file
 from advbench.suite.cache import MANIFEST
-from advbench.suite.runner import RunOptions, Runner
+from advbench.suite.runner import Runner, RunOptions
 from advbench.suite.schema import Suite
 from advbench.training.checkpoint import CARD_FILE, WEIGHTS_FILE, card_digest
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from advbench.errors import AdvbenchError
 from advbench.reports.results import Results
 from advbench.suite.rundir import atomic_write_text
 
@@ -93,6 +94,11 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
     """Render the report to ``path`` with its figures in ``<path without .md>/`` and the tidy CSVs beside them."""
     path = Path(path)
     fig_dir = path.with_suffix("")
+    if fig_dir.exists() and not fig_dir.is_dir():
+        raise AdvbenchError(
+            f"the report {path} keeps its figures and tables in {fig_dir}, which is a file; "
+            f"move that file or pass another report path (--report)"
+        )
     fig_dir.mkdir(parents=True, exist_ok=True)
     text = render_report(
         results, manifest=manifest, figures_dir=fig_dir if plots else None, link_prefix=f"{fig_dir.name}/"
