@@ -102,6 +102,7 @@ def run_train(runner: Runner, cell: Cell, state: _State) -> bool:
             probe=_probe(runner),
             name=f"{name}/seed{seed}",
             progress=runner.opt.progress,
+            device=runner.device,
         )
         card = {
             "label": name,

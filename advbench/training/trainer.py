@@ -152,11 +152,13 @@ def probe_entanglement(
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {n: [] for n in names}
+    device = next(model.parameters()).device
     for i in range(0, len(y), chunk):
-        feats = model.features(x[i : i + chunk], names)
+        feats = model.features(x[i : i + chunk].to(device), names)
         for n in names:
             parts[n].append(feats[n].reshape(feats[n].shape[0], -1))
     model.train(was_training)
+    y = y.to(device)
     return {n: entanglement(torch.cat(parts[n]), y, distance=distance) for n in names}  # type: ignore[arg-type]
 
 
@@ -188,7 +190,7 @@ class TrainStep:
     def __init__(self, model: Classifier, recipe: RecipeConfig, layers: Sequence[str]) -> None:
         self.model = model
         self.layers = list(layers)
-        self.loss_fn = CompositeLoss(recipe.snnl, self.layers)
+        self.loss_fn = CompositeLoss(recipe.snnl, self.layers).to(next(model.parameters()).device)
         self.opt = make_optimizer(model.parameters(), recipe)
         t_params = self.loss_fn.temperature_parameters()
         self.t_opt = (
@@ -223,8 +225,12 @@ def train_model(
     probe: tuple[Tensor, Tensor] | None,
     name: str = "model",
     progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on the composite loss of ``recipe``; returns it with its history.
+
+    ``device`` (default: where the model is) takes the model, the loss's temperatures, the
+    training set and the probe set; batch order and initial weights do not depend on it.
 
     Batches come from :func:`batch_order` (seed alone, so a pair sees the same ones). Regularised
     layers are ``recipe.snnl.layers`` or every hidden layer (never the logits). The history has, per
@@ -244,6 +250,11 @@ def train_model(
         raise ValueError(
             f"snnl.layers {bad} are not hidden layers of {model.arch!r}; choose from {list(model.hidden_layers)}"
         )
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(dev)
+    if dev.type != "cpu":  # one copy on the accelerator, not one transfer per batch
+        x_train, y_train = x_train.to(dev), y_train.to(dev)
+        probe = (probe[0].to(dev), probe[1].to(dev)) if probe is not None else None
     train_step = TrainStep(model, recipe, layers)
     loss_fn = train_step.loss_fn
 
@@ -270,6 +281,8 @@ def train_model(
             for step, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
                                             disable=disable)):
                 order_hash.update(idx.numpy().tobytes())
+                if x_train.device != idx.device:
+                    idx = idx.to(x_train.device)
                 xb, yb = x_train[idx], y_train[idx]
                 terms = train_step(xb, yb, name=name, epoch=epoch, step=step)
                 n = len(yb)
