@@ -314,3 +314,13 @@ def test_synthetic_rejects_bad_parameters():
         load_dataset("synthetic", shape=(8, 8))
     raw = load_dataset("synthetic", n=40, num_classes=4, shape=[1, 8, 8], seed=1)  # a YAML list works
     assert raw.x_train.shape == (40, 1, 8, 8)
+
+
+def test_digits_read_without_sklearn_import_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from advbench.data.builtin import _sklearn_digits
+
+    images, target = _sklearn_digits()
+    d = load_digits()
+    assert np.array_equal(images, d.images) and np.array_equal(target, d.target)

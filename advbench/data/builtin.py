@@ -201,10 +201,8 @@ def digits(*, size: int = 8) -> RawDataset:
     """
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise DataError(f"digits: size={size!r}; expected a positive integer (8 = native, 28 = MNIST-sized)")
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = d.images.astype(np.float32)[:, None]  # values 0..16
+    images, target = _sklearn_digits()
+    x = images.astype(np.float32)[:, None]  # values 0..16
     max_value = 16
     if size != 8:
         import torch
@@ -216,7 +214,7 @@ def digits(*, size: int = 8) -> RawDataset:
     return RawDataset(
         name="digits" if size == 8 else f"digits{size}",
         x_train=x.astype(np.uint8),
-        y_train=d.target.astype(np.int64),
+        y_train=target.astype(np.int64),
         x_test=None,
         y_test=None,
         num_classes=10,
@@ -224,6 +222,29 @@ def digits(*, size: int = 8) -> RawDataset:
         max_value=max_value,
         origin="sklearn.datasets.load_digits",
     )
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``load_digits()``'s images and targets, read from the CSV scikit-learn ships.
+
+    ``import sklearn.datasets`` pulls in scipy.stats and costs ~2 s per process (a third of a
+    cached re-run of quick.yaml); the file is found without importing sklearn and parsed the
+    way ``load_digits`` parses it (the test suite checks they agree).
+    """
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]) / "datasets" / "data" / "digits.csv.gz" if locations else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits  # an unusual install: let sklearn find its data
+
+        d = load_digits()
+        return d.images, d.target
+    with gzip.open(path, "rt") as fh:
+        data = np.loadtxt(fh, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 @register_dataset("synthetic", sizes=lambda params: (params.get("n", 600), None))

@@ -166,12 +166,20 @@ class Runner:
             # them all back here (cache hits), so both executors assemble results the same way.
             remote = compute_on_ray(self, run_dir)
         failures = self._run_cells(plan, run_dir, remote)
+        t_collect = time.perf_counter()
         results = self._collect(self._state, failures)
         results.save(run_dir.results)
-        wall = time.perf_counter() - t0
+        self.stage_seconds["collect"] = time.perf_counter() - t_collect
         run_dir.manifest["failed_cells"] = len(failures)
-        run_dir.finish(wall, dict(self.stage_seconds))
+        run_dir.finish(time.perf_counter() - t0, dict(self.stage_seconds))  # what the report's provenance shows
+        t_render = time.perf_counter()
         self._render(results, run_dir)
+        self.stage_seconds["report"] = time.perf_counter() - t_render
+        # The manifest's final wall time runs from the start of run() to the written report; the
+        # process's own start-up (interpreter, imports) comes before, and the end-to-end benchmark
+        # measures it.
+        wall = time.perf_counter() - t0
+        run_dir.finish(wall, dict(self.stage_seconds))
         self._summary(plan, self._hits, wall, run_dir)
         if failures:
             log.error(
