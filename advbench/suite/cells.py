@@ -309,9 +309,6 @@ def _ood_set(runner: Runner) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def run_dknn_score(runner: Runner, cell: Cell, state: _State) -> bool:
-    from advbench.evaluation.calibration import calibration_records
-    from advbench.evaluation.dknn import DkNN
-
     name, seed = cell.params["model"], cell.params["seed"]
     entry = _entry_or_none(runner, cell)
     if entry is not None:
@@ -321,6 +318,10 @@ def run_dknn_score(runner: Runner, cell: Cell, state: _State) -> bool:
             return True
         except (OSError, ValueError) as exc:
             runner.cache.discard(cell.kind, cell.key, f"unreadable DkNN scores: {exc}")
+    # imported only when scoring (scikit-learn's metrics take ~2 s to import; a cache hit needs none)
+    from advbench.evaluation.calibration import calibration_records
+    from advbench.evaluation.dknn import DkNN
+
     model = _model(runner, state, name, seed)
     index_cell = runner.cell("dknn-index", model=name, seed=seed)
     ientry = runner.cache.get("dknn-index", index_cell.key)
