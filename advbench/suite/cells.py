@@ -19,6 +19,7 @@ from advbench.errors import AdvbenchError, CacheError
 from advbench.suite.plan import Cell
 
 if TYPE_CHECKING:
+    from advbench.models import Classifier
     from advbench.suite.runner import Runner, _State
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def _entry_or_none(runner: Runner, cell: Cell) -> Any:
     return runner.cache.get(cell.kind, cell.key)
 
 
-def _model(runner: Runner, state: _State, name: str, seed: int) -> torch.nn.Module:
+def _model(runner: Runner, state: _State, name: str, seed: int) -> Classifier:
     """The trained model: from this process's state, else from its checkpoint in the cache.
 
     A cell may run in a process that did not run its dependencies (a Ray worker), so every input
@@ -263,7 +264,7 @@ def run_transfer(runner: Runner, cell: Cell, state: _State) -> bool:
 # -- DkNN --------------------------------------------------------------------------------------
 
 
-def _dknn_for(runner: Runner, model: torch.nn.Module) -> Any:
+def _dknn_for(runner: Runner, model: Classifier) -> Any:
     from advbench.evaluation.dknn import DkNN
 
     dk = runner.suite.evaluations.dknn

@@ -74,7 +74,7 @@ def _payload(runner: Runner, want_gpu: bool, attempts_log: Path) -> dict[str, An
 
 
 def _worker_runner(payload: dict[str, Any]) -> Any:
-    from advbench.suite.runner import Runner, RunOptions, _State
+    from advbench.suite.runner import Runner, RunOptions
     from advbench.suite.schema import Suite
 
     runner = _WORKER.get(payload["digest"])
@@ -84,10 +84,9 @@ def _worker_runner(payload: dict[str, Any]) -> Any:
         suite = Suite.model_validate(payload["suite"])
         runner = Runner(suite, source=payload["source"], options=RunOptions(**payload["options"]))
         runner.plan()
-        runner.worker_models = _State().models
         _WORKER.clear()
         _WORKER[payload["digest"]] = runner
-    torch.set_num_threads(runner.opt.threads)
+    torch.set_num_threads(int(runner.opt.threads or 1))
     return runner
 
 

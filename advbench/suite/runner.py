@@ -83,6 +83,8 @@ class Runner:
         self._splits: Splits | None = None
         self._plan: Plan | None = None
         self._cells: dict[tuple[str, tuple[tuple[str, Any], ...]], Cell] = {}
+        self.failures: list[dict[str, Any]] = []
+        self.worker_models: dict[tuple[str, int], Classifier] = {}  # on a Ray worker: models loaded so far
 
     # -- data ---------------------------------------------------------------------------------
     def splits(self) -> Splits:
