@@ -93,7 +93,7 @@ def reference(tmp_path_factory) -> dict[str, pd.DataFrame]:
     return _tables(tmp / "runs-ref")
 
 
-def test_kill_9_at_random_points_then_resume_gives_identical_results(reference, tmp_path):
+def test_kill_9_at_random_points_then_resume_gives_identical_results(reference, tmp_path, record_property):
     rng = random.Random(20261123)
     cache = tmp_path / "cache"
     kills: list[tuple[float, int]] = []  # (seconds after start, cache entries complete at the kill)
@@ -105,7 +105,7 @@ def test_kill_9_at_random_points_then_resume_gives_identical_results(reference, 
         )
         # The first kill lands during start-up; the others a random time after the run has begun
         # (its manifest exists), so machine load only shifts them, never all into start-up.
-        delay = 0.3 if i == 0 else rng.uniform(0.0, 3.0)
+        delay = 0.3 if i == 0 else rng.uniform(1.0, 2.5)
         deadline = time.time() + 120
         while i and proc.poll() is None and time.time() < deadline:
             if runs.exists() and set(runs.glob("*/manifest.json")) - before:
@@ -120,6 +120,7 @@ def test_kill_9_at_random_points_then_resume_gives_identical_results(reference, 
         if proc.returncode == 0:
             _assert_cache_consistent(cache)
             break  # the run finished before this kill
+    record_property("kills", kills)  # (seconds, complete cache entries) per kill, in the JUnit XML
     # the kills landed at several different points of the plan, not all at one spot
     assert len(kills) >= 3 and len({n for _, n in kills}) >= 3, kills
     final = subprocess.run(_cmd(tmp_path, "killed", cache), env=_env(), capture_output=True, text=True, timeout=600)
