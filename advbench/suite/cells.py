@@ -36,6 +36,17 @@ def _entry_or_none(runner: Runner, cell: Cell) -> Any:
     return runner.cache.get(cell.kind, cell.key)
 
 
+def _required_entry(runner: Runner, cell: Cell) -> Any:
+    """The verified cache entry of ``cell``, which a later cell needs; an error if it is missing."""
+    entry = runner.cache.get(cell.kind, cell.key)
+    if entry is None:
+        raise CacheError(
+            f"{cell.label} is not in the cache at {runner.cache.root}, but a later cell needs it; "
+            f"run the suite again to recompute it"
+        )
+    return entry
+
+
 def _model(runner: Runner, state: _State, name: str, seed: int) -> Classifier:
     """The trained model: from this process's state, else from its checkpoint in the cache.
 
@@ -46,13 +57,7 @@ def _model(runner: Runner, state: _State, name: str, seed: int) -> Classifier:
     if model is None:
         from advbench.training import load_checkpoint
 
-        train = runner.cell("train", model=name, seed=seed)
-        entry = runner.cache.get("train", train.key)
-        if entry is None:
-            raise CacheError(
-                f"{train.label} is not in the cache at {runner.cache.root}, but a later cell needs it; "
-                f"run the suite again to recompute it"
-            )
+        entry = _required_entry(runner, runner.cell("train", model=name, seed=seed))
         model, _ = load_checkpoint(entry.path / "checkpoint")
         model = model.to(runner.device).eval()
         state.models[(name, seed)] = model
@@ -63,13 +68,7 @@ def _adv(runner: Runner, state: _State, seed: int, source: str, akey: str, eps: 
     """An adversarial set: from this process's state, else from the cache."""
     k = (seed, source, akey, eps)
     if k not in state.adv:
-        cell = runner.cell("attack", seed=seed, model=source, attack=akey, eps=eps)
-        entry = runner.cache.get("attack", cell.key)
-        if entry is None:
-            raise CacheError(
-                f"{cell.label} is not in the cache at {runner.cache.root}, but a later cell needs it; "
-                f"run the suite again to recompute it"
-            )
+        entry = _required_entry(runner, runner.cell("attack", seed=seed, model=source, attack=akey, eps=eps))
         state.adv[k] = load_file(str(entry.file("adv.safetensors")))
     return state.adv[k]
 

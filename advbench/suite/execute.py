@@ -10,7 +10,6 @@ hit too (the disk is full) always stop the run.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import signal
 import threading
@@ -19,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from advbench.errors import AdvbenchError
-from advbench.suite.cache import cache_key
+from advbench.suite.cache import cache_key, is_disk_full
 from advbench.suite.plan import Cell
 
 if TYPE_CHECKING:
@@ -75,17 +74,8 @@ def execute_cell(runner: Runner, cell: Cell, state: _State) -> bool:
 
 
 def is_fatal(exc: BaseException) -> bool:
-    """Errors that no later cell could escape: a full disk (anywhere in the exception chain)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if getattr(e, "fatal", False):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    """Errors that no later cell could escape, so the run stops even without ``--fail-fast``: a full disk."""
+    return is_disk_full(exc)
 
 
 def failure_message(exc: BaseException) -> str:

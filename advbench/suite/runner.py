@@ -201,6 +201,12 @@ class Runner:
         failed: dict[str, str] = {}
         labels = {c.key: c.label for c in plan.cells}
         failures: list[dict[str, Any]] = []
+
+        def fail(key: str, cell: Cell, status: str, message: str) -> None:
+            failed[key] = message
+            failures.append({"cell": cell.label, "kind": cell.kind, "status": status, "error": message})
+            run_dir.record_failure(cell.label, cell.kind, cell.key, status=status, error=message)
+
         bar = tqdm(plan.cells, desc=f"suite {self.suite.name}", unit="cell", disable=not self.opt.progress)
         for planned in bar:
             bar.set_postfix_str(planned.label[:60])
@@ -210,9 +216,7 @@ class Runner:
             if cell is not None and info is not None and info["status"] == "failed":
                 cell, reason, status = None, info["error"], "failed"
             if cell is None:
-                failed[planned.key] = reason
-                failures.append({"cell": planned.label, "kind": planned.kind, "status": status, "error": reason})
-                run_dir.record_failure(planned.label, planned.kind, planned.key, status=status, error=reason)
+                fail(planned.key, planned, status, reason)
                 log.warning("%s %s: %s", status, planned.label, reason)
                 continue
             start = time.perf_counter()
@@ -222,9 +226,7 @@ class Runner:
                 if self.opt.fail_fast or is_fatal(exc):
                     raise
                 message = failure_message(exc)
-                failed[planned.key] = message
-                failures.append({"cell": cell.label, "kind": cell.kind, "status": "failed", "error": message})
-                run_dir.record_failure(cell.label, cell.kind, cell.key, status="failed", error=message)
+                fail(planned.key, cell, "failed", message)
                 log.error("cell %s failed: %s (the run goes on; --fail-fast stops it)", cell.label, message)
                 continue
             seconds = time.perf_counter() - start
