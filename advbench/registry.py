@@ -176,9 +176,7 @@ class Registry(Generic[T]):
             self._loaded = True
         if clashes:
             self._conflict = DuplicateNameError(
-                f"the {self.group!r} entry points clash: " + " ".join(clashes)
-                if len(clashes) > 1
-                else clashes[0]
+                f"the {self.group!r} entry points clash: " + " ".join(clashes) if len(clashes) > 1 else clashes[0]
             )
             raise self._conflict
 

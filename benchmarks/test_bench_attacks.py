@@ -124,16 +124,23 @@ def test_attack_advbench_vs_library(benchmark, figure, setup, name: str, library
 
     ours_cpu, theirs_cpu, step_cpu = median(t["advbench"]), median(t["direct"]), median(t["fwd_bwd"])
     ratio = ours_cpu / theirs_cpu
-    benchmark.extra_info.update({
-        "attack": repr(ours), "library": library, "images": N, "steps": steps, "rounds": rounds,
-        "threads": torch.get_num_threads(),
-        "advbench_median_wall_s": round(median(t["advbench"], "wall"), 4),
-        "direct_median_wall_s": round(median(t["direct"], "wall"), 4),
-        "advbench_median_cpu_s": round(ours_cpu, 4), "direct_median_cpu_s": round(theirs_cpu, 4),
-        "ratio_cpu": round(ratio, 4),
-        "ratio_wall": round(median(t["advbench"], "wall") / median(t["direct"], "wall"), 4),
-        "forward_backward_median_cpu_s": round(step_cpu, 5),
-    })
+    benchmark.extra_info.update(
+        {
+            "attack": repr(ours),
+            "library": library,
+            "images": N,
+            "steps": steps,
+            "rounds": rounds,
+            "threads": torch.get_num_threads(),
+            "advbench_median_wall_s": round(median(t["advbench"], "wall"), 4),
+            "direct_median_wall_s": round(median(t["direct"], "wall"), 4),
+            "advbench_median_cpu_s": round(ours_cpu, 4),
+            "direct_median_cpu_s": round(theirs_cpu, 4),
+            "ratio_cpu": round(ratio, 4),
+            "ratio_wall": round(median(t["advbench"], "wall") / median(t["direct"], "wall"), 4),
+            "forward_backward_median_cpu_s": round(step_cpu, 5),
+        }
+    )
     figure(f"advbench {name} time", ours_cpu, unit="s cpu")
     figure("advbench step / fwd+bwd", ours_cpu / steps / step_cpu, unit="x")
     figure("direct step / fwd+bwd", theirs_cpu / steps / step_cpu, unit="x")

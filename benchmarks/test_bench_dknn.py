@@ -98,12 +98,24 @@ def test_bench_dknn_exact_scoring(benchmark, figure, setup) -> None:
     gflops = flops / t["search_s"] / 1e9
     benchmark.extra_info.update(
         {
-            "n_train": N_TRAIN, "n_query": N_QUERY, "k": K, "layers": list(dknn.layers), "dims": dknn.dims,
-            "threads": THREADS, "seconds": seconds, "queries_per_s": N_QUERY / seconds,
-            "features_s": t["features_s"], "search_s": t["search_s"],
-            "feature_fraction": t["features_s"] / seconds, "search_fraction": t["search_s"] / seconds,
-            "distance_gflops": gflops, "matmul_peak_gflops": peak, "fraction_of_peak": gflops / peak,
-            "fit_s": fit_s, "fit_features_s": fit_timings["features_s"], "fit_index_s": fit_timings["index_s"],
+            "n_train": N_TRAIN,
+            "n_query": N_QUERY,
+            "k": K,
+            "layers": list(dknn.layers),
+            "dims": dknn.dims,
+            "threads": THREADS,
+            "seconds": seconds,
+            "queries_per_s": N_QUERY / seconds,
+            "features_s": t["features_s"],
+            "search_s": t["search_s"],
+            "feature_fraction": t["features_s"] / seconds,
+            "search_fraction": t["search_s"] / seconds,
+            "distance_gflops": gflops,
+            "matmul_peak_gflops": peak,
+            "fraction_of_peak": gflops / peak,
+            "fit_s": fit_s,
+            "fit_features_s": fit_timings["features_s"],
+            "fit_index_s": fit_timings["index_s"],
             "index_gib": sum(N_TRAIN * d * 4 for d in dknn.dims.values()) / 2**30,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "loadavg_1m": os.getloadavg()[0],
@@ -160,9 +172,16 @@ def test_bench_dknn_recall(benchmark, figure, setup, exact_small, index: str, re
     predict_speedup = median(t["exact"], "wall") / median(t["approx"], "wall")
     benchmark.extra_info.update(
         {
-            "n_train": len(yt), "n_query": len(xq), "k": K, "index_specs": dknn.index_specs,
-            "recall_at_k": recall, "fit_s": fit_s, "exact_search_s": exact_search, "approx_search_s": approx_search,
-            "search_speedup": exact_search / approx_search, "predict_speedup": predict_speedup,
+            "n_train": len(yt),
+            "n_query": len(xq),
+            "k": K,
+            "index_specs": dknn.index_specs,
+            "recall_at_k": recall,
+            "fit_s": fit_s,
+            "exact_search_s": exact_search,
+            "approx_search_s": approx_search,
+            "search_speedup": exact_search / approx_search,
+            "predict_speedup": predict_speedup,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         }
     )
@@ -172,5 +191,3 @@ def test_bench_dknn_recall(benchmark, figure, setup, exact_small, index: str, re
     figure("predict speed-up vs exact", predict_speedup, unit="x")
     figure("fit", fit_s, unit="s")
     assert all(0.0 <= r <= 1.0 for r in recall.values())
-
-

@@ -139,9 +139,14 @@ def test_quick_suite_end_to_end(benchmark, figure, tmp_path):
     manifest_overhead = (manifests["fresh"]["wall_s"] - cell_s) / manifests["fresh"]["wall_s"]
     _LIVE["fixed_s"] = walls["fresh"] - cell_s
     benchmark.extra_info.update(
-        fresh_wall_s=walls["fresh"], cached_wall_s=walls["cached"], cells=n, cache_hits=hits,
-        fresh_cell_seconds=cell_s, fresh_manifest_wall_s=manifests["fresh"]["wall_s"],
-        cached_cell_seconds=sum(c["seconds"] for c in cached), threads=os.cpu_count(),
+        fresh_wall_s=walls["fresh"],
+        cached_wall_s=walls["cached"],
+        cells=n,
+        cache_hits=hits,
+        fresh_cell_seconds=cell_s,
+        fresh_manifest_wall_s=manifests["fresh"]["wall_s"],
+        cached_cell_seconds=sum(c["seconds"] for c in cached),
+        threads=os.cpu_count(),
     )
     figure("quick.yaml fresh (empty cache), process wall", walls["fresh"], unit="s", digits=2)
     figure("quick.yaml re-run, all cache hits, process wall", walls["cached"], unit="s", digits=2)

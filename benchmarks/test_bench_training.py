@@ -69,8 +69,13 @@ def test_entangled_step_costs_at_most_115x_the_baseline(benchmark, figure):
     benchmark.pedantic(ent, rounds=5, iterations=1, warmup_rounds=1)
     ratio = ent_ms / base_ms
     benchmark.extra_info.update(
-        batch=BATCH, baseline_step_ms=round(base_ms, 2), entangled_step_ms=round(ent_ms, 2), ratio=round(ratio, 3),
-        snnl_ms=round(snnl_ms, 2), snnl_share_of_step=round(snnl_ms / ent_ms, 3), threads=torch.get_num_threads(),
+        batch=BATCH,
+        baseline_step_ms=round(base_ms, 2),
+        entangled_step_ms=round(ent_ms, 2),
+        ratio=round(ratio, 3),
+        snnl_ms=round(snnl_ms, 2),
+        snnl_share_of_step=round(snnl_ms / ent_ms, 3),
+        threads=torch.get_num_threads(),
     )
     figure("baseline step", base_ms, unit="ms")
     figure("entangled step", ent_ms, unit="ms")
@@ -88,8 +93,12 @@ def test_snnl_forward_backward(benchmark, figure, batch: int):
     base_ms, snnl_ms = 1000 * median(t["baseline"], "wall"), 1000 * median(t["snnl"], "wall")
     benchmark.pedantic(snnl_only, rounds=5, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update(
-        batch=batch, widths=widths, snnl_ms=round(snnl_ms, 3), baseline_step_ms=round(base_ms, 3),
-        snnl_over_baseline_step=round(snnl_ms / base_ms, 4), threads=torch.get_num_threads(),
+        batch=batch,
+        widths=widths,
+        snnl_ms=round(snnl_ms, 3),
+        baseline_step_ms=round(base_ms, 3),
+        snnl_over_baseline_step=round(snnl_ms / base_ms, 4),
+        threads=torch.get_num_threads(),
         snnl_cpu_ms=round(1000 * median(t["snnl"]), 3),
     )
     figure("SNNL fwd+bwd, 3 layers", snnl_ms, unit="ms")

@@ -311,8 +311,13 @@ def test_list_rows_for_attacks():
     from advbench.cli.list_cmd import rows
 
     table = {r["name"]: r for r in rows("attacks")}
-    assert table["pgd"] == {"name": "pgd", "norm": "linf", "targeted": False, "source": "advbench",
-                                 "parameters": "steps=40, step_size=None, random_start=True, backend='torchattacks'"}
+    assert table["pgd"] == {
+        "name": "pgd",
+        "norm": "linf",
+        "targeted": False,
+        "source": "advbench",
+        "parameters": "steps=40, step_size=None, random_start=True, backend='torchattacks'",
+    }
     mifgsm = table["torchattacks.MIFGSM"]
     assert (mifgsm["norm"], mifgsm["targeted"], mifgsm["source"]) == ("linf", True, "torchattacks")
     assert "decay=1.0" in mifgsm["parameters"]

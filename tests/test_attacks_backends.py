@@ -23,8 +23,10 @@ def thousand(digits_splits):
 
 def _both(model, name, params, x, y, eps):
     threat = ThreatModel(eps=eps)
-    return [generate(model, create_attack(name, backend=b, **params), x, y, threat, batch_size=500, seed=0)
-            for b in ("torchattacks", "foolbox")]
+    return [
+        generate(model, create_attack(name, backend=b, **params), x, y, threat, batch_size=500, seed=0)
+        for b in ("torchattacks", "foolbox")
+    ]
 
 
 @pytest.mark.parametrize("eps", [0.05, 0.1])

@@ -47,8 +47,11 @@ def test_broken_plugin_is_a_warning_naming_it(monkeypatch):
         _EntryPoint("good", "good_pkg:Good", "good-pkg", lambda: "GoodAttack"),
         _EntryPoint("zoo", "zoo_pkg:Zoo", "zoo-pkg", _fail),
     )
-    with pytest.warns(PluginWarning, match=r"plugin 'zoo' = 'zoo_pkg:Zoo' from the package 'zoo-pkg': "
-                                           r"ImportError: No module named 'torch_attack_zoo'"):
+    with pytest.warns(
+        PluginWarning,
+        match=r"plugin 'zoo' = 'zoo_pkg:Zoo' from the package 'zoo-pkg': "
+        r"ImportError: No module named 'torch_attack_zoo'",
+    ):
         assert reg.list() == ["good"]
     assert reg.get("good") == "GoodAttack"
     assert "zoo (zoo-pkg)" in reg.failed_plugins
@@ -86,13 +89,18 @@ def test_register_attack_decorator_and_duplicates():
 def installed_plugin():
     """pip-install the demo plugin (editable, offline) into this venv for the module; uninstall after."""
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(PLUGIN)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(PLUGIN)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     try:
         yield
     finally:
-        subprocess.run([*pip, "uninstall", "-q", "-y", "advbench-demo-plugin"], check=False, capture_output=True,
-                       timeout=300)
+        subprocess.run(
+            [*pip, "uninstall", "-q", "-y", "advbench-demo-plugin"], check=False, capture_output=True, timeout=300
+        )
 
 
 def _advbench(*args: str) -> subprocess.CompletedProcess:

@@ -79,8 +79,14 @@ def test_calibration_records() -> None:
     cred = np.array([0.9, 0.6, 0.2, 0.1])
     labels = np.array([0, 1, 1, 2])
     rows = calibration_records(
-        model="entangled", seed=3, input_set="pgd", prediction=pred, credibility=cred, labels=labels,
-        clean_credibility=[0.95, 0.7, 0.8], extra={"eps": 0.1},
+        model="entangled",
+        seed=3,
+        input_set="pgd",
+        prediction=pred,
+        credibility=cred,
+        labels=labels,
+        clean_credibility=[0.95, 0.7, 0.8],
+        extra={"eps": 0.1},
     )
     df = pd.DataFrame(rows)
     assert set(df.columns) == {"model", "seed", "input_set", "metric", "value", "n", "n_clean", "eps"}
@@ -90,8 +96,12 @@ def test_calibration_records() -> None:
     assert values["ece_credibility"] == pytest.approx(expected_calibration_error(cred, pred == labels))
     assert values["auroc_clean_vs_set"] == pytest.approx(detection_scores([0.95, 0.7, 0.8], cred)["auroc"])
     assert set(values) == {
-        "dknn_accuracy", "mean_credibility", "ece_credibility",
-        "auroc_clean_vs_set", "aupr_clean_vs_set", "aupr_out_clean_vs_set",
+        "dknn_accuracy",
+        "mean_credibility",
+        "ece_credibility",
+        "auroc_clean_vs_set",
+        "aupr_clean_vs_set",
+        "aupr_out_clean_vs_set",
     }
     assert (df["n"] == 4).all() and (df["seed"] == 3).all() and (df["eps"] == 0.1).all()
     assert df["value"].map(type).eq(float).all()

@@ -114,8 +114,14 @@ def test_matches_brute_force_exactly(k: int, distance: str, layers: list[str] | 
     names = layers or ["flat", "h", "logits"]
     sub = lambda F: {n: F[n] for n in names}  # noqa: E731
     a, p, pred, cred, conf = brute_force_dknn(
-        sub(numpy_features(model, x_tr)), y_tr, sub(numpy_features(model, x_cal)), y_cal,
-        sub(numpy_features(model, x_te)), k=k, distance=distance, min_gap=1e-6,
+        sub(numpy_features(model, x_tr)),
+        y_tr,
+        sub(numpy_features(model, x_cal)),
+        y_cal,
+        sub(numpy_features(model, x_te)),
+        k=k,
+        distance=distance,
+        min_gap=1e-6,
     )
     np.testing.assert_array_equal(out.nonconformity, a)
     np.testing.assert_array_equal(out.p_values, p)

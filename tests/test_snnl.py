@@ -150,9 +150,10 @@ def test_entanglement_at_any_width():
     g = torch.Generator().manual_seed(8)
     y = torch.arange(10).repeat_interleave(10)
     for width in (2, 128, 6272):
-        x = torch.rand(100, width, generator=g) + torch.nn.functional.one_hot(y, width if width >= 10 else 10)[
-            :, :width
-        ].float()
+        x = (
+            torch.rand(100, width, generator=g)
+            + torch.nn.functional.one_hot(y, width if width >= 10 else 10)[:, :width].float()
+        )
         value, T = entanglement(x, y)
         assert math.isfinite(value) and 0 <= value < math.log(10) + 0.1 and T > 0
 

@@ -117,10 +117,22 @@ def _outcomes(spec: dict, clean: dict, *, seed: int, n: int, attack: str = "fgsm
     frames = []
     for s in models:
         for t in models:
-            frames.append(pd.DataFrame({
-                "seed": seed, "source": s, "attack": attack, "eps": eps, "target": t, "example": np.arange(n),
-                "y": 0, "clean_correct": cc[t], "adv_correct": adv[(s, t)], "source_success": ~adv[(s, s)],
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "seed": seed,
+                        "source": s,
+                        "attack": attack,
+                        "eps": eps,
+                        "target": t,
+                        "example": np.arange(n),
+                        "y": 0,
+                        "clean_correct": cc[t],
+                        "adv_correct": adv[(s, t)],
+                        "source_success": ~adv[(s, s)],
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)[list(OUTCOME_COLUMNS)]
 
 
@@ -129,16 +141,26 @@ def _v(*bits: int) -> np.ndarray:
 
 
 def _two_seed_suite() -> pd.DataFrame:
-    s0 = _outcomes({
-        ("baseline", "baseline"): _v(1, 1, 0, 0, 0, 0, 0, 0, 0, 0),       # 0.2
-        ("entangled", "entangled"): _v(1, 1, 1, 1, 1, 0, 0, 0, 0, 0),     # 0.5
-        ("baseline", "disentangled"): _v(0, 0, 0, 1, 1, 1, 1, 1, 1, 1),
-        ("entangled", "disentangled"): _v(0, 1, 1, 1, 1, 1, 1, 1, 1, 0),
-    }, {"disentangled": _v(0, 1, 1, 1, 1, 1, 1, 1, 1, 1)}, seed=0, n=10)
-    s1 = _outcomes({
-        ("baseline", "baseline"): _v(1, 0, 0, 0, 0, 0, 0, 0, 0, 0),       # 0.1
-        ("entangled", "entangled"): _v(0, 1, 1, 1, 1, 1, 0, 0, 0, 0),     # 0.5
-    }, {"disentangled": np.ones(10)}, seed=1, n=10)
+    s0 = _outcomes(
+        {
+            ("baseline", "baseline"): _v(1, 1, 0, 0, 0, 0, 0, 0, 0, 0),  # 0.2
+            ("entangled", "entangled"): _v(1, 1, 1, 1, 1, 0, 0, 0, 0, 0),  # 0.5
+            ("baseline", "disentangled"): _v(0, 0, 0, 1, 1, 1, 1, 1, 1, 1),
+            ("entangled", "disentangled"): _v(0, 1, 1, 1, 1, 1, 1, 1, 1, 0),
+        },
+        {"disentangled": _v(0, 1, 1, 1, 1, 1, 1, 1, 1, 1)},
+        seed=0,
+        n=10,
+    )
+    s1 = _outcomes(
+        {
+            ("baseline", "baseline"): _v(1, 0, 0, 0, 0, 0, 0, 0, 0, 0),  # 0.1
+            ("entangled", "entangled"): _v(0, 1, 1, 1, 1, 1, 0, 0, 0, 0),  # 0.5
+        },
+        {"disentangled": np.ones(10)},
+        seed=1,
+        n=10,
+    )
     return pd.concat([s0, s1], ignore_index=True)
 
 
@@ -147,7 +169,11 @@ def test_paired_white_box_hand_computed():
     assert list(res.columns) == list(PAIRED_COLUMNS)
     row = res[(res.comparison == "white_box") & (res.metric == "adv_accuracy")].iloc[0]
     assert (row.reference_source, row.reference_target, row.variant_source, row.variant_target) == (
-        "baseline", "baseline", "entangled", "entangled")
+        "baseline",
+        "baseline",
+        "entangled",
+        "entangled",
+    )
     # per-seed differences 0.3 and 0.4; t(0.975, 1) * sd / sqrt(2) with sd = 0.1/sqrt(2)
     assert row["diff"] == pytest.approx(0.35) and row.n_seeds == 2 and row.method == "t"
     assert row.ci_high - row["diff"] == pytest.approx(12.706204736174703 * 0.05)
@@ -164,7 +190,11 @@ def test_paired_from_to_cross_cells_and_denominators():
     s0 = res[res.seed == 0].set_index(["comparison", "metric"])
     frm = s0.loc[("from", "transfer_rate")]
     assert (frm.other, frm.reference_source, frm.variant_source, frm.variant_target) == (
-        "disentangled", "baseline", "entangled", "disentangled")
+        "disentangled",
+        "baseline",
+        "entangled",
+        "disentangled",
+    )
     # disentangled is clean-correct on examples 1..9; fooled by baseline's: 1, 2; by entangled's: 9
     assert frm.reference_value == pytest.approx(2 / 9) and frm.variant_value == pytest.approx(1 / 9)
     assert frm["diff"] == pytest.approx(-1 / 9)
@@ -172,10 +202,18 @@ def test_paired_from_to_cross_cells_and_denominators():
     assert frm.p_value == pytest.approx(1.0) and frm.method == "bootstrap"
     to = s0.loc[("to", "adv_accuracy")]
     assert (to.other, to.reference_source, to.reference_target, to.variant_target) == (
-        "disentangled", "disentangled", "baseline", "entangled")
+        "disentangled",
+        "disentangled",
+        "baseline",
+        "entangled",
+    )
     cross = s0.loc[("cross", "adv_accuracy")]
     assert (cross.variant_source, cross.variant_target, cross.reference_source, cross.reference_target) == (
-        "entangled", "baseline", "baseline", "entangled")
+        "entangled",
+        "baseline",
+        "baseline",
+        "entangled",
+    )
     assert pd.isna(s0.loc[("white_box", "adv_accuracy"), "other"])
 
 
@@ -233,8 +271,16 @@ def test_summarize_interval_shrinks_as_n_grows_on_real_predictions(digits_model,
     x_adv = (x + 0.3 * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1)
     widths = []
     for n in (50, 400):
-        o = outcomes_for(seed=0, source="m", attack="noise", eps=0.3, x_adv=x_adv[:n], x_clean=x[:n], y=y[:n],
-                         targets={"m": digits_model})
+        o = outcomes_for(
+            seed=0,
+            source="m",
+            attack="noise",
+            eps=0.3,
+            x_adv=x_adv[:n],
+            x_clean=x[:n],
+            y=y[:n],
+            targets={"m": digits_model},
+        )
         s = summarize(transfer_metrics(o), o, n_boot=500).set_index("metric")
         assert (s.method == "bootstrap").all()
         widths.append(s.loc["adv_accuracy", "ci_high"] - s.loc["adv_accuracy", "ci_low"])

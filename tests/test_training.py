@@ -29,14 +29,20 @@ N_TRAIN = 256
 
 def recipe(alpha: float = 0.0, *, epochs: int = 1, temperature: str = "learned", **snnl_kw) -> RecipeConfig:
     return RecipeConfig(
-        epochs=epochs, batch_size=64, lr=3e-3,
+        epochs=epochs,
+        batch_size=64,
+        lr=3e-3,
         snnl=SNNLConfig(alpha=alpha, temperature=temperature, **snnl_kw),  # type: ignore[arg-type]
     )
 
 
 def fresh(splits, seed: int = 0):
     return init_model(
-        "cnn-digits", params={}, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=seed,
+        "cnn-digits",
+        params={},
+        num_classes=splits.num_classes,
+        input_shape=splits.input_shape,
+        seed=seed,
         x_train=splits.train.x,
     )
 
@@ -44,11 +50,13 @@ def fresh(splits, seed: int = 0):
 def run(splits, alpha: float, *, seed: int = 0, epochs: int = 1, probe: bool = False, **kw):
     x, y = splits.train.x[:N_TRAIN], splits.train.y[:N_TRAIN]
     p = (splits.test.x[:200], splits.test.y[:200]) if probe else None
-    return train_model(fresh(splits, seed), x, y, recipe(alpha, epochs=epochs, **kw), seed=seed, probe=p,
-                       name=f"alpha={alpha}")
+    return train_model(
+        fresh(splits, seed), x, y, recipe(alpha, epochs=epochs, **kw), seed=seed, probe=p, name=f"alpha={alpha}"
+    )
 
 
 # -- pairs ----------------------------------------------------------------------------------------
+
 
 def test_initial_weights_depend_on_seed_only(digits_splits):
     a, b, c = fresh(digits_splits, 0), fresh(digits_splits, 0), fresh(digits_splits, 1)
@@ -114,6 +122,7 @@ def test_regularised_layers_can_be_chosen(digits_splits):
 
 
 # -- the composite loss and its temperatures ------------------------------------------------------
+
 
 def _batch():
     g = torch.Generator().manual_seed(0)
@@ -181,6 +190,7 @@ def test_baseline_skips_the_snnl(digits_splits, monkeypatch):
 
 # -- failures -------------------------------------------------------------------------------------
 
+
 def test_non_finite_ce_names_model_epoch_step_and_term(digits_splits):
     x, y = digits_splits.train.x[:N_TRAIN].clone(), digits_splits.train.y[:N_TRAIN]
     x[:] = float("nan")
@@ -204,6 +214,7 @@ def test_non_finite_snnl_names_the_layer(digits_splits, monkeypatch):
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
+
 
 def _card() -> dict:
     return {"params": {}, "recipe": recipe(-1.0), "seed": 0, "data_sha256": "abc", "metrics": {"test_accuracy": 0.5}}

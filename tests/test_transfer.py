@@ -43,17 +43,27 @@ def centroid_model(digits_splits):
     with torch.no_grad():
         fc.weight.copy_(mu)
         fc.bias.copy_(-0.5 * (mu**2).sum(1))
-    return Classifier([("flat", nn.Flatten()), ("logits", fc)], hidden=[], num_classes=10,
-                      input_shape=digits_splits.input_shape).eval()
+    return Classifier(
+        [("flat", nn.Flatten()), ("logits", fc)], hidden=[], num_classes=10, input_shape=digits_splits.input_shape
+    ).eval()
 
 
 def _cell(cc, ac, ss, *, source="a", target="b", attack="fgsm", eps=0.1, seed=0) -> pd.DataFrame:
     n = len(cc)
-    return pd.DataFrame({
-        "seed": seed, "source": source, "attack": attack, "eps": eps, "target": target,
-        "example": np.arange(n), "y": np.zeros(n, dtype=int),
-        "clean_correct": np.array(cc, bool), "adv_correct": np.array(ac, bool), "source_success": np.array(ss, bool),
-    })[list(OUTCOME_COLUMNS)]
+    return pd.DataFrame(
+        {
+            "seed": seed,
+            "source": source,
+            "attack": attack,
+            "eps": eps,
+            "target": target,
+            "example": np.arange(n),
+            "y": np.zeros(n, dtype=int),
+            "clean_correct": np.array(cc, bool),
+            "adv_correct": np.array(ac, bool),
+            "source_success": np.array(ss, bool),
+        }
+    )[list(OUTCOME_COLUMNS)]
 
 
 def test_transfer_metrics_hand_computed():
@@ -77,8 +87,9 @@ def test_transfer_metrics_hand_computed():
     assert got.loc[("a", "transfer_rate"), "denominator"] == 0
     assert math.isnan(got.loc[("a", "transfer_rate"), "value"])
     assert out["value"].dtype == np.float64 and out["numerator"].dtype == np.int64
-    assert set(out["denominator_desc"]) == {m.denominator_desc for m in
-                                            (ADV_ACCURACY, TRANSFER_RATE, TRANSFER_RATE_GIVEN_SOURCE_SUCCESS)}
+    assert set(out["denominator_desc"]) == {
+        m.denominator_desc for m in (ADV_ACCURACY, TRANSFER_RATE, TRANSFER_RATE_GIVEN_SOURCE_SUCCESS)
+    }
 
 
 def test_metrics_are_registered_and_callable():
@@ -130,9 +141,13 @@ def test_white_box_diagonal_equals_independent_computation(digits_model, centroi
     for t in targets:
         assert table.loc[(t, "adv_accuracy"), ["numerator", "denominator", "n"]].tolist() == [adv[t].sum(), n, n]
         assert table.loc[(t, "transfer_rate"), ["numerator", "denominator"]].tolist() == [
-            (clean[t] & ~adv[t]).sum(), clean[t].sum()]
+            (clean[t] & ~adv[t]).sum(),
+            clean[t].sum(),
+        ]
         assert table.loc[(t, "transfer_rate_given_source_success"), ["numerator", "denominator"]].tolist() == [
-            (clean[t] & fooled_src & ~adv[t]).sum(), (clean[t] & fooled_src).sum()]
+            (clean[t] & fooled_src & ~adv[t]).sum(),
+            (clean[t] & fooled_src).sum(),
+        ]
     # a real attack: the white-box attack works and transfers partly
     assert table.loc[("cnn", "transfer_rate"), "value"] > 0.3
     assert 0 < table.loc[("centroid", "transfer_rate"), "value"] < 1
@@ -143,8 +158,18 @@ def test_outcomes_for_examples_and_reused_clean_predictions(digits_model, digits
     ex = np.arange(100, 120)
     fake_clean = {"cnn": y.numpy().copy()}  # claims every clean example is correct
     fake_clean["cnn"][0] = (fake_clean["cnn"][0] + 1) % 10
-    out = outcomes_for(seed=0, source="cnn", attack="a", eps=0.0, x_adv=x, x_clean=x, y=y,
-                       targets={"cnn": digits_model}, examples=ex, clean_predictions=fake_clean)
+    out = outcomes_for(
+        seed=0,
+        source="cnn",
+        attack="a",
+        eps=0.0,
+        x_adv=x,
+        x_clean=x,
+        y=y,
+        targets={"cnn": digits_model},
+        examples=ex,
+        clean_predictions=fake_clean,
+    )
     assert out["example"].tolist() == ex.tolist()
     assert out["clean_correct"].sum() == 19 and not out["clean_correct"].iloc[0]
 
@@ -156,5 +181,14 @@ def test_outcomes_for_errors(digits_model, digits_splits):
     with pytest.raises(ValueError, match="same shape"):
         outcomes_for(seed=0, source="cnn", attack="a", eps=0.1, x_adv=x[:3], x_clean=x, y=y, targets=t)
     with pytest.raises(ValueError, match="unique"):
-        outcomes_for(seed=0, source="cnn", attack="a", eps=0.1, x_adv=x, x_clean=x, y=y,
-                     targets={"cnn": digits_model}, examples=[0, 0, 1, 2])
+        outcomes_for(
+            seed=0,
+            source="cnn",
+            attack="a",
+            eps=0.1,
+            x_adv=x,
+            x_clean=x,
+            y=y,
+            targets={"cnn": digits_model},
+            examples=[0, 0, 1, 2],
+        )

@@ -10,10 +10,37 @@ from advbench.errors import ConfigError
 from advbench.suite.schema import Suite
 from advbench.suite.validate import load_suite
 
-KEYS = ["name", "dataset", "models", "seeds", "attacks", "evaluations", "report", "device", "eps", "params",
-        "architecture", "recipe", "snnl", "alpha", "splits", "train", "test", "k", "dknn", "transfer", "label"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["8/255", "digits", "cnn", "pgd", "1/0", "-0.1"]))
+KEYS = [
+    "name",
+    "dataset",
+    "models",
+    "seeds",
+    "attacks",
+    "evaluations",
+    "report",
+    "device",
+    "eps",
+    "params",
+    "architecture",
+    "recipe",
+    "snnl",
+    "alpha",
+    "splits",
+    "train",
+    "test",
+    "k",
+    "dknn",
+    "transfer",
+    "label",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["8/255", "digits", "cnn", "pgd", "1/0", "-0.1"]),
+)
 documents = st.recursive(
     scalars,
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=6)),

@@ -42,6 +42,13 @@ class BIM(Attack):
         if self.backend == "torchattacks":
             return run_torchattacks("BIM", model, x, y, generator, eps=threat.eps, alpha=step_size, steps=self.steps)
         return run_foolbox(
-            "LinfBasicIterativeAttack", model, x, y, threat, generator,
-            abs_stepsize=step_size, steps=self.steps, random_start=False,
+            "LinfBasicIterativeAttack",
+            model,
+            x,
+            y,
+            threat,
+            generator,
+            abs_stepsize=step_size,
+            steps=self.steps,
+            random_start=False,
         )

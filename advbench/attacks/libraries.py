@@ -135,14 +135,29 @@ def discover_torchattacks() -> list[dict[str, Any]]:
             module, name = m.groups()
             source = (root / "attacks" / f"{module}.py").read_text(encoding="utf-8")
             targeted = re.search(r"supported_mode\s*=\s*\[[^\]]*['\"]targeted['\"]", source) is not None
-            out.append({"name": name, "module": f"torchattacks.attacks.{module}", "norm": _TA_NORMS[section],
-                        "targeted": targeted})
+            out.append(
+                {
+                    "name": name,
+                    "module": f"torchattacks.attacks.{module}",
+                    "norm": _TA_NORMS[section],
+                    "targeted": targeted,
+                }
+            )
     return out
 
 
-_FB_NORMS = {"EADAttack": "l1", "SparseL1DescentAttack": "l1", "PointwiseAttack": "l0", "GenAttack": "linf",
-             "DDNAttack": "l2", "VirtualAdversarialAttack": "l2", "NewtonFoolAttack": "l2", "BoundaryAttack": "l2",
-             "HopSkipJumpAttack": "l2", "SaltAndPepperNoiseAttack": "l2"}
+_FB_NORMS = {
+    "EADAttack": "l1",
+    "SparseL1DescentAttack": "l1",
+    "PointwiseAttack": "l0",
+    "GenAttack": "linf",
+    "DDNAttack": "l2",
+    "VirtualAdversarialAttack": "l2",
+    "NewtonFoolAttack": "l2",
+    "BoundaryAttack": "l2",
+    "HopSkipJumpAttack": "l2",
+    "SaltAndPepperNoiseAttack": "l2",
+}
 
 
 def _foolbox_norm(name: str) -> str:
@@ -166,8 +181,10 @@ def discover_foolbox() -> list[dict[str, Any]]:
             for target in node.targets:
                 if isinstance(target, ast.Name) and node.value.id in names:
                     names[target.id] = names[node.value.id]
-    return [{"name": n, "module": "foolbox.attacks", "norm": _foolbox_norm(cls), "targeted": None, "class": cls}
-            for n, cls in names.items()]
+    return [
+        {"name": n, "module": "foolbox.attacks", "norm": _foolbox_norm(cls), "targeted": None, "class": cls}
+        for n, cls in names.items()
+    ]
 
 
 # -- the wrapper classes ------------------------------------------------------------------------
@@ -204,8 +221,9 @@ class LibraryAttack(Attack):
     def check_params(cls, params: dict[str, Any], *, backend: str | None = None) -> list[str]:
         problems = []
         if backend is not None and backend != cls.package:
-            problems.append(f"backend {backend!r} given, but {cls.__name__} is implemented by {cls.package} only; "
-                            f"remove it")
+            problems.append(
+                f"backend {backend!r} given, but {cls.__name__} is implemented by {cls.package} only; remove it"
+            )
         accepted = cls.library_params()
         hints = _library_hints(cls.library_class())
         for key, value in params.items():
@@ -219,8 +237,11 @@ class LibraryAttack(Attack):
                 hint = hints.get(key, _hint_from_default(accepted[key].default))
                 if not _matches(value, hint):
                     problems.append(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
-        problems += [f"{n}: required but missing; add it" for n, p in accepted.items()
-                     if p.default is inspect.Parameter.empty and n not in params]
+        problems += [
+            f"{n}: required but missing; add it"
+            for n, p in accepted.items()
+            if p.default is inspect.Parameter.empty and n not in params
+        ]
         return problems
 
     @classmethod
@@ -229,8 +250,9 @@ class LibraryAttack(Attack):
             accepted = cls.library_params()
         except ImportError as exc:
             return f"({cls.package} is not installed: {exc})"
-        return ", ".join(n if p.default is inspect.Parameter.empty else f"{n}={p.default!r}"
-                         for n, p in accepted.items())
+        return ", ".join(
+            n if p.default is inspect.Parameter.empty else f"{n}={p.default!r}" for n, p in accepted.items()
+        )
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
@@ -298,8 +320,11 @@ class FoolboxAttack(LibraryAttack):
 @cache
 def _library_params(cls: type, reserved: frozenset[str]) -> dict[str, inspect.Parameter]:
     sig = inspect.signature(cls.__init__)
-    return {n: p for n, p in sig.parameters.items()
-            if n != "self" and n not in reserved and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {
+        n: p
+        for n, p in sig.parameters.items()
+        if n != "self" and n not in reserved and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
 
 
 @cache
@@ -329,13 +354,17 @@ def register_library_attacks(registry: Any) -> None:
     for base, records in ((TorchattacksAttack, discover_torchattacks()), (FoolboxAttack, discover_foolbox())):
         for rec in records:
             name = f"{base.package}.{rec['name']}"
-            cls = type(name, (base,), {
-                "library_name": rec["name"],
-                "library_module": rec["module"],
-                "norm": rec["norm"],
-                "supports_targeted": bool(rec["targeted"]),
-                "__module__": __name__,
-                "__qualname__": name,
-                "__doc__": f"{base.package}'s {rec['name']} behind advbench's attack contract.",
-            })
+            cls = type(
+                name,
+                (base,),
+                {
+                    "library_name": rec["name"],
+                    "library_module": rec["module"],
+                    "norm": rec["norm"],
+                    "supports_targeted": bool(rec["targeted"]),
+                    "__module__": __name__,
+                    "__qualname__": name,
+                    "__doc__": f"{base.package}'s {rec['name']} behind advbench's attack contract.",
+                },
+            )
             registry.add(name, cls, source="advbench", norm=rec["norm"], targeted=rec["targeted"], package=base.package)

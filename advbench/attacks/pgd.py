@@ -53,10 +53,24 @@ class PGD(Attack):
         step_size = 2.5 * threat.eps / self.steps if self.step_size is None else self.step_size
         if self.backend == "torchattacks":
             return run_torchattacks(
-                "PGD", model, x, y, generator,
-                eps=threat.eps, alpha=step_size, steps=self.steps, random_start=self.random_start,
+                "PGD",
+                model,
+                x,
+                y,
+                generator,
+                eps=threat.eps,
+                alpha=step_size,
+                steps=self.steps,
+                random_start=self.random_start,
             )
         return run_foolbox(
-            "LinfPGD", model, x, y, threat, generator,
-            abs_stepsize=step_size, steps=self.steps, random_start=self.random_start,
+            "LinfPGD",
+            model,
+            x,
+            y,
+            threat,
+            generator,
+            abs_stepsize=step_size,
+            steps=self.steps,
+            random_start=self.random_start,
         )

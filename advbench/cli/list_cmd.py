@@ -18,7 +18,9 @@ EXAMPLE = """examples:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "list", help="list registered attacks, models, datasets or metrics", epilog=EXAMPLE,
+        "list",
+        help="list registered attacks, models, datasets or metrics",
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("kind", choices=["attacks", "models", "datasets", "metrics"])

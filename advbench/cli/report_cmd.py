@@ -11,7 +11,9 @@ EXAMPLE = """example:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="re-render a run's report from its saved results", epilog=EXAMPLE,
+        "report",
+        help="re-render a run's report from its saved results",
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `advbench run`")

@@ -17,7 +17,9 @@ expected. Exit status 0 when all files are valid, 2 otherwise. Nothing is run or
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "validate", help="check suite files without running them", epilog=EXAMPLE,
+        "validate",
+        help="check suite files without running them",
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="suite YAML files")

@@ -76,8 +76,12 @@ def reliability_bins(confidence: Any, correct: Any, *, n_bins: int = 10) -> pd.D
         acc = np.where(count > 0, hit_sum / np.maximum(count, 1), np.nan)
     return pd.DataFrame(
         {
-            "bin": np.arange(n_bins, dtype=np.int64), "lower": edges[:-1], "upper": edges[1:],
-            "count": count.astype(np.int64), "mean_confidence": mean_conf, "accuracy": acc,
+            "bin": np.arange(n_bins, dtype=np.int64),
+            "lower": edges[:-1],
+            "upper": edges[1:],
+            "count": count.astype(np.int64),
+            "mean_confidence": mean_conf,
+            "accuracy": acc,
         }
     )
 
@@ -181,7 +185,13 @@ def calibration_records(
 
 
 def reliability_records(
-    *, model: str, seed: int, input_set: str, credibility: Any, correct: Any, n_bins: int = 10,
+    *,
+    model: str,
+    seed: int,
+    input_set: str,
+    credibility: Any,
+    correct: Any,
+    n_bins: int = 10,
     extra: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """:func:`reliability_bins` with identifying columns, for stacking across models, seeds and sets."""
@@ -190,4 +200,3 @@ def reliability_records(
     for i, (key, value) in enumerate(ident.items()):
         bins.insert(i, key, value)
     return bins
-

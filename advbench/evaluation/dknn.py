@@ -149,9 +149,7 @@ class DkNN:
             raise TypeError(f"expected a sequence of layer names, got the string {layers!r}; write [{layers!r}]")
         unknown = [name for name in chosen if name not in readable]
         if unknown or not chosen:
-            raise ValueError(
-                f"expected layers among {readable}, got {chosen}; pass layers=None for all of them"
-            )
+            raise ValueError(f"expected layers among {readable}, got {chosen}; pass layers=None for all of them")
         if len(set(chosen)) != len(chosen):
             raise ValueError(f"layers must be distinct, got {chosen}")
         _check_int("k", k, 1)
@@ -194,9 +192,17 @@ class DkNN:
 
     def _params(self) -> dict[str, Any]:
         return {
-            "layers": list(self.layers), "k": self.k, "index": self.index, "distance": self.distance,
-            "reduce_dim": self.reduce_dim, "batch_size": self.batch_size, "nlist": self.nlist,
-            "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "train_size": self.train_size,
+            "layers": list(self.layers),
+            "k": self.k,
+            "index": self.index,
+            "distance": self.distance,
+            "reduce_dim": self.reduce_dim,
+            "batch_size": self.batch_size,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "hnsw_m": self.hnsw_m,
+            "ef_search": self.ef_search,
+            "train_size": self.train_size,
         }
 
     def __repr__(self) -> str:
@@ -294,8 +300,12 @@ class DkNN:
         rows = np.arange(len(pred))
         second = np.sort(p, axis=1)[:, -2] if p.shape[1] > 1 else np.zeros(len(pred))
         return DkNNOutput(
-            prediction=pred.astype(np.int64), credibility=p[rows, pred], confidence=1.0 - second,
-            p_values=p, nonconformity=alpha, knn_labels=knn,
+            prediction=pred.astype(np.int64),
+            credibility=p[rows, pred],
+            confidence=1.0 - second,
+            p_values=p,
+            nonconformity=alpha,
+            knn_labels=knn,
         )
 
     def p_values(self, alpha: np.ndarray) -> np.ndarray:
@@ -393,9 +403,16 @@ class DkNN:
         (path / _ARRAYS).write_bytes(data)
         files[_ARRAYS] = hashlib.sha256(data).hexdigest()
         manifest = {
-            "format": _FORMAT, "version": _VERSION, "params": self._params(), "num_classes": self.num_classes,
-            "dims": self.dims, "index_specs": self.index_specs, "index_files": index_files,
-            "n_train": len(self.y_train), "recall": self.recall, "model_sha256": model_fingerprint(self.model),
+            "format": _FORMAT,
+            "version": _VERSION,
+            "params": self._params(),
+            "num_classes": self.num_classes,
+            "dims": self.dims,
+            "index_specs": self.index_specs,
+            "index_files": index_files,
+            "n_train": len(self.y_train),
+            "recall": self.recall,
+            "model_sha256": model_fingerprint(self.model),
             "files": files,
         }
         tmp = path / (_MANIFEST + ".tmp")

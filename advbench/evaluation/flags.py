@@ -123,11 +123,21 @@ def iterative_weaker_than_fgsm(
             continue
         gap = float(r.value - ref)
         if gap > tolerance:
-            out.append(Flag("iterative_weaker_than_fgsm", r.target, r.target, r.attack, float(r.eps), int(r.seed),
-                            _severity(gap, error_above), gap,
-                            f"white-box accuracy under {r.attack} is {r.value:.4f}, above {ref:.4f} under "
-                            f"{fgsm} at eps={r.eps:g}: the iterative attack is weaker than its first step "
-                            f"(broken step size/iterations, or gradient masking)"))
+            out.append(
+                Flag(
+                    "iterative_weaker_than_fgsm",
+                    r.target,
+                    r.target,
+                    r.attack,
+                    float(r.eps),
+                    int(r.seed),
+                    _severity(gap, error_above),
+                    gap,
+                    f"white-box accuracy under {r.attack} is {r.value:.4f}, above {ref:.4f} under "
+                    f"{fgsm} at eps={r.eps:g}: the iterative attack is weaker than its first step "
+                    f"(broken step size/iterations, or gradient masking)",
+                )
+            )
     return out
 
 
@@ -152,10 +162,20 @@ def success_not_increasing(
         for i in range(1, len(g)):
             gap = val[i] - val[i - 1]
             if np.isfinite(gap) and gap > tolerance:
-                out.append(Flag("success_not_increasing", tgt, src, att, float(eps[i]), int(seed),
-                                _severity(float(gap), error_above), float(gap),
-                                f"accuracy {val[i]:.4f} at eps={eps[i]:g} is above {val[i - 1]:.4f} at "
-                                f"eps={eps[i - 1]:g}: a larger budget should never make the attack weaker"))
+                out.append(
+                    Flag(
+                        "success_not_increasing",
+                        tgt,
+                        src,
+                        att,
+                        float(eps[i]),
+                        int(seed),
+                        _severity(float(gap), error_above),
+                        float(gap),
+                        f"accuracy {val[i]:.4f} at eps={eps[i]:g} is above {val[i - 1]:.4f} at "
+                        f"eps={eps[i - 1]:g}: a larger budget should never make the attack weaker",
+                    )
+                )
     return out
 
 
@@ -180,11 +200,21 @@ def transfer_stronger_than_white_box(
             continue
         gap = float(ref - r.value)
         if gap > tolerance:
-            out.append(Flag("transfer_stronger_than_white_box", r.target, r.source, r.attack, float(r.eps),
-                            int(r.seed), _severity(gap, error_above), gap,
-                            f"{r.attack} at eps={r.eps:g} crafted on {r.source} leaves {r.target} at accuracy "
-                            f"{r.value:.4f}, below {ref:.4f} under the white-box attack on {r.target}: "
-                            f"the white-box attack underperforms (gradient masking?)"))
+            out.append(
+                Flag(
+                    "transfer_stronger_than_white_box",
+                    r.target,
+                    r.source,
+                    r.attack,
+                    float(r.eps),
+                    int(r.seed),
+                    _severity(gap, error_above),
+                    gap,
+                    f"{r.attack} at eps={r.eps:g} crafted on {r.source} leaves {r.target} at accuracy "
+                    f"{r.value:.4f}, below {ref:.4f} under the white-box attack on {r.target}: "
+                    f"the white-box attack underperforms (gradient masking?)",
+                )
+            )
     return out
 
 
@@ -209,10 +239,20 @@ def above_chance_at_full_range(
     out = []
     for r in acc.itertuples(index=False):
         if math.isfinite(r.value) and r.value > chance + tolerance:
-            out.append(Flag("above_chance_at_full_range", r.target, r.source, r.attack, float(r.eps), int(r.seed),
-                            "error", float(r.value - chance),
-                            f"white-box accuracy {r.value:.4f} at eps={r.eps:g} (the full [0, 1] range) is above "
-                            f"chance {chance:.4f} + {tolerance:g}: the attack is broken or gradients are masked"))
+            out.append(
+                Flag(
+                    "above_chance_at_full_range",
+                    r.target,
+                    r.source,
+                    r.attack,
+                    float(r.eps),
+                    int(r.seed),
+                    "error",
+                    float(r.value - chance),
+                    f"white-box accuracy {r.value:.4f} at eps={r.eps:g} (the full [0, 1] range) is above "
+                    f"chance {chance:.4f} + {tolerance:g}: the attack is broken or gradients are masked",
+                )
+            )
     return out
 
 
@@ -259,13 +299,26 @@ def gradient_flags(
         model.train(was_training)
     n = len(x)
     out = []
-    for flag, count, what in (("zero_gradients", zero, "exactly zero"), ("nonfinite_gradients", nonfinite,
-                                                                          "NaN or infinite")):
+    for flag, count, what in (
+        ("zero_gradients", zero, "exactly zero"),
+        ("nonfinite_gradients", nonfinite, "NaN or infinite"),
+    ):
         frac = count / n
         if frac > threshold:
-            out.append(Flag(flag, name, None, None, None, seed, _severity(frac, error_above), frac,
-                            f"{count} of {n} examples ({frac:.1%}) have {what} input gradients of the "
-                            f"cross-entropy loss: gradient-based attacks cannot be trusted on {name}"))
+            out.append(
+                Flag(
+                    flag,
+                    name,
+                    None,
+                    None,
+                    None,
+                    seed,
+                    _severity(frac, error_above),
+                    frac,
+                    f"{count} of {n} examples ({frac:.1%}) have {what} input gradients of the "
+                    f"cross-entropy loss: gradient-based attacks cannot be trusted on {name}",
+                )
+            )
     return out
 
 

@@ -40,22 +40,70 @@ __all__ = [
 
 #: Columns of :func:`summarize`' result.
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "source", "target", "attack", "eps", "white_box", "metric", "mean", "ci_low", "ci_high", "confidence",
-    "n_seeds", "method", "numerator", "denominator", "n", "denominator_desc",
+    "source",
+    "target",
+    "attack",
+    "eps",
+    "white_box",
+    "metric",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "confidence",
+    "n_seeds",
+    "method",
+    "numerator",
+    "denominator",
+    "n",
+    "denominator_desc",
 )
 _PAIR_KEYS: tuple[str, ...] = (
-    "comparison", "reference", "variant", "other", "reference_source", "reference_target",
-    "variant_source", "variant_target", "attack", "eps", "metric",
+    "comparison",
+    "reference",
+    "variant",
+    "other",
+    "reference_source",
+    "reference_target",
+    "variant_source",
+    "variant_target",
+    "attack",
+    "eps",
+    "metric",
 )
 #: Columns of :func:`paired_differences`' result (aggregated across seeds).
 PAIRED_COLUMNS: tuple[str, ...] = (
-    *_PAIR_KEYS, "diff", "ci_low", "ci_high", "confidence", "n_seeds", "method", "reference_value",
-    "variant_value", "n_paired", "discordant_reference", "discordant_variant", "p_value", "test",
+    *_PAIR_KEYS,
+    "diff",
+    "ci_low",
+    "ci_high",
+    "confidence",
+    "n_seeds",
+    "method",
+    "reference_value",
+    "variant_value",
+    "n_paired",
+    "discordant_reference",
+    "discordant_variant",
+    "p_value",
+    "test",
 )
 #: Columns of :func:`paired_differences`' result with ``by_seed=True``.
 PAIRED_SEED_COLUMNS: tuple[str, ...] = (
-    *_PAIR_KEYS, "seed", "diff", "ci_low", "ci_high", "confidence", "method", "reference_value", "variant_value",
-    "n", "n_paired", "discordant_reference", "discordant_variant", "p_value", "test",
+    *_PAIR_KEYS,
+    "seed",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "confidence",
+    "method",
+    "reference_value",
+    "variant_value",
+    "n",
+    "n_paired",
+    "discordant_reference",
+    "discordant_variant",
+    "p_value",
+    "test",
 )
 
 _NAN = float("nan")
@@ -285,13 +333,38 @@ def summarize(
         else:
             est = Interval(_NAN, _NAN, _NAN)
         rows.append(
-            (src, tgt, att, float(eps), bool(g["white_box"].iloc[0]), name, est.estimate, est.low, est.high,
-             confidence, n_seeds, method, int(g["numerator"].sum()), int(g["denominator"].sum()),
-             int(g["n"].sum()), str(g["denominator_desc"].iloc[0]))
+            (
+                src,
+                tgt,
+                att,
+                float(eps),
+                bool(g["white_box"].iloc[0]),
+                name,
+                est.estimate,
+                est.low,
+                est.high,
+                confidence,
+                n_seeds,
+                method,
+                int(g["numerator"].sum()),
+                int(g["denominator"].sum()),
+                int(g["n"].sum()),
+                str(g["denominator_desc"].iloc[0]),
+            )
         )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).astype(
-        {"eps": "float64", "white_box": "bool", "mean": "float64", "ci_low": "float64", "ci_high": "float64",
-         "confidence": "float64", "n_seeds": "int64", "numerator": "int64", "denominator": "int64", "n": "int64"}
+        {
+            "eps": "float64",
+            "white_box": "bool",
+            "mean": "float64",
+            "ci_low": "float64",
+            "ci_high": "float64",
+            "confidence": "float64",
+            "n_seeds": "int64",
+            "numerator": "int64",
+            "denominator": "int64",
+            "n": "int64",
+        }
     )
 
 
@@ -400,13 +473,28 @@ def paired_differences(
                         r_val = _rate(r_num.sum(), r_pop.sum())
                         v_val = _rate(v_num.sum(), v_pop.sum())
                         per_seed.append(
-                            {"comparison": comparison, "reference": reference, "variant": v, "other": other,
-                             "reference_source": rs, "reference_target": rt, "variant_source": vs,
-                             "variant_target": vt, "attack": attack, "eps": float(eps), "metric": m.name,
-                             "seed": int(s), "diff": v_val - r_val, "reference_value": r_val,
-                             "variant_value": v_val, "n": len(common), "n_paired": int(both.sum()),
-                             "discordant_reference": b, "discordant_variant": c,
-                             "_arrays": (v_num, v_pop, r_num, r_pop)}
+                            {
+                                "comparison": comparison,
+                                "reference": reference,
+                                "variant": v,
+                                "other": other,
+                                "reference_source": rs,
+                                "reference_target": rt,
+                                "variant_source": vs,
+                                "variant_target": vt,
+                                "attack": attack,
+                                "eps": float(eps),
+                                "metric": m.name,
+                                "seed": int(s),
+                                "diff": v_val - r_val,
+                                "reference_value": r_val,
+                                "variant_value": v_val,
+                                "n": len(common),
+                                "n_paired": int(both.sum()),
+                                "discordant_reference": b,
+                                "discordant_variant": c,
+                                "_arrays": (v_num, v_pop, r_num, r_pop),
+                            }
                         )
 
     def boot(rec: dict) -> Interval:
@@ -417,10 +505,17 @@ def paired_differences(
         rows = []
         for rec in per_seed:
             ci = boot(rec)
-            rows.append({**{k: v for k, v in rec.items() if k != "_arrays"}, "ci_low": ci.low, "ci_high": ci.high,
-                         "confidence": confidence, "method": "bootstrap" if math.isfinite(ci.low) else "none",
-                         "p_value": mcnemar_exact(rec["discordant_reference"], rec["discordant_variant"]),
-                         "test": "mcnemar_exact"})
+            rows.append(
+                {
+                    **{k: v for k, v in rec.items() if k != "_arrays"},
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                    "confidence": confidence,
+                    "method": "bootstrap" if math.isfinite(ci.low) else "none",
+                    "p_value": mcnemar_exact(rec["discordant_reference"], rec["discordant_variant"]),
+                    "test": "mcnemar_exact",
+                }
+            )
         return _typed(pd.DataFrame(rows, columns=list(PAIRED_SEED_COLUMNS)))
 
     groups: dict[tuple, list[dict]] = {}
@@ -439,25 +534,50 @@ def paired_differences(
         b = sum(r["discordant_reference"] for r in recs)
         c = sum(r["discordant_variant"] for r in recs)
         rows.append(
-            {**dict(zip(_PAIR_KEYS, key, strict=True)), "diff": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
-             "confidence": confidence, "n_seeds": len(finite), "method": method,
-             "reference_value": float(np.nanmean([r["reference_value"] for r in recs]))
-             if any(math.isfinite(r["reference_value"]) for r in recs) else _NAN,
-             "variant_value": float(np.nanmean([r["variant_value"] for r in recs]))
-             if any(math.isfinite(r["variant_value"]) for r in recs) else _NAN,
-             "n_paired": sum(r["n_paired"] for r in recs), "discordant_reference": b, "discordant_variant": c,
-             "p_value": mcnemar_exact(b, c), "test": "mcnemar_exact_pooled"}
+            {
+                **dict(zip(_PAIR_KEYS, key, strict=True)),
+                "diff": ci.estimate,
+                "ci_low": ci.low,
+                "ci_high": ci.high,
+                "confidence": confidence,
+                "n_seeds": len(finite),
+                "method": method,
+                "reference_value": float(np.nanmean([r["reference_value"] for r in recs]))
+                if any(math.isfinite(r["reference_value"]) for r in recs)
+                else _NAN,
+                "variant_value": float(np.nanmean([r["variant_value"] for r in recs]))
+                if any(math.isfinite(r["variant_value"]) for r in recs)
+                else _NAN,
+                "n_paired": sum(r["n_paired"] for r in recs),
+                "discordant_reference": b,
+                "discordant_variant": c,
+                "p_value": mcnemar_exact(b, c),
+                "test": "mcnemar_exact_pooled",
+            }
         )
     out = pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
     if len(out):
-        out = out.sort_values(["comparison", "variant", "attack", "eps", "metric", "other"], na_position="first",
-                              kind="stable").reset_index(drop=True)
+        out = out.sort_values(
+            ["comparison", "variant", "attack", "eps", "metric", "other"], na_position="first", kind="stable"
+        ).reset_index(drop=True)
     return _typed(out)
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    types = {"eps": "float64", "diff": "float64", "ci_low": "float64", "ci_high": "float64", "confidence": "float64",
-             "reference_value": "float64", "variant_value": "float64", "p_value": "float64", "n_paired": "int64",
-             "discordant_reference": "int64", "discordant_variant": "int64", "n_seeds": "int64", "seed": "int64",
-             "n": "int64"}
+    types = {
+        "eps": "float64",
+        "diff": "float64",
+        "ci_low": "float64",
+        "ci_high": "float64",
+        "confidence": "float64",
+        "reference_value": "float64",
+        "variant_value": "float64",
+        "p_value": "float64",
+        "n_paired": "int64",
+        "discordant_reference": "int64",
+        "discordant_variant": "int64",
+        "n_seeds": "int64",
+        "seed": "int64",
+        "n": "int64",
+    }
     return df.astype({k: v for k, v in types.items() if k in df.columns})

@@ -53,13 +53,29 @@ __all__ = [
 
 #: Columns of the outcomes table, in order.
 OUTCOME_COLUMNS: tuple[str, ...] = (
-    "seed", "source", "attack", "eps", "target", "example", "y", "clean_correct", "adv_correct", "source_success",
+    "seed",
+    "source",
+    "attack",
+    "eps",
+    "target",
+    "example",
+    "y",
+    "clean_correct",
+    "adv_correct",
+    "source_success",
 )
 #: One cell of the transfer matrix.
 CELL_KEYS: tuple[str, ...] = ("source", "target", "attack", "eps", "seed")
 #: Columns of :func:`transfer_metrics`' result, in order.
 METRIC_COLUMNS: tuple[str, ...] = (
-    *CELL_KEYS, "white_box", "metric", "value", "numerator", "denominator", "n", "denominator_desc",
+    *CELL_KEYS,
+    "white_box",
+    "metric",
+    "value",
+    "numerator",
+    "denominator",
+    "n",
+    "denominator_desc",
 )
 
 Indicators = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -84,7 +100,8 @@ class CellMetric:
     def masks(self, cell: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(population, numerator) boolean arrays for the rows of ``cell``; numerator implies population."""
         pop, hit = self.indicators(
-            cell["clean_correct"].to_numpy(bool), cell["adv_correct"].to_numpy(bool),
+            cell["clean_correct"].to_numpy(bool),
+            cell["adv_correct"].to_numpy(bool),
             cell["source_success"].to_numpy(bool),
         )
         pop = np.asarray(pop, dtype=bool)
@@ -258,11 +275,30 @@ def transfer_metrics(outcomes: pd.DataFrame, *, metrics: Sequence[CellMetric] = 
         for m in metrics:
             num, den = m.counts(cell)
             rows.append(
-                (src, tgt, att, float(eps), int(seed), src == tgt, m.name,
-                 num / den if den else float("nan"), num, den, len(cell), m.denominator_desc)
+                (
+                    src,
+                    tgt,
+                    att,
+                    float(eps),
+                    int(seed),
+                    src == tgt,
+                    m.name,
+                    num / den if den else float("nan"),
+                    num,
+                    den,
+                    len(cell),
+                    m.denominator_desc,
+                )
             )
     out = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     return out.astype(
-        {"eps": "float64", "seed": "int64", "white_box": "bool", "value": "float64",
-         "numerator": "int64", "denominator": "int64", "n": "int64"}
+        {
+            "eps": "float64",
+            "seed": "int64",
+            "white_box": "bool",
+            "value": "float64",
+            "numerator": "int64",
+            "denominator": "int64",
+            "n": "int64",
+        }
     )

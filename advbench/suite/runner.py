@@ -308,6 +308,7 @@ def _results_digest(folder: Path) -> str:
             h.update(gzip.decompress(data) if f.suffix == ".gz" else data)  # gzip headers carry a timestamp
     return h.hexdigest()
 
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

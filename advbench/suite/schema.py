@@ -57,9 +57,7 @@ def parse_eps(value: Any) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:  # also rejects nan
         hint = f"; write {value:g}/255, not {value:g}" if 1.0 < value <= 255.0 else ""
-        raise ValueError(
-            f"eps {value:g} is outside [0, 1]: eps is in pixel units of inputs scaled to [0, 1]{hint}"
-        )
+        raise ValueError(f"eps {value:g} is outside [0, 1]: eps is in pixel units of inputs scaled to [0, 1]{hint}")
     return value
 
 

@@ -244,8 +244,21 @@ def _pydantic_message(err: Any, loc: PathT) -> str:
 #: The tags yaml.safe_load understands; any other tag (``!!python/object/apply:os.system``, ``!foo``) is refused.
 _SAFE_TAGS = frozenset(
     f"tag:yaml.org,2002:{t}"
-    for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "binary", "merge", "omap", "pairs",
-              "set")
+    for t in (
+        "str",
+        "int",
+        "float",
+        "bool",
+        "null",
+        "map",
+        "seq",
+        "timestamp",
+        "binary",
+        "merge",
+        "omap",
+        "pairs",
+        "set",
+    )
 )
 
 
@@ -281,8 +294,11 @@ def _line_map(text: str) -> tuple[dict[PathT, int], list[tuple[PathT, str]], lis
                 line = key.start_mark.line + 1
                 if name in seen and name != "<<":
                     duplicates.append(
-                        (p, f"key given twice (lines {seen[name]} and {line}); YAML would silently keep the last; "
-                            f"expected each key once: remove or merge one")
+                        (
+                            p,
+                            f"key given twice (lines {seen[name]} and {line}); YAML would silently keep the last; "
+                            f"expected each key once: remove or merge one",
+                        )
                     )
                 else:
                     seen[name] = line
@@ -298,8 +314,11 @@ def _line_map(text: str) -> tuple[dict[PathT, int], list[tuple[PathT, str]], lis
         size = _expanded_size(root)
         if size > _MAX_VALUES:
             tags.append(
-                ((), f"given a document that expands to more than {_MAX_VALUES:,} values through YAML aliases "
-                     f"(*name); expected a plain suite (a 'billion laughs' file?); write the values out instead")
+                (
+                    (),
+                    f"given a document that expands to more than {_MAX_VALUES:,} values through YAML aliases "
+                    f"(*name); expected a plain suite (a 'billion laughs' file?); write the values out instead",
+                )
             )
     return out, duplicates, tags
 

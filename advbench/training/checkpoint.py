@@ -87,8 +87,9 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"the model card holds a {type(obj).__name__}, which is not JSON-serialisable")
 
 
-def save_checkpoint(model: Classifier, directory: str | os.PathLike[str], card: Mapping[str, Any], *,
-                    overwrite: bool = False) -> str:
+def save_checkpoint(
+    model: Classifier, directory: str | os.PathLike[str], card: Mapping[str, Any], *, overwrite: bool = False
+) -> str:
     """Write ``model``'s weights and ``card`` to ``directory`` atomically; returns the directory.
 
     The files are written into a temporary sibling directory that is renamed into place, so a

@@ -271,15 +271,19 @@ def train_model(
             initial = {k: v for k, (v, _) in probe_entanglement(model, *probe, distance=cfg.distance).items()}
         epochs = tqdm(
             enumerate(batch_order(len(y_train), batch_size=recipe.batch_size, epochs=recipe.epochs, seed=seed), 1),
-            total=recipe.epochs, desc=f"train {name}", unit="epoch", disable=disable,
+            total=recipe.epochs,
+            desc=f"train {name}",
+            unit="epoch",
+            disable=disable,
         )
         for epoch, batches in epochs:
             t0 = time.perf_counter()
             model.train()
             sums: dict[str, float] = {}
             correct = seen = 0
-            for step, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-                                            disable=disable)):
+            for step, idx in enumerate(
+                tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=disable)
+            ):
                 order_hash.update(idx.numpy().tobytes())
                 if x_train.device != idx.device:
                     idx = idx.to(x_train.device)
