@@ -19,7 +19,7 @@ import pytest
 import torch
 from _bench import interleaved, median
 
-from advbench.suite.schema import RecipeConfig, SNNLConfig
+from advbench.config import RecipeConfig, SNNLConfig
 from advbench.training import TrainStep, init_model, pairwise_distances, snnl_from_distances
 
 pytestmark = pytest.mark.benchmark

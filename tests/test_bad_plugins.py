@@ -17,10 +17,10 @@ import yaml
 
 from advbench.attacks import ATTACKS
 from advbench.attacks.base import Attack, ThreatModel
+from advbench.config import Suite
 from advbench.errors import ThreatModelError
 from advbench.suite.execute import CellTimeoutError
 from advbench.suite.runner import Runner, RunOptions
-from advbench.suite.schema import Suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

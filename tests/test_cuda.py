@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
+from advbench.config import Suite
 from advbench.suite.runner import Runner, RunOptions
-from advbench.suite.schema import Suite
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 import advbench.suite.rundir as rundir_module
+from advbench.config import Suite
 from advbench.suite.cache import Cache, cache_key
 from advbench.suite.rundir import RunDir
-from advbench.suite.schema import Suite
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks worker processes")
 

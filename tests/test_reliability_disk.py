@@ -18,8 +18,8 @@ import pytest
 import advbench.suite.cache as cache_module
 import advbench.suite.rundir as rundir_module
 from advbench.errors import AdvbenchError, CacheError
-from advbench.suite.cache import Cache, DiskFullError, cache_key, is_disk_full
-from advbench.suite.rundir import atomic_write_text
+from advbench.io import DiskFullError, atomic_write_text, is_disk_full
+from advbench.suite.cache import Cache, cache_key
 
 
 def _enospc(path: object = "") -> OSError:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from advbench.config import Suite
 from advbench.hashing import sha256_file
 from advbench.suite.cache import MANIFEST
 from advbench.suite.runner import Runner, RunOptions
-from advbench.suite.schema import Suite
 from advbench.training.checkpoint import CARD_FILE, WEIGHTS_FILE, card_digest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import advbench.training.loss as loss_module
+from advbench.config import RecipeConfig, SNNLConfig
 from advbench.errors import CacheError, NonFiniteLossError
-from advbench.suite.schema import RecipeConfig, SNNLConfig
 from advbench.training import (
     CompositeLoss,
     batch_order,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from advbench.config import RecipeConfig, SNNLConfig
 from advbench.data import load_dataset, make_splits
 from advbench.errors import DataError
-from advbench.suite.schema import RecipeConfig, SNNLConfig
 from advbench.training import init_model, train_model
 
 pytestmark = pytest.mark.slow

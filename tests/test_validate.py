@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from advbench.attacks import ATTACKS
+from advbench.config import parse_eps
 from advbench.errors import ConfigError
 from advbench.suite import load_suite
-from advbench.suite.schema import parse_eps
 from advbench.suite.validate import check_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from advbench.config import Suite
 from advbench.errors import ConfigError
-from advbench.suite.schema import Suite
 from advbench.suite.validate import load_suite
 
 KEYS = [

@@ -16,7 +16,7 @@ from tabulate import tabulate
 
 from advbench.errors import AdvbenchError
 from advbench.reports.results import Results
-from advbench.suite.rundir import atomic_write_text
+from advbench.io import atomic_write_text
 
 __all__ = ["render_report", "write_report"]
 

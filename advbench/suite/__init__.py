@@ -1,8 +1,7 @@
-"""The suite format (schema), its validation, the plan of cells and the runner."""
+"""Validation of a suite file, the plan of cells, the cache, the cell handlers and the executors."""
 
 from __future__ import annotations
 
-from advbench.suite.schema import Suite
 from advbench.suite.validate import load_suite
 
-__all__ = ["Suite", "load_suite"]
+__all__ = ["load_suite"]

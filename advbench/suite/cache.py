@@ -13,7 +13,6 @@ was being written; the half-written temporary folder is removed and existing ent
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -28,55 +27,14 @@ from typing import Any
 
 from advbench.errors import CacheError
 from advbench.hashing import sha256_file
+from advbench.io import DiskFullError, is_disk_full
 
-__all__ = ["Cache", "CacheEntry", "DiskFullError", "cache_key", "default_cache_dir", "is_disk_full"]
+__all__ = ["Cache", "CacheEntry", "cache_key", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
 _STALE_TMP_SECONDS = 6 * 3600
-
-
-#: errno values meaning "no room left": the disk is full, or the user's quota is used up
-_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
-class DiskFullError(CacheError, OSError):
-    """The disk under the cache (or a run folder) has no room left.
-
-    Both an :class:`~advbench.errors.AdvbenchError` (the CLI prints it without a traceback) and an
-    :class:`OSError` with ``errno`` ENOSPC (code that handles I/O errors keeps working).
-    """
-
-    def __init__(self, message: str, *, path: str | Path = "", nbytes: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno.ENOSPC
-        self.strerror = message
-        self.path, self.nbytes = str(path), nbytes
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable (worker processes)
-        return (_rebuild_disk_full, (self.strerror, self.path, self.nbytes))
-
-
-def _rebuild_disk_full(message: str, path: str, nbytes: int | None) -> DiskFullError:
-    return DiskFullError(message, path=path, nbytes=nbytes)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) is an out-of-space ``OSError``."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in _FULL:
-            return True
-        if "No space left on device" in str(cur) or "Disk quota exceeded" in str(cur):  # e.g. SafetensorError
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advbench import __version__
+from advbench.config import AttackConfig, ModelConfig, Suite
 from advbench.data import Splits
 from advbench.suite.cache import Cache, cache_key
-from advbench.suite.schema import AttackConfig, ModelConfig, Suite
 
 __all__ = ["Cell", "Plan", "build_plan", "library_versions"]
 

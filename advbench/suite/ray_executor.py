@@ -74,8 +74,8 @@ def _payload(runner: Runner, want_gpu: bool, attempts_log: Path) -> dict[str, An
 
 
 def _worker_runner(payload: dict[str, Any]) -> Any:
+    from advbench.config import Suite
     from advbench.suite.runner import Runner, RunOptions
-    from advbench.suite.schema import Suite
 
     runner = _WORKER.get(payload["digest"])
     if runner is None:

@@ -6,50 +6,17 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from advbench.config import Suite
 from advbench.errors import AdvbenchError
-from advbench.suite.cache import DiskFullError, is_disk_full
-from advbench.suite.schema import Suite
+from advbench.io import DiskFullError, atomic_write_text, is_disk_full
 
-__all__ = ["RunDir", "atomic_write_text"]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename.
-
-    ``path`` holds either its old content or the new one, never a mix. A full disk raises
-    :class:`~advbench.suite.cache.DiskFullError` naming the file and the fix; the temporary file is
-    removed and the old ``path`` is left as it was.
-    """
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
-            nbytes = len(text.encode("utf-8"))
-            raise DiskFullError(
-                f"the disk holding {path} is full: no room to write its {nbytes:,} bytes. {path.name} keeps its "
-                f"previous content. To fix: free space on that disk (or write the runs elsewhere), then run the "
-                f"same command again; finished cells come from the cache",
-                path=path,
-                nbytes=nbytes,
-            ) from exc
-        raise
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+__all__ = ["RunDir"]
 
 
 def _git_commit() -> str:

@@ -24,13 +24,13 @@ import torch
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
+from advbench.config import Suite
 from advbench.data import Splits, load_dataset, make_splits
 from advbench.errors import AdvbenchError, ConfigError
 from advbench.models import Classifier
 from advbench.suite.cache import Cache, default_cache_dir
 from advbench.suite.plan import Cell, Plan, build_plan, describe_plan, library_versions
 from advbench.suite.rundir import RunDir
-from advbench.suite.schema import Suite
 from advbench.suite.validate import load_suite
 
 if TYPE_CHECKING:

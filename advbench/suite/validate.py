@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from advbench.config import Suite
 from advbench.errors import ConfigError, UnknownNameError
-from advbench.suite.schema import Suite
 
 __all__ = ["check_params", "load_suite", "validate_suite_dict"]
 

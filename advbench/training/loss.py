@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advbench.config import SNNLConfig
 from advbench.models import Classifier
-from advbench.suite.schema import SNNLConfig
 from advbench.training.snnl import SNNL_EPS, _floor_from_shift, _masks, _snnl, pairwise_distances, snnl_from_distances
 
 __all__ = ["CompositeLoss", "LayerTemperature", "LossTerms"]

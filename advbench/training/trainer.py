@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from advbench.config import RecipeConfig
 from advbench.errors import NonFiniteLossError
 from advbench.models import Classifier, create_model
-from advbench.suite.schema import RecipeConfig
 from advbench.training.loss import CompositeLoss, LossTerms
 from advbench.training.snnl import entanglement
 

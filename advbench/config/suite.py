@@ -1,7 +1,7 @@
 """The suite file format: pydantic models with unknown keys forbidden.
 
 Every field documents itself; ``advbench validate`` binds a YAML file to :class:`Suite` and then
-checks names and parameters against the registries (see :mod:`advbench.suite.validate`).
+checks names and parameters against the registries (see ``advbench.suite.validate``).
 """
 
 from __future__ import annotations
