@@ -82,7 +82,7 @@ def test_cache_hit_of_an_adversarial_set(benchmark, figure, tmp_path):
 
 def test_render_transfer_report(benchmark, figure, tmp_path):
     from advbench.reports.markdown import write_report
-    from advbench.reports.results import Results
+    from advbench.evaluation.results import Results
 
     t0 = time.perf_counter()
     results = Results.load(TRANSFER_RUN / "results")

@@ -15,7 +15,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from advbench.errors import AdvbenchError
-from advbench.reports.results import Results
+from advbench.evaluation.flags import evaluation_flags
+from advbench.evaluation.results import Results, seed_summary
 from advbench.io import atomic_write_text
 
 __all__ = ["render_report", "write_report"]
@@ -46,17 +47,6 @@ def _table(df: pd.DataFrame, **kw: Any) -> str:
 
 def _model_order(results: Results) -> list[str]:
     return [m["name"] for m in results.suite["models"]]
-
-
-def _seed_summary(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    from advbench.evaluation.stats import mean_ci
-
-    rows = []
-    for key, g in df.groupby(by, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        m, lo, hi = mean_ci(g[value].to_numpy(dtype=float))
-        rows.append({**dict(zip(by, key, strict=True)), "mean": m, "ci_low": lo, "ci_high": hi, "n_seeds": len(g)})
-    return pd.DataFrame(rows)
 
 
 def render_report(
@@ -111,7 +101,7 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
         order = [m["name"] for m in results.suite["models"]]
         ref = "baseline" if "baseline" in order else order[0]
         if len(order) > 1:
-            _paired(results, ref, [m for m in order if m != ref]).to_csv(
+            results.paired_differences(ref, [m for m in order if m != ref]).to_csv(
                 fig_dir / "paired_differences.csv", index=False
             )
     atomic_write_text(path, text)
@@ -143,7 +133,7 @@ def _failures_section(results: Results) -> list[str]:
 def _clean_section(results: Results) -> list[str]:
     if results.clean.empty:
         return []
-    summ = _seed_summary(results.clean, ["model"], "test_accuracy")
+    summ = seed_summary(results.clean, ["model"], "test_accuracy")
     n = int(results.clean["n"].iloc[0])
     rows = [
         {"model": r.model, "clean test accuracy (%)": _ci(r.mean, r.ci_low, r.ci_high), "seeds": r.n_seeds}
@@ -161,18 +151,15 @@ def _clean_section(results: Results) -> list[str]:
 
 def _entanglement_section(results: Results, figures_dir: Path | None, prefix: str) -> list[str]:
     tr = results.training
-    cols = [c for c in tr.columns if c.startswith("entanglement/") and not c.startswith("entanglement_T/")]
-    if tr.empty or not cols:
+    summ = results.entanglement_summary()
+    if summ.empty:
         return []
-    last = tr.loc[tr.groupby(["model", "seed"])["epoch"].idxmax()]
+    cols = [f"entanglement/{layer}" for layer in dict.fromkeys(summ["layer"])]
     rows = []
-    for model, g in last.groupby("model", sort=False):
+    for model, g in summ.groupby("model", sort=False):
         row: dict[str, Any] = {"model": model}
-        from advbench.evaluation.stats import mean_ci
-
-        for c in cols:
-            m, lo, hi = mean_ci(g[c].to_numpy(dtype=float))
-            row[c.split("/", 1)[1]] = _ci(m, lo, hi, pct=False, bounds=(0.0, np.inf))
+        for r in g.itertuples():
+            row[str(r.layer)] = _ci(r.mean, r.ci_low, r.ci_high, pct=False, bounds=(0.0, np.inf))
         rows.append(row)
     out = [
         "## Entanglement per hidden layer",
@@ -184,6 +171,7 @@ def _entanglement_section(results: Results, figures_dir: Path | None, prefix: st
         "",
     ]
     if figures_dir is not None:
+        # lazy: matplotlib takes about a second to import, and a report without figures needs none
         from advbench.reports.plots import entanglement_curves
 
         layers = [c.split("/", 1)[1] for c in cols]
@@ -198,9 +186,7 @@ def _transfer_sections(results: Results, figures_dir: Path | None, prefix: str) 
     met = results.metrics
     if met.empty:
         return []
-    from advbench.evaluation.stats import summarize
-
-    summ = summarize(met, outcomes=results.outcomes)
+    summ = results.transfer_summary()
     order = _model_order(results)
     out = ["## White-box robustness", ""]
     wb = summ[(summ["source"] == summ["target"]) & (summ["metric"] == "adv_accuracy")]
@@ -256,6 +242,7 @@ def _transfer_sections(results: Results, figures_dir: Path | None, prefix: str) 
             "",
         ]
         if figures_dir is not None:
+            # lazy: matplotlib takes about a second to import, and a report without figures needs none
             from advbench.reports.plots import transfer_heatmap
 
             name = f"transfer_{attack}_{eps:g}.png".replace("/", "_")
@@ -272,17 +259,6 @@ _PAIRED_LABELS = {
 }
 
 
-def _paired(results: Results, reference: str, variants: list[str]) -> pd.DataFrame:
-    """Paired differences, computed once per results object (the bootstrap is not free)."""
-    from advbench.evaluation.stats import paired_differences
-
-    memo = results.__dict__.setdefault("_paired_memo", {})
-    key = (reference, tuple(variants))
-    if key not in memo:
-        memo[key] = paired_differences(results.outcomes, reference=reference, variants=variants)
-    return memo[key]
-
-
 def _paired_section(results: Results) -> list[str]:
     if results.outcomes.empty:
         return []
@@ -291,7 +267,7 @@ def _paired_section(results: Results) -> list[str]:
     variants = [m for m in order if m != reference]
     if not variants:
         return []
-    diff = _paired(results, reference, variants)
+    diff = results.paired_differences(reference, variants)
     if diff.empty:
         return []
     keep = ((diff["comparison"] == "white_box") & (diff["metric"] == "adv_accuracy")) | (
@@ -356,7 +332,7 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
     per_seed = dk.groupby(["model", "input", "metric", "seed"], sort=False)["value"].mean().reset_index()
     sets = dk.drop_duplicates(["model", "input", "seed", "input_set"])
     n = sets.groupby(["model", "input", "seed"])["n"].sum().groupby(["model", "input"]).max()
-    summ = _seed_summary(per_seed, ["input", "model", "metric"], "value")
+    summ = seed_summary(per_seed, ["input", "model", "metric"], "value")
     summ["cell"] = [_ci(r.mean, r.ci_low, r.ci_high, pct=False) for r in summ.itertuples()]
     wide = summ.pivot_table(index=["input", "model"], columns="metric", values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=[c for c in _DKNN_METRICS if c in wide.columns]).rename(columns=_DKNN_METRICS)
@@ -377,6 +353,7 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
         "",
     ]
     if figures_dir is not None and not results.dknn_examples.empty:
+        # lazy: matplotlib takes about a second to import, and a report without figures needs none
         from advbench.reports.plots import credibility_histograms, reliability_diagram
 
         ex = results.dknn_examples
@@ -401,8 +378,6 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
 
 
 def _flags_section(results: Results) -> list[str]:
-    from advbench.evaluation.flags import evaluation_flags
-
     frames = (
         [evaluation_flags(results.metrics, num_classes=_num_classes(results), tolerance=FLAG_TOLERANCE)]
         if not results.metrics.empty

@@ -34,7 +34,7 @@ from advbench.suite.rundir import RunDir
 from advbench.suite.validate import load_suite
 
 if TYPE_CHECKING:
-    from advbench.reports.results import Results
+    from advbench.evaluation.results import Results
 
 __all__ = ["RunOptions", "Runner", "report_from_cli", "run_from_cli"]
 
@@ -268,7 +268,7 @@ class Runner:
             )
 
     def _collect(self, state: _State, failures: list[dict[str, Any]]) -> Results:
-        from advbench.reports.results import Results
+        from advbench.evaluation.results import Results
 
         return Results.from_parts(
             suite=self.suite.model_dump(mode="json"),
@@ -360,8 +360,8 @@ def run_from_cli(args: argparse.Namespace) -> int:
 
 
 def report_from_cli(args: argparse.Namespace) -> int:
+    from advbench.evaluation.results import Results
     from advbench.reports.markdown import write_report
-    from advbench.reports.results import Results
 
     run_dir = Path(args.run_dir)
     manifest_path = run_dir / "manifest.json"

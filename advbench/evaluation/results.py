@@ -1,4 +1,8 @@
-"""The results of a run as tidy tables, saved with the run and read back by ``advbench report``."""
+"""The results of a run as tidy tables, saved with the run and read back by ``advbench report``.
+
+The statistics a report shows (seed means with CIs, the transfer summary, paired differences) are
+computed here, in the evaluation layer; :mod:`advbench.reports` only renders what these return.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from typing import Any
 import pandas as pd
 
 from advbench.errors import AdvbenchError
+from advbench.evaluation.stats import mean_ci, paired_differences, summarize
+from advbench.evaluation.transfer import transfer_metrics
 
-__all__ = ["Results"]
+__all__ = ["Results", "seed_summary"]
 
 _FILES = {
     "outcomes": "outcomes.csv.gz",
@@ -50,11 +56,14 @@ class Results:
     dknn_examples: pd.DataFrame
     gradient_flags: pd.DataFrame
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: paired differences per (reference, variants), computed once (the bootstrap is not free)
+    paired_memo: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_parts(cls, *, suite: dict[str, Any], outcomes: pd.DataFrame, **tables: pd.DataFrame) -> Results:
-        from advbench.evaluation.transfer import transfer_metrics
-
+        """The results with the transfer metrics derived from ``outcomes``."""
         metrics = transfer_metrics(outcomes) if len(outcomes) else pd.DataFrame()
         return cls(suite=suite, outcomes=outcomes, metrics=metrics, **tables)
 
@@ -86,3 +95,41 @@ class Results:
             except pd.errors.EmptyDataError:
                 tables[name] = pd.DataFrame()
         return cls(suite=json.loads((folder / "suite.json").read_text()), **tables)
+
+    def paired_differences(self, reference: str, variants: list[str]) -> pd.DataFrame:
+        """Paired differences of each variant against ``reference`` (:func:`~.stats.paired_differences`)."""
+        key = (reference, tuple(variants))
+        if key not in self.paired_memo:
+            self.paired_memo[key] = paired_differences(self.outcomes, reference=reference, variants=variants)
+        return self.paired_memo[key]
+
+    def transfer_summary(self) -> pd.DataFrame:
+        """Per (source, target, attack, eps, metric): the mean over seeds and its 95% CI."""
+        return summarize(self.metrics, outcomes=self.outcomes)
+
+    def entanglement_summary(self) -> pd.DataFrame:
+        """Per model and hidden layer: the probe entanglement after the last epoch, mean and 95% CI over seeds.
+
+        Columns ``model``, ``layer``, ``mean``, ``ci_low``, ``ci_high``; empty without entanglement columns.
+        """
+        tr = self.training
+        cols = [c for c in tr.columns if c.startswith("entanglement/")]
+        if tr.empty or not cols:
+            return pd.DataFrame(columns=["model", "layer", "mean", "ci_low", "ci_high"])
+        last = tr.loc[tr.groupby(["model", "seed"])["epoch"].idxmax()]
+        rows = []
+        for model, g in last.groupby("model", sort=False):
+            for c in cols:
+                m, lo, hi = mean_ci(g[c].to_numpy(dtype=float))
+                rows.append({"model": model, "layer": c.split("/", 1)[1], "mean": m, "ci_low": lo, "ci_high": hi})
+        return pd.DataFrame(rows)
+
+
+def seed_summary(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """Per group of ``by``: the mean of ``value`` over its rows (seeds), a 95% CI and the number of seeds."""
+    rows = []
+    for key, g in df.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        m, lo, hi = mean_ci(g[value].to_numpy(dtype=float))
+        rows.append({**dict(zip(by, key, strict=True)), "mean": m, "ci_low": lo, "ci_high": hi, "n_seeds": len(g)})
+    return pd.DataFrame(rows)
