@@ -17,10 +17,12 @@ import yaml
 
 from advbench.attacks import ATTACKS
 from advbench.attacks.base import Attack, ThreatModel
+from advbench.cli.run_cmd import markdown_renderer
 from advbench.config import Suite
 from advbench.errors import ThreatModelError
+from advbench.suite.context import RunOptions
 from advbench.suite.execute import CellTimeoutError
-from advbench.suite.runner import Runner, RunOptions
+from advbench.suite.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +99,7 @@ def _run(suite: Suite, tmp: Path, name: str, cache: Path, **opts) -> Runner:
             **opts,
         ),
     )
-    runner.run()
+    runner.run(render=markdown_renderer(runner.suite, runner.opt.report))
     return runner
 
 

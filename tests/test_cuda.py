@@ -13,8 +13,10 @@ import pytest
 import torch
 import yaml
 
+from advbench.cli.run_cmd import markdown_renderer
 from advbench.config import Suite
-from advbench.suite.runner import Runner, RunOptions
+from advbench.suite.context import RunOptions
+from advbench.suite.runner import Runner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def _run(tmp: Path, device: str) -> Runner:
             device=device,
         ),
     )
-    runner.run()
+    runner.run(render=markdown_renderer(runner.suite, runner.opt.report))
     return runner
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from advbench.cli.run_cmd import markdown_renderer
 from advbench.config import Suite
 from advbench.hashing import sha256_file
 from advbench.suite.cache import MANIFEST
-from advbench.suite.runner import Runner, RunOptions
+from advbench.suite.context import RunOptions
+from advbench.suite.runner import Runner
 from advbench.training.checkpoint import CARD_FILE, WEIGHTS_FILE, card_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,7 @@ def _run(tmp: Path, name: str) -> Runner:
             threads=1,
         ),
     )
-    runner.run()
+    runner.run(render=markdown_renderer(runner.suite, runner.opt.report))
     return runner
 
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from advbench.errors import AdvbenchError
+from advbench.evaluation.results import Results
+from advbench.reports.markdown import write_report
 
 EXAMPLE = """example:
   advbench report runs/transfer-20261123-101500
@@ -22,6 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from advbench.suite.runner import report_from_cli
-
-    return report_from_cli(args)
+    run_dir = Path(args.run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise AdvbenchError(f"{run_dir}: no manifest.json; expected a folder written by `advbench run`")
+    manifest = json.loads(manifest_path.read_text())
+    results = Results.load(run_dir / "results")
+    out = Path(args.output or results.suite["report"]["output"].format(name=results.suite["name"]))
+    manifest["run_dir"] = str(run_dir)
+    write_report(results, out, manifest=manifest, plots=results.suite["report"].get("plots", True))
+    sys.stdout.write(f"report written to {out}\n")
+    return 0

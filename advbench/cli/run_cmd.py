@@ -3,6 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from advbench.config import Suite
+from advbench.errors import ConfigError
+from advbench.evaluation.results import Results
+from advbench.reports.markdown import write_run_report
+from advbench.suite.context import RunOptions
+from advbench.suite.plan import describe_plan
+from advbench.suite.rundir import RunDir
+from advbench.suite.runner import Renderer, Runner
+from advbench.suite.validate import load_suite
+
+log = logging.getLogger(__name__)
 
 EXAMPLE = """examples:
   advbench run suites/quick.yaml             # the embedded digits, about a minute on 2 cores
@@ -52,10 +69,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    from advbench.suite.runner import run_from_cli
+def markdown_renderer(suite: Suite, output: str | None = None) -> Renderer:
+    """A renderer writing the Markdown report to ``output`` (default: the suite's ``report.output``)."""
+    out = Path(output or suite.report.output.format(name=suite.name))
 
-    return run_from_cli(args)
+    def render(results: Results, run_dir: RunDir) -> None:
+        manifest = dict(run_dir.manifest) | {"run_dir": str(run_dir.path)}
+        write_run_report(results, out, results_dir=run_dir.results, manifest=manifest)
+
+    return render
+
+
+def main(args: argparse.Namespace) -> int:
+    suite = load_suite(args.file)
+    if args.address and args.executor != "ray":
+        raise ConfigError(args.file, [f"--address {args.address} is for the Ray executor; add --executor ray"])
+    if args.executor == "ray":
+        # lazy: Ray is optional; fail here, before anything runs, when it is missing
+        from advbench.suite.ray_executor import require_ray
+
+        require_ray()
+    opts = RunOptions(
+        runs_dir=args.runs_dir,
+        cache_dir=args.cache_dir,
+        data_dir=args.data_dir,
+        device=args.device,
+        report=args.report,
+        resume=args.resume,
+        progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
+        executor=args.executor,
+        address=args.address,
+        fail_fast=args.fail_fast,
+        time_limit=args.time_limit,
+        threads=args.threads,
+    )
+    runner = Runner(suite, source=args.file, options=opts)
+    if args.plan:
+        rows = describe_plan(runner.plan, runner.ctx.cache)
+        todo = [r for r in rows if not r["cached"]]
+        sys.stdout.write(tabulate(rows, headers="keys", tablefmt="github") + "\n\n")
+        sys.stdout.write(
+            f"{len(rows)} cells, {len(rows) - len(todo)} cached, {len(todo)} to compute; "
+            f"estimated {sum(r['estimate_s'] for r in todo) / 60:.1f} min of work on a 2-core CPU "
+            f"(cache: {runner.ctx.cache.root})\n"
+        )
+        return 0
+    runner.run(render=markdown_renderer(suite, args.report))
+    # 1 when cells failed: the results are partial (the report lists what is missing).
+    return 1 if runner.failures else 0
 
 
 def _positive_float(text: str) -> float:

@@ -6,6 +6,8 @@ measured; flags annotate numbers, they never hide them.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from advbench.evaluation.flags import evaluation_flags
 from advbench.evaluation.results import Results, seed_summary
 from advbench.io import atomic_write_text
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["render_report", "results_digest", "write_report", "write_run_report"]
 
 #: Gap (as a fraction) above which a table-based evaluation-quality flag is raised.
 FLAG_TOLERANCE = 0.01
@@ -436,3 +438,32 @@ def _provenance_section(manifest: dict[str, Any]) -> list[str]:
         ("stage seconds", ", ".join(f"{k} {v}" for k, v in manifest.get("stage_seconds", {}).items())),
     ]
     return ["## Provenance", "", tabulate(rows, headers=["", ""], tablefmt="github"), ""]
+
+
+def write_run_report(results: Results, out: str | Path, *, results_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Write the report of a run's results to ``out`` unless it is up to date; whether it was written.
+
+    The report is a pure function of the results: when the digest of ``results_dir`` matches the
+    stamp left by the last rendering, nothing is re-rendered.
+    """
+    out = Path(out)
+    stamp = out.with_suffix("") / "results.sha256"
+    digest = results_digest(results_dir)
+    if out.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        log.info("report %s is up to date (results unchanged, sha256 %s)", out, digest[:12])
+        return False
+    write_report(results, out, manifest=manifest, plots=results.suite["report"].get("plots", True))
+    stamp.write_text(digest + "\n")
+    log.info("report written to %s", out)
+    return True
+
+
+def results_digest(folder: Path) -> str:
+    """SHA-256 over a results folder's files (names and bytes), to tell whether a report is stale."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            data = f.read_bytes()
+            h.update(gzip.decompress(data) if f.suffix == ".gz" else data)  # gzip headers carry a timestamp
+    return h.hexdigest()

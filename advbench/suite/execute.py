@@ -1,4 +1,7 @@
-"""Running one cell, shared by the local and the Ray executors: time limits, failures and what they block.
+"""Executors: where cells run. One :class:`Executor` protocol, the :class:`LocalExecutor` here and the
+Ray one in :mod:`advbench.suite.ray_executor`; both return one :class:`CellReport` per planned cell.
+
+Running one cell is shared by both: dispatch to its kind's handler, time limits, failures and what they block.
 
 A cell that raises is *failed*; the cells that need its output are *skipped*, except the DkNN
 scoring of a seed, which goes on with the adversarial sets that exist (under its own cache key, so
@@ -13,18 +16,31 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
 
 from advbench.errors import AdvbenchError
-from advbench.suite.cache import cache_key, is_disk_full
-from advbench.suite.plan import Cell
+from advbench.io import is_disk_full
+from advbench.suite.cache import cache_key
+from advbench.suite.context import ArtefactStore, CellContext
+from advbench.suite.handlers import HANDLERS
+from advbench.suite.plan import Cell, Plan
 
-if TYPE_CHECKING:
-    from advbench.suite.runner import Runner, _State
-
-__all__ = ["CellTimeoutError", "execute_cell", "failure_message", "is_fatal", "time_limit", "without_failed"]
+__all__ = [
+    "CellReport",
+    "CellTimeoutError",
+    "Executor",
+    "LocalExecutor",
+    "execute_cell",
+    "failure_message",
+    "is_fatal",
+    "time_limit",
+    "without_failed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +79,100 @@ def time_limit(seconds: float | None, what: str) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def execute_cell(runner: Runner, cell: Cell, state: _State) -> bool:
-    """Compute ``cell`` (or read it from the cache) into ``state``; ``True`` when it was cached."""
-    from advbench.suite import cells
-
-    handler = getattr(cells, "run_" + cell.kind.replace("-", "_"))
-    limit = runner.opt.time_limit if cell.kind in TIME_LIMITED else None
+def execute_cell(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
+    """Compute ``cell`` (or read it from the cache) into ``store`` with its kind's handler; ``True`` when cached."""
+    try:
+        handler = HANDLERS[cell.kind]
+    except KeyError:
+        raise AdvbenchError(
+            f"no handler for cell kind {cell.kind!r} ({cell.label}); registered: {', '.join(sorted(HANDLERS))}. "
+            f"Register one with @advbench.suite.handlers.handler({cell.kind!r})"
+        ) from None
+    limit = ctx.time_limit if cell.kind in TIME_LIMITED else None
     with time_limit(limit, cell.label):
-        return bool(handler(runner, cell, state))
+        return bool(handler(ctx, cell, store))
+
+
+@dataclass
+class CellReport:
+    """What became of one planned cell.
+
+    ``status`` is ``ok``, ``failed`` or ``skipped`` (a cell it needs did not complete); ``label`` and
+    ``kind`` are those of the cell that ran (a DkNN scoring cell may run without failed sets);
+    ``node`` is the machine that ran it and ``attempts`` how many times (Ray retries dead workers).
+    """
+
+    key: str
+    label: str
+    kind: str
+    status: str
+    cached: bool = False
+    seconds: float = 0.0
+    error: str = ""
+    node: str | None = None
+    attempts: int = 1
+    run_key: str = ""  # the cache key of the cell that ran (differs from ``key`` for a reduced DkNN cell)
+
+
+class Executor(Protocol):
+    """Runs a plan's cells; calls ``on_report`` as each finishes and returns every report in plan order.
+
+    Handlers' result tables end up in ``store`` in plan order, whatever the executor.
+    """
+
+    #: what the executor ran on, for the run manifest (empty for the local executor)
+    info: dict[str, Any]
+
+    def execute(
+        self, plan: Plan, ctx: CellContext, store: ArtefactStore, on_report: Callable[[CellReport], None]
+    ) -> list[CellReport]: ...
+
+
+def run_one(
+    ctx: CellContext, planned: Cell, store: ArtefactStore, failed: Mapping[str, str], labels: Mapping[str, str]
+) -> CellReport:
+    """Run ``planned`` unless a cell it needs failed; its report. Raises only for ``--fail-fast`` or fatal errors."""
+    cell, reason = without_failed(planned, failed, labels)
+    if cell is None:
+        return CellReport(planned.key, planned.label, planned.kind, "skipped", error=reason)
+    start = time.perf_counter()
+    try:
+        cached = execute_cell(ctx, cell, store)
+    except Exception as exc:
+        if ctx.options.fail_fast or is_fatal(exc):
+            raise
+        return CellReport(planned.key, cell.label, cell.kind, "failed", error=failure_message(exc), run_key=cell.key)
+    return CellReport(
+        planned.key, cell.label, cell.kind, "ok", cached=cached, seconds=time.perf_counter() - start, run_key=cell.key
+    )
+
+
+class LocalExecutor:
+    """Every cell in this process, in plan order (each reads its inputs from the cells before it)."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+
+    def execute(
+        self, plan: Plan, ctx: CellContext, store: ArtefactStore, on_report: Callable[[CellReport], None]
+    ) -> list[CellReport]:
+        failed: dict[str, str] = {}
+        labels = {c.key: c.label for c in plan.cells}
+        reports: list[CellReport] = []
+        bar = tqdm(plan.cells, desc=f"suite {ctx.suite.name}", unit="cell", disable=not ctx.options.progress)
+        for planned in bar:
+            bar.set_postfix_str(planned.label[:60])
+            report = run_one(ctx, planned, store, failed, labels)
+            if report.status != "ok":
+                failed[planned.key] = report.error
+                if report.status == "failed":
+                    log.error("cell %s failed: %s (the run goes on; --fail-fast stops it)", report.label, report.error)
+                else:
+                    log.warning("skipped %s: %s", planned.label, report.error)
+            reports.append(report)
+            on_report(report)
+        bar.close()
+        return reports
 
 
 def is_fatal(exc: BaseException) -> bool:

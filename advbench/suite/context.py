@@ -1,0 +1,150 @@
+"""What a cell handler reads (a frozen :class:`CellContext`) and where it puts what it makes (:class:`ArtefactStore`).
+
+A handler gets both and nothing else: the suite, the data splits, the plan, the cache, the device,
+the run options, and the in-process artefacts of the cells before it. The local executor shares one
+store across the whole run; a Ray worker builds its own context from the suite and options and a
+store per task, so every input a handler reads must also be readable back from the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from advbench.config import Suite
+from advbench.data import Splits, load_dataset, make_splits
+from advbench.errors import AdvbenchError
+from advbench.models import Classifier
+from advbench.suite.cache import Cache, default_cache_dir
+from advbench.suite.plan import Cell, Plan, build_plan
+
+if TYPE_CHECKING:
+    from advbench.evaluation.dknn import DkNN
+
+__all__ = ["TABLES", "ArtefactStore", "CellContext", "RunOptions", "resolve_device"]
+
+
+@dataclass
+class RunOptions:
+    """How a suite is run (the ``advbench run`` flags)."""
+
+    runs_dir: str = "runs"
+    cache_dir: str | None = None
+    data_dir: str | None = None
+    device: str | None = None
+    report: str | None = None
+    resume: bool = False
+    progress: bool = True
+    executor: str = "local"  # "local" (in this process) or "ray"
+    address: str | None = None  # Ray cluster address; None starts a local Ray instance
+    fail_fast: bool = False  # stop at the first failed cell instead of recording it and going on
+    time_limit: float | None = None  # seconds per attack cell (plugins can hang); None: no limit
+    threads: int | None = None  # torch threads per cell; None: torch's default locally, 1 on Ray
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` as a torch device; an error when CUDA is asked for and absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AdvbenchError("device: cuda was asked for but torch sees no GPU; set device: cpu or auto")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """Everything a cell handler reads besides its inputs' artefacts. Build one with :meth:`create`."""
+
+    suite: Suite
+    options: RunOptions
+    splits: Splits
+    plan: Plan
+    cache: Cache
+    device: torch.device
+    #: the fixed test subset every attack and evaluation uses (the same for every seed)
+    transfer_indices: np.ndarray
+    #: how many of ``transfer_indices`` the DkNN scores (0 without a DkNN evaluation)
+    n_dknn: int
+    cells: dict[tuple[str, tuple[tuple[str, Any], ...]], Cell] = field(repr=False)
+
+    @classmethod
+    def create(cls, suite: Suite, options: RunOptions | None = None) -> CellContext:
+        """Load the data splits, plan the cells and open the cache for ``suite``."""
+        opt = options or RunOptions()
+        d = suite.dataset
+        raw = load_dataset(d.name, data_dir=opt.data_dir or d.data_dir, **d.params)
+        splits = make_splits(
+            raw, train=d.splits.train, calibration=suite.calibration_size, test=d.splits.test, seed=d.seed
+        )
+        n_test = len(splits.test)
+        n = min(suite.evaluations.transfer.n_examples or n_test, n_test)
+        rng = np.random.default_rng(d.seed + 1)
+        transfer = np.sort(rng.permutation(n_test)[:n]) if n < n_test else np.arange(n_test)
+        dk = suite.evaluations.dknn
+        n_dknn = min(dk.n_examples or len(transfer), len(transfer)) if dk is not None else 0
+        ood = suite.evaluations.ood
+        plan = build_plan(suite, splits, n_transfer=len(transfer), n_dknn=n_dknn, n_ood=ood.n_examples if ood else 0)
+        return cls(
+            suite=suite,
+            options=opt,
+            splits=splits,
+            plan=plan,
+            cache=Cache(opt.cache_dir or suite.cache_dir or default_cache_dir()),
+            device=resolve_device(opt.device or suite.device),
+            transfer_indices=transfer,
+            n_dknn=n_dknn,
+            cells={(c.kind, tuple(sorted(c.params.items()))): c for c in plan.cells},
+        )
+
+    @property
+    def time_limit(self) -> float | None:
+        """Seconds an attack cell may run (``--time-limit``); ``None``: no limit."""
+        return self.options.time_limit
+
+    def cell(self, kind: str, **params: Any) -> Cell:
+        """The plan's cell of ``kind`` with exactly these ``params`` (e.g. ``cell("train", model=..., seed=0)``)."""
+        try:
+            return self.cells[(kind, tuple(sorted(params.items())))]
+        except KeyError:
+            raise KeyError(f"the plan of suite {self.suite.name!r} has no {kind} cell with {params}") from None
+
+    def cells_of(self, kind: str) -> list[Cell]:
+        """The plan's cells of ``kind``, in plan order."""
+        return self.plan.by_kind(kind)
+
+
+#: The result tables handlers append to, in the order :class:`~advbench.evaluation.results.Results` names them.
+TABLES = ("outcomes", "training", "clean", "dknn", "dknn_examples", "gradient_flags")
+
+
+@dataclass
+class ArtefactStore:
+    """The artefacts of finished cells in this process: models, adversarial sets, DkNN indices, result tables.
+
+    Keys: ``models`` and ``indices`` by ``(model, seed)``; ``adversarial`` by ``(seed, source, attack, eps)``;
+    ``tables`` by a name of :data:`TABLES`, each a list of frames in the order the cells added them.
+    """
+
+    models: dict[tuple[str, int], Classifier] = field(default_factory=dict)
+    adversarial: dict[tuple[int, str, str, float], dict[str, torch.Tensor]] = field(default_factory=dict)
+    indices: dict[tuple[str, int], DkNN] = field(default_factory=dict)
+    tables: dict[str, list[pd.DataFrame]] = field(default_factory=lambda: {t: [] for t in TABLES})
+
+    def add(self, table: str, frame: pd.DataFrame) -> None:
+        """Append ``frame`` to the result table ``table`` (one of :data:`TABLES`)."""
+        if table not in self.tables:
+            raise KeyError(f"no result table {table!r}; expected one of {', '.join(TABLES)}")
+        self.tables[table].append(frame)
+
+    def table(self, table: str) -> pd.DataFrame:
+        """The frames added to ``table``, concatenated (an empty frame when there are none)."""
+        frames = self.tables[table]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def with_models_only(self) -> ArtefactStore:
+        """A store sharing this one's models and nothing else (what a Ray task starts from)."""
+        return ArtefactStore(models=self.models)
