@@ -42,13 +42,13 @@ def _run(tmp: Path, device: str) -> Runner:
 def test_suite_on_cuda_matches_cpu_up_to_float_tolerance(tmp_path):
     cpu, gpu = _run(tmp_path, "cpu"), _run(tmp_path, "cuda")
     assert not cpu.failures and not gpu.failures
-    assert all(next(m.parameters()).is_cuda for m in gpu._state.models.values())
-    a = pd.DataFrame(cpu._state.clean).sort_values(["model", "seed"]).reset_index(drop=True)
-    b = pd.DataFrame(gpu._state.clean).sort_values(["model", "seed"]).reset_index(drop=True)
+    assert all(next(m.parameters()).is_cuda for m in gpu.store.models.values())
+    a = cpu.results.clean.sort_values(["model", "seed"]).reset_index(drop=True)
+    b = gpu.results.clean.sort_values(["model", "seed"]).reset_index(drop=True)
     # the same initial weights and batch order; float differences only, so accuracies agree closely
     assert (a["test_accuracy"] - b["test_accuracy"]).abs().max() <= 0.03
-    ma = cpu._collect(cpu._state, []).metrics
-    mb = gpu._collect(gpu._state, []).metrics
+    ma = cpu.results.metrics
+    mb = gpu.results.metrics
     keys = ["seed", "source", "target", "attack", "eps", "metric"]
     joined = ma.merge(mb, on=keys, suffixes=("_cpu", "_gpu"))
     assert len(joined) == len(ma) == len(mb)

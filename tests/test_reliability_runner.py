@@ -71,18 +71,18 @@ def _poison(entry: Path, marker: Path) -> None:
 
 def test_poisoned_checkpoint_in_the_cache_is_refused_and_recomputed(tmp_path):
     first = _run(tmp_path, "first")
-    metrics = first._collect(first._state, []).metrics
-    train = first.cell("train", model="entangled", seed=0)
-    entry = first.cache.path("train", train.key)
+    metrics = first.results.metrics
+    train = first.ctx.cell("train", model="entangled", seed=0)
+    entry = first.ctx.cache.path("train", train.key)
     marker = tmp_path / "pwned"
     _poison(entry, marker)
-    assert first.cache.get("train", train.key) is not None  # the cache's own checksums are satisfied
+    assert first.ctx.cache.get("train", train.key) is not None  # the cache's own checksums are satisfied
 
     second = _run(tmp_path, "second")
     assert not marker.exists(), "the pickle payload was executed"
-    assert f"train/{train.key}" in second.cache.corrupt_found
+    assert f"train/{train.key}" in second.ctx.cache.corrupt_found
     manifest = json.loads(next((tmp_path / "runs-second").glob("*/manifest.json")).read_text())
     assert manifest["cells"][train.label]["cached"] is False  # recomputed
-    again = second._collect(second._state, []).metrics
+    again = second.results.metrics
     pd.testing.assert_frame_equal(metrics, again, check_exact=True)
     assert not second.failures

@@ -58,6 +58,10 @@ class Runner:
         self.ctx = CellContext.create(suite, self.opt)
         self.stage_seconds: dict[str, float] = defaultdict(float)
         self.failures: list[dict[str, Any]] = []
+        #: the tidy results of the last :meth:`run`
+        self.results: Results | None = None
+        #: the in-process artefacts of the last :meth:`run` (models, adversarial sets, tables)
+        self.store = ArtefactStore()
 
     @property
     def plan(self) -> Plan:
@@ -97,7 +101,7 @@ class Runner:
         run_dir.manifest["executor"] = self.opt.executor
         log.info("run folder %s; %d cells; cache %s", run_dir.path, len(plan.cells), ctx.cache.root)
         ctx.cache.sweep_tmp()
-        store = ArtefactStore()
+        self.store = store = ArtefactStore()
         failures: list[dict[str, Any]] = []
         executor = self._executor(run_dir)
 
@@ -124,6 +128,7 @@ class Runner:
         t_collect = time.perf_counter()
         results = results_from_store(self.suite, store, failures)
         results.save(run_dir.results)
+        self.results = results
         self.stage_seconds["collect"] = time.perf_counter() - t_collect
         run_dir.manifest["failed_cells"] = len(failures)
         run_dir.finish(time.perf_counter() - t0, dict(self.stage_seconds))  # what the report's provenance shows
