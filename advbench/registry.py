@@ -1,11 +1,11 @@
 """One generic registry (a dict, a decorator, ``get``/``create``/``list``) for every kind of component.
 
-Datasets, models, attacks and metrics each have one :class:`Registry`. Components come in two ways,
+Datasets, models and attacks each have one :class:`Registry`. Components come in two ways,
 both public:
 
 * the ``register`` decorator, for code in the user's own project;
-* an entry-point group (``advbench.attacks``, ``advbench.models``, ``advbench.datasets``,
-  ``advbench.metrics``) for installed packages. advbench's own built-ins are declared in its
+* an entry-point group (``advbench.attacks``, ``advbench.models``, ``advbench.datasets``) for
+  installed packages. advbench's own built-ins are declared in its
   ``pyproject.toml`` under the same groups and are loaded through the same path.
 
 Entry points are loaded lazily (on the first lookup or listing) and once. An entry point may name
