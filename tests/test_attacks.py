@@ -300,6 +300,7 @@ def test_seeding_leaves_the_global_rng_alone(digits_model, batch):
 # -- laziness and listing ----------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_libraries_not_imported_to_list_or_validate_builtins():
     code = (
         "import sys\n"

@@ -16,7 +16,7 @@ import yaml
 from advbench.suite.runner import Runner, RunOptions
 from advbench.suite.schema import Suite
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 ROOT = Path(__file__).resolve().parents[1]
 
 

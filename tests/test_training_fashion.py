@@ -17,7 +17,8 @@ from advbench.training import init_model, train_model
 
 pytestmark = pytest.mark.slow
 
-#: The values chosen by the tuning runs reported for the Fashion-MNIST recipe (learned temperature; -0.2 already collapses accuracy).
+#: The values chosen by the tuning runs of the Fashion-MNIST recipe
+#: (learned temperature; -0.2 already collapses accuracy).
 ENTANGLED_ALPHA, DISENTANGLED_ALPHA = -0.05, 0.1
 
 

@@ -69,6 +69,7 @@ def test_bad_suite_is_rejected_naming_field_and_file(path, needed_attacks, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_cli_rejects_every_corpus_file_at_once(tmp_path):
     """One subprocess for the whole corpus: exit 2, each file named, nothing written."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "ADVBENCH_CACHE": str(tmp_path / "cache")}
