@@ -1,11 +1,11 @@
 """One generic registry (a dict, a decorator, ``get``/``create``/``list``) for every kind of component.
 
-Datasets, models, attacks and metrics each have one :class:`Registry`. Components come in two ways,
+Datasets, models and attacks each have one :class:`Registry`. Components come in two ways,
 both public:
 
 * the ``register`` decorator, for code in the user's own project;
-* an entry-point group (``advbench.attacks``, ``advbench.models``, ``advbench.datasets``,
-  ``advbench.metrics``) for installed packages. advbench's own built-ins are declared in its
+* an entry-point group (``advbench.attacks``, ``advbench.models``, ``advbench.datasets``) for
+  installed packages. advbench's own built-ins are declared in its
   ``pyproject.toml`` under the same groups and are loaded through the same path.
 
 Entry points are loaded lazily (on the first lookup or listing) and once. An entry point may name
@@ -25,7 +25,7 @@ import importlib.metadata
 import logging
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -93,7 +93,10 @@ class Registry(Generic[T]):
         return obj
 
     def register(self, name: str | None = None, **meta: Any) -> Callable[[T], T]:
-        """Decorator: ``@registry.register("name")``; the name defaults to the object's ``__name__``."""
+        """Decorator: ``@registry.register("name", **meta)``; the name defaults to the object's ``__name__``.
+
+        ``meta`` is kept with the entry and read back with :meth:`metadata`.
+        """
 
         def deco(obj: T) -> T:
             self.add(name or str(getattr(obj, "__name__", "")), obj, **meta)
@@ -109,6 +112,14 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The component registered as ``name``; unknown names raise with close matches."""
         return self.entry(name).obj
+
+    def metadata(self, name: str) -> Mapping[str, Any]:
+        """The metadata ``name`` was registered with (read-only), without calling or building it.
+
+        Whatever keyword arguments were given to :meth:`register` or :meth:`add` besides the name,
+        e.g. a model's layer names (``@register_model("cnn", layers=(...))``) or an attack's norm.
+        """
+        return types.MappingProxyType(self.entry(name).meta)
 
     def entry(self, name: str) -> Entry[T]:
         self.load_plugins()

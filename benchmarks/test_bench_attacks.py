@@ -10,7 +10,7 @@ is timed against the library's attack object built once and called directly (tor
 ``torchattacks.PGD(model, ...)(x, y)``; foolbox: ``fb.attacks.LinfPGD(...)(fb.PyTorchModel(model),
 x, y, epsilons=eps)``, which computes the success mask itself). Rounds of the contenders are
 interleaved, rotating which goes first, so that load on a shared machine hits them alike; the ratio of
-median CPU times must stay within 1.05 (issue 4). A small model is the demanding case for the ratio:
+median CPU times must stay within 1.05. A small model is the demanding case for the ratio:
 the fixed costs of advbench's contract weigh most where a step is cheapest.
 
 Also recorded: one forward+backward pass (gradient with respect to the input, as an attack step

@@ -8,7 +8,7 @@ computation (2 * queries * train * width per layer, the GEMM faiss runs) against
 float32 matmul peak measured in the same run (torch, same thread count), peak RSS and the load
 average (other processes on a shared box lower every number).
 
-The exact-search throughput must reach at least 50% of the peak (issue 5). The query count only
+The exact-search throughput must reach at least 50% of the peak. The query count only
 sets how long the measurement runs (faiss searches in chunks of ``batch_size`` = 1,000 queries
 whatever the total), so 2,000 queries measure the same GEMM rate as the 10,000 of a full test set in
 a fifth of the time.

@@ -14,7 +14,7 @@ Run: ``python -m pytest benchmarks/test_bench_suite.py -m benchmark -p no:cachep
   plan, cells, results, report); the manifest's per-cell seconds are summed to get the orchestration
   overhead ``(wall - sum(cell seconds)) / wall`` live, and the cost of a cache-hit re-run per cell.
 * ``suites/transfer.yaml``'s overhead from its committed manifest (``reports/transfer/run/manifest.json``),
-  which must stay within 10% (issue 9). The manifest's ``wall_s`` is measured inside the runner
+  which must stay within 10%. The manifest's ``wall_s`` is measured inside the runner
   (from the start of ``Runner.run`` to the results being saved): it leaves out interpreter start,
   imports and report rendering, which the live quick.yaml figure includes; the live fixed costs added
   to the transfer run are reported too (``transfer overhead incl. live fixed costs``).
@@ -81,8 +81,8 @@ def test_cache_hit_of_an_adversarial_set(benchmark, figure, tmp_path):
 
 
 def test_render_transfer_report(benchmark, figure, tmp_path):
-    from advbench.reports.markdown import write_report
     from advbench.evaluation.results import Results
+    from advbench.reports.markdown import write_report
 
     t0 = time.perf_counter()
     results = Results.load(TRANSFER_RUN / "results")

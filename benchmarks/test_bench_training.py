@@ -3,7 +3,7 @@
 Run: ``python -m pytest benchmarks/test_bench_training.py -m benchmark -p no:cacheprovider``.
 
 * Steps of the entangled and the baseline model are interleaved so that load on a shared machine hits
-  both alike; the ratio of medians must stay within 1.15 at batch 128 (issue 3). ``extra_info``
+  both alike; the ratio of medians must stay within 1.15 at batch 128. ``extra_info``
   carries both medians, the ratio and the SNNL's share of the entangled step.
 * The SNNL alone (pairwise distances and the loss, forward and backward, over the 28x28 ``cnn``'s
   three hidden layers: ``conv1`` 32x14x14 = 6,272 wide, ``conv2`` 64x7x7 = 3,136, ``fc1`` 128) for

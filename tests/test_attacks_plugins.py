@@ -109,6 +109,7 @@ def _advbench(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.integration
+@pytest.mark.integration
 def test_installed_plugin_is_listed_validated_and_checked(installed_plugin, tmp_path):
     out = _advbench("list", "attacks", "demo-*")
     assert out.returncode == 0, out.stderr

@@ -26,6 +26,8 @@ from advbench.suite.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.integration  # full runs / forks: integration tier (still in the README's command)
+
 
 class _Raises(Attack):
     def run(self, model, x, y, threat: ThreatModel, generator):

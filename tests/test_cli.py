@@ -22,6 +22,7 @@ models:
 COMMANDS = [[], ["run"], ["validate"], ["list"], ["report"]]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0] if c else "top")
 def test_help_shows_a_worked_example(command):
     proc = subprocess.run([str(ADVBENCH), *command, "--help"], capture_output=True, text=True, timeout=60)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -18,7 +17,7 @@ from advbench.config import Suite
 from advbench.suite.context import RunOptions
 from advbench.suite.runner import Runner
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 ROOT = Path(__file__).resolve().parents[1]
 
 

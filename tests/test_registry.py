@@ -187,3 +187,30 @@ def test_builtins_come_through_the_entry_points():
     assert {"digits", "fashion-mnist", "mnist", "synthetic"} <= set(DATASETS.list())
     assert DATASETS.entry("digits").source == "advbench"
     assert "cnn" in MODELS.list("cnn*") and MODELS.entry("cnn").source == "advbench"
+
+
+def test_metadata_is_read_only_and_needs_no_call(reg):
+    calls = []
+
+    @reg.register("meta", layers=("a", "b"))
+    def factory() -> None:
+        calls.append(1)
+
+    assert reg.metadata("meta")["layers"] == ("a", "b")
+    assert calls == []
+    with pytest.raises(TypeError):
+        reg.metadata("meta")["layers"] = ()  # type: ignore[index]
+    with pytest.raises(UnknownNameError):
+        reg.metadata("nope")
+
+
+def test_builtin_architectures_declare_the_layers_they_build():
+    from advbench.models import MODELS, create_model, declared_hidden_layers
+
+    shapes = {"resnet-small": (3, 32, 32), "cnn-digits": (1, 8, 8)}
+    for name in ("mlp", "cnn", "cnn-digits", "resnet-small"):
+        model = create_model(name, num_classes=10, input_shape=shapes.get(name, (1, 28, 28)))
+        assert declared_hidden_layers(name) == model.hidden_layers, name
+    wide = create_model("mlp", num_classes=10, input_shape=(1, 8, 8), hidden=(8, 8, 8))
+    assert declared_hidden_layers("mlp", {"hidden": [8, 8, 8]}) == wide.hidden_layers == ("fc1", "fc2", "fc3")
+    assert MODELS.metadata("cnn")["layers"] == ("conv1", "conv2", "fc1")

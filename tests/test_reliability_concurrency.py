@@ -21,7 +21,7 @@ from advbench.config import Suite
 from advbench.suite.cache import Cache, cache_key
 from advbench.suite.rundir import RunDir
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks worker processes")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(sys.platform != "linux", reason="forks worker processes")]
 
 N_WRITERS = 6
 N_READERS = 2

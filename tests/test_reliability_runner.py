@@ -12,6 +12,7 @@ import pickle
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from advbench.cli.run_cmd import markdown_renderer
@@ -38,6 +39,9 @@ def _suite() -> Suite:
     doc["seeds"] = [0]
     doc["attacks"] = [{"name": "fgsm", "eps": [0.1]}]
     return Suite.model_validate(doc)
+
+
+pytestmark = pytest.mark.integration  # full runs: integration tier (still in the README's command)
 
 
 def _run(tmp: Path, name: str) -> Runner:

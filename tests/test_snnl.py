@@ -18,7 +18,7 @@ from advbench.training import (
 
 
 def brute_force_snnl(x: torch.Tensor, y: torch.Tensor, T: float, distance: str, eps: float = SNNL_EPS) -> float:
-    """method.md's formula, one point at a time, in float64, with eps inside the log."""
+    """The formula of docs/method.md (section 1), one point at a time, in float64, with eps inside the log."""
     x = x.reshape(len(x), -1).to(torch.float64)
     b = len(x)
     total = 0.0

@@ -1,6 +1,6 @@
 """Real Fashion-MNIST training of a pair (slow tier): the SNNL term moves hidden-layer entanglement as designed.
 
-A short version of issue 3's acceptance experiment (1 epoch on 20,000 images instead of 5 on 60,000):
+A short version of the Fashion-MNIST training acceptance experiment (1 epoch on 20,000 images instead of 5 on 60,000):
 the entangled model (alpha < 0) has a higher probe entanglement than the baseline at every regularised
 layer with a test accuracy within about a point; the disentangled model (alpha > 0) a lower one.
 """
@@ -17,7 +17,8 @@ from advbench.training import init_model, train_model
 
 pytestmark = pytest.mark.slow
 
-#: The values chosen by the tuning runs reported in issue 3 (learned temperature; -0.2 already collapses accuracy).
+#: The values chosen by the tuning runs of the Fashion-MNIST recipe
+#: (learned temperature; -0.2 already collapses accuracy).
 ENTANGLED_ALPHA, DISENTANGLED_ALPHA = -0.05, 0.1
 
 

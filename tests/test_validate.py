@@ -13,6 +13,7 @@ import pytest
 from advbench.attacks import ATTACKS
 from advbench.config import parse_eps
 from advbench.errors import ConfigError
+from advbench.params import ParamSpec
 from advbench.suite import load_suite
 from advbench.suite.validate import check_params
 
@@ -68,6 +69,7 @@ def test_bad_suite_is_rejected_naming_field_and_file(path, needed_attacks, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_cli_rejects_every_corpus_file_at_once(tmp_path):
     """One subprocess for the whole corpus: exit 2, each file named, nothing written."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "ADVBENCH_CACHE": str(tmp_path / "cache")}
@@ -179,12 +181,51 @@ def test_config_error_pickles_for_workers():
 def test_check_params():
     def factory(*, num_classes: int, width: int = 3, shape: tuple[int, int] = (1, 2), needed: str) -> None: ...
 
+    spec = ParamSpec.of(factory)
     problems = check_params(
-        factory, {"widht": 4, "shape": "x", "num_classes": 3}, reserved=("num_classes",), check_missing=True
+        spec, {"widht": 4, "shape": "x", "num_classes": 3}, reserved={"num_classes": "from the dataset"}
     )
-    text = "\n".join(problems)
+    text = "\n".join(str(p) for p in problems)
     assert "widht: unknown parameter" in text and "did you mean 'width'" in text
     assert "shape: given 'x'" in text
-    assert "num_classes: given 3; expected no 'num_classes'" in text
-    assert "required parameter 'needed' is missing" in text
-    assert check_params(factory, {"width": "5", "needed": "a"}) == []  # lax: YAML strings of numbers pass
+    assert "num_classes: given 3; expected no 'num_classes' here: advbench sets it from the dataset" in text
+    assert "needed: required but missing" in text
+    ok = {"num_classes": 10, "needed": "a"}
+    assert check_params(spec, {**ok, "width": 5, "shape": [3, 4]}) == []  # a YAML list fits a tuple
+    # the same strict rules as the attacks: the factory would receive exactly these values
+    assert [p.key for p in check_params(spec, {**ok, "width": "5"})] == ["width"]
+    assert [p.key for p in check_params(spec, {**ok, "width": True})] == ["width"]
+    assert check_params(spec, {}, check_missing=False) == []
+
+
+def test_missing_backend_is_named_with_its_install_command(tmp_path, monkeypatch):
+    """A suite whose attacks need torchattacks fails validation (and so `advbench run`) when it is absent."""
+    import importlib.util
+
+    from advbench.attacks import backends
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        backends.importlib.util, "find_spec", lambda name, *a: None if name == "torchattacks" else real(name, *a)
+    )
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: s\ndataset: {name: digits, splits: {train: 500, test: 200}}\n"
+        "models: [{name: m, architecture: cnn-digits}]\n"
+        "attacks:\n"
+        "  - {name: fgsm, eps: [0.1]}\n"
+        "  - {name: pgd, backend: foolbox, eps: [0.1]}\n"
+        "  - {name: dknn-adaptive, eps: [0.1]}\n"
+        "  - {name: torchattacks.MIFGSM, eps: [0.1]}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_suite(suite)
+    problems = info.value.problems
+    install = 'pip install --no-deps "torchattacks==3.5.1"'
+    assert (
+        f"{suite}:5: attacks[0].name: fgsm needs torchattacks, which is not installed; install it with: {install}"
+        in problems
+    )
+    assert not any("attacks[1]" in p or "attacks[2]" in p for p in problems)  # foolbox and advbench's own
+    # registered or not (discovery finds nothing without the library), the wrapped attack names the install
+    assert any(p.startswith(f"{suite}:8: attacks[3].name: ") and install in p for p in problems)

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import difflib
-import inspect
 import time
-import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -40,6 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from advbench.errors import AdvbenchError, ThreatModelError
+from advbench.params import ParamSpec, check_params
 
 __all__ = [
     "FLOAT_ATOL",
@@ -284,7 +282,7 @@ class Attack(abc.ABC):
     # -- parameters --------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         """The hyper-parameters, in signature order, as given to ``__init__``."""
-        return {n: getattr(self, n) for n in _keyword_params(type(self))}
+        return {n: getattr(self, n) for n in ParamSpec.of(type(self), keyword_only=True).params}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
@@ -300,29 +298,20 @@ class Attack(abc.ABC):
     def check_params(cls, params: dict[str, Any], *, backend: str | None = None) -> list[str]:
         """Every problem with ``params`` (and ``backend``), as messages; empty when they are valid.
 
-        Checks names against the keyword-only signature of ``__init__`` (with close matches), types
-        against its annotations, and values with :meth:`_check_values`.
+        Checks names and types against the keyword-only signature of ``__init__`` with
+        :func:`advbench.params.check_params`, then values with :meth:`_check_values`.
         """
-        accepted = _keyword_params(cls)
-        hints = _hints(cls)
+        spec = ParamSpec.of(cls, keyword_only=True)
         given = dict(params)
         problems: list[str] = []
         if backend is not None:
-            if "backend" in accepted:
+            if "backend" in spec.params:
                 given["backend"] = backend
             else:
                 problems.append(f"backend {backend!r} given, but {cls.__name__} has a single implementation; remove it")
-        for key, value in given.items():
-            if key not in accepted:
-                close = difflib.get_close_matches(key, list(accepted), n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                problems.append(f"unknown parameter {key!r}; {hint}accepted: {', '.join(accepted) or '(none)'}")
-            elif key in hints and not _matches(value, hints[key]):
-                problems.append(f"{key}: expected {_type_name(hints[key])}, got {value!r} ({type(value).__name__})")
-        missing = [n for n, p in accepted.items() if p.default is inspect.Parameter.empty and n not in given]
-        problems += [f"{n}: required but missing; add it" for n in missing]
+        problems += [str(p) for p in check_params(spec, given)]
         if not problems:
-            full = {n: p.default for n, p in accepted.items()} | given
+            full = {n: p.default for n, p in spec.params.items()} | given
             problems += cls._check_values(full)
         return problems
 
@@ -333,7 +322,7 @@ class Attack(abc.ABC):
 
     @classmethod
     def describe_params(cls) -> str:
-        return ", ".join(f"{n}={p.default!r}" for n, p in _keyword_params(cls).items())
+        return ", ".join(f"{n}={p.default!r}" for n, p in ParamSpec.of(cls, keyword_only=True).params.items())
 
 
 def _check_input(x: Tensor, threat: ThreatModel, *, attack: str, batch: int) -> None:
@@ -350,49 +339,6 @@ def _check_input(x: Tensor, threat: ThreatModel, *, attack: str, batch: int) -> 
             f"outside the threat model's bounds {threat.bounds}; pass pixels in {threat.bounds} "
             f"(normalisation belongs inside the model)"
         )
-
-
-def _keyword_params(cls: type) -> dict[str, inspect.Parameter]:
-    sig = inspect.signature(cls.__init__)
-    return {n: p for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable annotations: check names only
-        return {}
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits a simple annotation (int, float, bool, str, None, Literal, unions)."""
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True  # generics and the like: not checked here
-
-
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return getattr(hint, "__name__", str(hint))
 
 
 def create_attack(name: str, *, backend: str | None = None, **params: Any) -> Attack:

@@ -26,7 +26,6 @@ How a library attack meets the L-inf threat model:
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -43,11 +42,10 @@ from advbench.attacks.base import (
     Attack,
     AttackParamsError,
     ThreatModel,
-    _matches,
-    _type_name,
     derive_seed,
     seeded_global_rng,
 )
+from advbench.params import ParamSpec, check_params
 
 __all__ = [
     "FoolboxAttack",
@@ -218,30 +216,26 @@ class LibraryAttack(Attack):
         return _library_params(cls.library_class(), cls.reserved)
 
     @classmethod
+    def reserved_params(cls) -> dict[str, str]:
+        """The library parameters advbench sets itself, and how."""
+        return dict.fromkeys(sorted(cls.reserved), "from the threat model")
+
+    @classmethod
+    def param_spec(cls) -> ParamSpec:
+        """The library attack's signature, with types from its annotations or else its defaults."""
+        library = cls.library_class()
+        params = _library_params(library, frozenset())
+        hints = _library_hints(library)
+        return ParamSpec(params, {n: hints.get(n, _hint_from_default(p.default)) for n, p in params.items()})
+
+    @classmethod
     def check_params(cls, params: dict[str, Any], *, backend: str | None = None) -> list[str]:
         problems = []
         if backend is not None and backend != cls.package:
             problems.append(
                 f"backend {backend!r} given, but {cls.__name__} is implemented by {cls.package} only; remove it"
             )
-        accepted = cls.library_params()
-        hints = _library_hints(cls.library_class())
-        for key, value in params.items():
-            if key in cls.reserved:
-                problems.append(f"{key!r} is set by advbench from the threat model; remove it")
-            elif key not in accepted:
-                close = difflib.get_close_matches(key, list(accepted), n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                problems.append(f"unknown parameter {key!r}; {hint}accepted: {', '.join(accepted) or '(none)'}")
-            else:
-                hint = hints.get(key, _hint_from_default(accepted[key].default))
-                if not _matches(value, hint):
-                    problems.append(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
-        problems += [
-            f"{n}: required but missing; add it"
-            for n, p in accepted.items()
-            if p.default is inspect.Parameter.empty and n not in params
-        ]
+        problems += [str(p) for p in check_params(cls.param_spec(), params, reserved=cls.reserved_params())]
         return problems
 
     @classmethod
@@ -273,12 +267,11 @@ class TorchattacksAttack(LibraryAttack):
         return _library_params(cls.library_class(), frozenset(reserved))
 
     @classmethod
-    def check_params(cls, params: dict[str, Any], *, backend: str | None = None) -> list[str]:
-        if "eps" in params and cls._sets_eps():
-            rest = {k: v for k, v in params.items() if k != "eps"}
-            problem = "'eps' is set by advbench from the threat model; remove it"
-            return [problem, *cls.check_params(rest, backend=backend)]
-        return super().check_params(params, backend=backend)
+    def reserved_params(cls) -> dict[str, str]:
+        reserved = super().reserved_params()
+        if cls._sets_eps():
+            reserved["eps"] = "from the threat model (list the radii in the attack's 'eps')"
+        return reserved
 
     @property
     def project_output(self) -> bool:  # type: ignore[override]
@@ -318,7 +311,7 @@ class FoolboxAttack(LibraryAttack):
 
 
 @cache
-def _library_params(cls: type, reserved: frozenset[str]) -> dict[str, inspect.Parameter]:
+def _library_params(cls: type[Any], reserved: frozenset[str]) -> dict[str, inspect.Parameter]:
     sig = inspect.signature(cls.__init__)
     return {
         n: p
@@ -328,7 +321,7 @@ def _library_params(cls: type, reserved: frozenset[str]) -> dict[str, inspect.Pa
 
 
 @cache
-def _library_hints(cls: type) -> dict[str, Any]:
+def _library_hints(cls: type[Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls.__init__)
     except Exception:  # annotations that do not resolve: fall back to the defaults' types

@@ -1,4 +1,4 @@
-"""``advbench list {attacks,models,datasets,metrics}``: what the registries hold."""
+"""``advbench list {attacks,models,datasets}``: what the registries hold."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ EXAMPLE = """examples:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "list",
-        help="list registered attacks, models, datasets or metrics",
+        help="list registered attacks, models or datasets",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("kind", choices=["attacks", "models", "datasets", "metrics"])
+    p.add_argument("kind", choices=["attacks", "models", "datasets"])
     p.add_argument("pattern", nargs="?", default="*", help="glob pattern on the name (default: all)")
     p.set_defaults(func=main)
 
@@ -37,13 +37,9 @@ def _registry(kind: str) -> Any:
         from advbench.models import MODELS
 
         return MODELS
-    if kind == "datasets":
-        from advbench.data import DATASETS
+    from advbench.data import DATASETS
 
-        return DATASETS
-    from advbench.evaluation import METRICS
-
-    return METRICS
+    return DATASETS
 
 
 def _params(obj: Any) -> str:

@@ -92,7 +92,7 @@ class DatasetConfig(_Strict):
 
 
 class SNNLConfig(_Strict):
-    """The Soft Nearest Neighbor Loss term of the composite objective (method.md, eq. 3)."""
+    """The Soft Nearest Neighbor Loss term of the composite objective (docs/method.md, section 3)."""
 
     alpha: Float = Field(0.0, description="< 0 maximises hidden-layer entanglement, 0 = baseline, > 0 minimises it")
     layers: list[str] | None = Field(None, description="hidden layers to regularise; null = every hidden layer")

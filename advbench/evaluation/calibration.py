@@ -24,8 +24,6 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from advbench.evaluation import register_metric
-
 __all__ = [
     "calibration_records",
     "detection_scores",
@@ -59,7 +57,6 @@ def _bin_index(conf: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     return edges, idx
 
 
-@register_metric("reliability-bins", kind="calibration")
 def reliability_bins(confidence: Any, correct: Any, *, n_bins: int = 10) -> pd.DataFrame:
     """The reliability diagram as a table: one row per bin (empty bins included).
 
@@ -86,7 +83,6 @@ def reliability_bins(confidence: Any, correct: Any, *, n_bins: int = 10) -> pd.D
     )
 
 
-@register_metric("ece", kind="calibration")
 def expected_calibration_error(confidence: Any, correct: Any, *, n_bins: int = 10) -> float:
     """``sum_b (n_b / N) |accuracy_b - mean confidence_b|`` over equal-width, right-closed bins.
 
@@ -101,7 +97,6 @@ def expected_calibration_error(confidence: Any, correct: Any, *, n_bins: int = 1
     return float(np.sum(full["count"] / n * np.abs(full["accuracy"] - full["mean_confidence"])))
 
 
-@register_metric("detection", kind="calibration")
 def detection_scores(scores_in: Any, scores_out: Any) -> dict[str, float]:
     """AUROC and AUPR of a score (credibility) separating clean inputs from the others.
 

@@ -8,7 +8,7 @@ of each label ``j``::
 
 A held-out calibration set gives ``A = {alpha(x_c, y_c)}``; the p-value of label ``j`` is
 ``p_j(x) = |{a in A : a >= alpha(x, j)}| / |A|``; the prediction is ``argmax_j p_j``, the credibility
-the largest p-value and the confidence one minus the second largest (../shared/docs/method.md).
+the largest p-value and the confidence one minus the second largest (docs/method.md, section 6).
 
 Determinism and ties
     Nonconformities are integers and p-values are exact ratios of integer counts, so everything

@@ -28,8 +28,9 @@ nonfinite_gradients       a fraction of examples whose input gradient has a NaN 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -92,6 +93,30 @@ def _accuracy(metrics_df: pd.DataFrame, *, white_box: bool | None) -> pd.DataFra
     return acc
 
 
+class _Cell(NamedTuple):
+    """One accuracy row of the tidy table, with its columns as Python types."""
+
+    source: str
+    target: str
+    attack: str
+    eps: float
+    seed: int
+    value: float
+
+
+def _cells(acc: pd.DataFrame) -> Iterator[_Cell]:
+    """The rows of an :func:`_accuracy` table as typed :class:`_Cell` records."""
+    cols = ["source", "target", "attack", "eps", "seed", "value"]
+    for source, target, attack, eps, seed, value in acc[cols].itertuples(index=False, name=None):
+        yield _Cell(str(source), str(target), str(attack), float(eps), int(seed), float(value))
+
+
+def _reference(table: pd.Series, key: tuple[object, ...]) -> float | None:
+    """``table[key]`` as a float, or None when the key is absent."""
+    ref = table.get(key)
+    return None if ref is None else float(ref)
+
+
 def _severity(gap: float, error_above: float) -> str:
     return "error" if gap > error_above else "warning"
 
@@ -117,11 +142,11 @@ def iterative_weaker_than_fgsm(
     acc = _accuracy(metrics_df, white_box=True)
     base = acc[acc["attack"] == fgsm].set_index(["target", "eps", "seed"])["value"]
     out = []
-    for r in acc[acc["attack"].map(lambda a: a != fgsm and _matches(a, iterative))].itertuples(index=False):
-        ref = base.get((r.target, r.eps, r.seed))
+    for r in _cells(acc[acc["attack"].map(lambda a: a != fgsm and _matches(a, iterative))]):
+        ref = _reference(base, (r.target, r.eps, r.seed))
         if ref is None or not (math.isfinite(r.value) and math.isfinite(ref)):
             continue
-        gap = float(r.value - ref)
+        gap = r.value - ref
         if gap > tolerance:
             out.append(
                 Flag(
@@ -129,8 +154,8 @@ def iterative_weaker_than_fgsm(
                     r.target,
                     r.target,
                     r.attack,
-                    float(r.eps),
-                    int(r.seed),
+                    r.eps,
+                    r.seed,
                     _severity(gap, error_above),
                     gap,
                     f"white-box accuracy under {r.attack} is {r.value:.4f}, above {ref:.4f} under "
@@ -156,8 +181,9 @@ def success_not_increasing(
     """
     acc = _accuracy(metrics_df, white_box=True if white_box_only else None)
     out = []
-    for (src, tgt, att, seed), g in acc.groupby(["source", "target", "attack", "seed"], sort=True):
+    for _, g in acc.groupby(["source", "target", "attack", "seed"], sort=True):
         g = g.sort_values("eps")
+        first = next(_cells(g))
         eps, val = g["eps"].to_numpy(float), g["value"].to_numpy(float)
         for i in range(1, len(g)):
             gap = val[i] - val[i - 1]
@@ -165,11 +191,11 @@ def success_not_increasing(
                 out.append(
                     Flag(
                         "success_not_increasing",
-                        tgt,
-                        src,
-                        att,
+                        first.target,
+                        first.source,
+                        first.attack,
                         float(eps[i]),
-                        int(seed),
+                        first.seed,
                         _severity(float(gap), error_above),
                         float(gap),
                         f"accuracy {val[i]:.4f} at eps={eps[i]:g} is above {val[i - 1]:.4f} at "
@@ -194,11 +220,11 @@ def transfer_stronger_than_white_box(
     acc = _accuracy(metrics_df, white_box=None)
     wb = acc[acc["source"] == acc["target"]].set_index(["target", "attack", "eps", "seed"])["value"]
     out = []
-    for r in acc[acc["source"] != acc["target"]].itertuples(index=False):
-        ref = wb.get((r.target, r.attack, r.eps, r.seed))
+    for r in _cells(acc[acc["source"] != acc["target"]]):
+        ref = _reference(wb, (r.target, r.attack, r.eps, r.seed))
         if ref is None or not (math.isfinite(r.value) and math.isfinite(ref)):
             continue
-        gap = float(ref - r.value)
+        gap = ref - r.value
         if gap > tolerance:
             out.append(
                 Flag(
@@ -206,8 +232,8 @@ def transfer_stronger_than_white_box(
                     r.target,
                     r.source,
                     r.attack,
-                    float(r.eps),
-                    int(r.seed),
+                    r.eps,
+                    r.seed,
                     _severity(gap, error_above),
                     gap,
                     f"{r.attack} at eps={r.eps:g} crafted on {r.source} leaves {r.target} at accuracy "
@@ -237,7 +263,7 @@ def above_chance_at_full_range(
     acc = _accuracy(metrics_df, white_box=True)
     acc = acc[acc["eps"] >= full_range - 1e-9]
     out = []
-    for r in acc.itertuples(index=False):
+    for r in _cells(acc):
         if math.isfinite(r.value) and r.value > chance + tolerance:
             out.append(
                 Flag(
@@ -245,10 +271,10 @@ def above_chance_at_full_range(
                     r.target,
                     r.source,
                     r.attack,
-                    float(r.eps),
-                    int(r.seed),
+                    r.eps,
+                    r.seed,
                     "error",
-                    float(r.value - chance),
+                    r.value - chance,
                     f"white-box accuracy {r.value:.4f} at eps={r.eps:g} (the full [0, 1] range) is above "
                     f"chance {chance:.4f} + {tolerance:g}: the attack is broken or gradients are masked",
                 )

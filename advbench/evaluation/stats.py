@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
@@ -316,7 +316,8 @@ def summarize(
 
     keys = ["source", "target", "attack", "eps", "metric"]
     rows = []
-    for (src, tgt, att, eps, name), g in metrics_df.groupby(keys, sort=True):
+    for key, g in metrics_df.groupby(keys, sort=True):
+        src, tgt, att, eps, name = cast(tuple[str, str, str, float, str], key)
         finite = g[np.isfinite(g["value"].to_numpy(float))]
         n_seeds = len(finite)
         method = "none"
@@ -446,7 +447,10 @@ def paired_differences(
     if reference in variants:
         raise ValueError(f"the reference {reference!r} cannot also be a variant")
 
-    cells = {k: g.sort_values("example") for k, g in outcomes.groupby(["seed", "source", "target", "attack", "eps"])}
+    # Keys are (seed, source, target, attack, eps) as pandas scalars (int, str, str, str, float).
+    cells: dict[tuple[Any, ...], pd.DataFrame] = {
+        k: g.sort_values("example") for k, g in outcomes.groupby(["seed", "source", "target", "attack", "eps"])
+    }
     settings = sorted({(k[3], k[4]) for k in cells})
     per_seed: list[dict] = []
     for s in sorted(outcomes["seed"].unique()):

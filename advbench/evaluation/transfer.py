@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -271,7 +272,7 @@ def transfer_metrics(outcomes: pd.DataFrame, *, metrics: Sequence[CellMetric] = 
     check_outcomes(outcomes)
     rows = []
     for key, cell in outcomes.groupby(list(CELL_KEYS), sort=True):
-        src, tgt, att, eps, seed = key
+        src, tgt, att, eps, seed = cast(tuple[str, str, str, float, int], key)
         for m in metrics:
             num, den = m.counts(cell)
             rows.append(

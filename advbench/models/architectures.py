@@ -20,7 +20,11 @@ def _flat_dim(input_shape: tuple[int, int, int], pools: int, channels: int) -> i
     return channels * h * w
 
 
-@register_model("mlp")
+def _mlp_layers(*, hidden: tuple[int, ...] = (256, 128), **_: object) -> tuple[str, ...]:
+    return tuple(f"fc{i}" for i in range(1, len(hidden) + 1))
+
+
+@register_model("mlp", layers=_mlp_layers)
 def mlp(*, num_classes: int, input_shape: tuple[int, int, int], hidden: tuple[int, ...] = (256, 128)) -> Classifier:
     """Fully connected ReLU network; hidden layers ``fc1``, ``fc2``, ..."""
     c, h, w = input_shape
@@ -36,7 +40,7 @@ def mlp(*, num_classes: int, input_shape: tuple[int, int, int], hidden: tuple[in
     )
 
 
-@register_model("cnn")
+@register_model("cnn", layers=("conv1", "conv2", "fc1"))
 def cnn(
     *, num_classes: int, input_shape: tuple[int, int, int], channels: tuple[int, int] = (32, 64), fc: int = 128
 ) -> Classifier:
@@ -53,7 +57,7 @@ def cnn(
     )
 
 
-@register_model("cnn-digits")
+@register_model("cnn-digits", layers=("conv1", "conv2", "fc1"))
 def cnn_digits(
     *, num_classes: int, input_shape: tuple[int, int, int], channels: tuple[int, int] = (16, 32), fc: int = 64
 ) -> Classifier:
@@ -91,7 +95,7 @@ class _BasicBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-@register_model("resnet-small")
+@register_model("resnet-small", layers=("stem", "stage1", "stage2", "stage3", "pool"))
 def resnet_small(
     *, num_classes: int, input_shape: tuple[int, int, int], widths: tuple[int, int, int] = (16, 32, 64)
 ) -> Classifier:

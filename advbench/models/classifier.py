@@ -37,12 +37,14 @@ class Classifier(nn.Module):
         unknown = [h for h in hidden if h not in names[:-1]]
         if unknown:
             raise ValueError(f"hidden layers {unknown} are not blocks; blocks: {names[:-1]}")
-        self.blocks = nn.ModuleDict(blocks)
+        self.blocks = nn.ModuleDict(dict(blocks))
         self.hidden_layers: tuple[str, ...] = tuple(hidden)
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
         self.arch = arch
         c = input_shape[0]
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", _per_channel(mean, c))
         self.register_buffer("std", _per_channel(std, c))
 

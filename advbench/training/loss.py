@@ -1,11 +1,11 @@
-"""The composite objective (eq. 3) with one temperature per regularised layer.
+"""The composite objective (docs/method.md, section 3) with one temperature per regularised layer.
 
     L = CE(f(x), y) + alpha * sum_l SNNL(h_l(x), y, T_l)
 
 Temperature modes (``SNNLConfig.temperature``):
 
 * ``"learned"``: ``log T_l`` is a parameter updated by its own optimiser to *minimise* the layer's
-  SNNL (eq. 2), whatever the sign of alpha. The weights' gradient of ``alpha * SNNL`` would reach
+  SNNL (docs/method.md, section 2), whatever the sign of alpha. The weights' gradient of ``alpha * SNNL`` would reach
   ``log T`` scaled by alpha (and with the wrong sign for alpha < 0); a gradient-scaling identity
   divides it by alpha on the way back, so ``log T`` receives exactly ``dSNNL/dlog T`` from the one
   backward pass.

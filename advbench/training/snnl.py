@@ -1,4 +1,6 @@
-"""The Soft Nearest Neighbor Loss (Frosst et al. 2019, eq. 1) and the entanglement of eq. 2.
+"""The Soft Nearest Neighbor Loss (Frosst et al. 2019) and the entanglement of a representation.
+
+Definitions: docs/method.md, sections 1 and 2.
 
 For a batch of b flattened representations with labels y and a temperature T::
 
@@ -152,7 +154,7 @@ class SoftNearestNeighborLoss(nn.Module):
     """The SNNL as a module with its temperature (fixed, or learned as ``log T`` when ``learn_temperature``).
 
     A learned temperature is an ordinary parameter: give it to an optimiser that *minimises* this
-    loss (eq. 2). For the composite objective with its sign-safe temperature update, see
+    loss (docs/method.md, section 2). For the composite objective with its sign-safe temperature update, see
     :class:`advbench.training.CompositeLoss`.
     """
 
@@ -199,7 +201,7 @@ def entanglement(
     grid: int | Sequence[float] = 25,
     eps: float = SNNL_EPS,
 ) -> tuple[float, float]:
-    """The entanglement of a representation: ``(min_T SNNL(x, y, T), argmin T)`` (eq. 2).
+    """The entanglement of a representation: ``(min_T SNNL(x, y, T), argmin T)`` (docs/method.md, section 2).
 
     ``grid`` as an int searches that many log-spaced temperatures spanning 1e-3..1e3 times the
     median off-diagonal distance (so any layer width works), then refines the best one by a

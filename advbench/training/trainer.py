@@ -3,7 +3,7 @@
 * :func:`init_model` builds an architecture whose initial weights depend only on the seed, the
   architecture and its parameters (never the recipe), so both members of a pair share them.
 * :func:`batch_order` is the data order, drawn from a generator seeded by the seed alone.
-* :func:`train_model` minimises the composite loss (eq. 3) and records, per epoch, the loss terms,
+* :func:`train_model` minimises the composite loss (docs/method.md, section 3) and records, per epoch, the loss terms,
   the temperatures, the floor rates and the entanglement of every hidden layer on a probe set.
 
 Training is deterministic on CPU: the same seed gives bit-identical weights.
