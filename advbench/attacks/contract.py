@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from advbench.errors import AdvbenchError, ThreatModelError
 
 __all__ = [
+    "CHILD_THREADS",
     "AttackContractError",
     "AttackTimeoutError",
     "GlobalState",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: torch's thread count inside a :func:`run_with_time_limit` child (see ``_child_main``).
+CHILD_THREADS = 1
 
 
 class AttackContractError(ThreatModelError):
@@ -251,6 +255,11 @@ def check_unchanged(original: Tensor, given: Tensor, *, what: str, attack: str, 
 def _child_main(fn: Callable[[], dict[str, Tensor]], out: str, err: str) -> None:
     code = 1
     try:
+        # A forked child inherits OpenMP's state but not its worker threads: a parallel kernel (seen:
+        # batch_norm) deadlocks in the child once the parent has used more than one thread. One
+        # thread never enters a parallel region, so it is safe; cells run this way record
+        # CHILD_THREADS as their thread count (it is part of their cache key).
+        torch.set_num_threads(CHILD_THREADS)
         result = fn()
         if not isinstance(result, dict) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in result.items()
@@ -272,6 +281,8 @@ def run_with_time_limit(
 ) -> dict[str, Tensor]:
     """Run ``fn()`` in a child process; kill it (SIGKILL) if it has not finished after ``timeout_s`` seconds.
 
+    ``fn`` runs with :data:`CHILD_THREADS` torch threads (forking a multi-threaded OpenMP runtime is
+    only safe that way), so a cell run like this must record that thread count in its key.
     ``fn`` returns a dict of named tensors; they come back through a safetensors file the child
     writes in a private temporary folder (never through pickle). The default ``"fork"`` context
     lets ``fn`` be any closure (the model and data are inherited, not copied through pipes); it is
