@@ -300,7 +300,7 @@ def run_with_time_limit(
             f"{name}: cannot fork a time-limited child after CUDA was initialised; use start_method='spawn' "
             f"with a picklable callable, or run without a time limit"
         )
-    ctx = multiprocessing.get_context(start_method)
+    ctx: Any = multiprocessing.get_context(start_method)  # typeshed: BaseContext lacks Process
     with tempfile.TemporaryDirectory(prefix="advbench-child-") as d:
         out, err = Path(d) / "result.safetensors", Path(d) / "error.json"
         proc = ctx.Process(target=_child_main, args=(fn, str(out), str(err)), daemon=True, name=f"advbench {name}")
