@@ -6,7 +6,6 @@ tmpfs (only where this process may mount one, e.g. as root in a container; skipp
 
 from __future__ import annotations
 
-import builtins
 import errno
 import os
 import pickle
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import advbench.io as io_module
 import advbench.suite.cache as cache_module
 import advbench.suite.rundir as rundir_module
 from advbench.errors import AdvbenchError, CacheError
@@ -92,14 +92,14 @@ def test_enospc_as_a_library_error_message(tmp_path):
 def test_enospc_while_writing_the_manifest(tmp_path, monkeypatch):
     cache, old, snapshot = _populated(tmp_path)
     new = cache_key("x", {"n": "manifest"})
-    real_open = builtins.open
+    real_open_temp = io_module._open_temp
 
-    def full_open(file, mode="r", *args, **kwargs):
-        if str(file).endswith(cache_module.MANIFEST) and "w" in mode:
-            raise _enospc(file)
-        return real_open(file, mode, *args, **kwargs)
+    def full_open_temp(path):  # every write goes through advbench.io
+        if str(path).endswith(cache_module.MANIFEST):
+            raise _enospc(path)
+        return real_open_temp(path)
 
-    monkeypatch.setattr(cache_module, "open", full_open, raising=False)
+    monkeypatch.setattr(io_module, "_open_temp", full_open_temp)
     with pytest.raises(DiskFullError) as info:
         with cache.writer("x", new) as folder:
             (folder / "data.bin").write_bytes(b"payload")

@@ -11,6 +11,10 @@ foolbox 3's ``Attack.__call__``):
 * attacks whose native threat model is not the L-inf ball (wrapped L2/L0 library attacks) declare
   ``project_output = True`` and have their output projected onto the eps-ball and the box, by
   declaration and never silently;
+* the attack gets copies of the inputs and labels; an in-place change to them, to the weights or
+  buffers, to torch's global state (grad mode, dtype, threads, backend flags) or to the model's
+  hooks, and a ``sys.exit`` inside the attack, fail that attack by name
+  (:mod:`advbench.attacks.contract`); the output is checked against advbench's own copy;
 * every output is validated by :func:`check_adversarial` (eps-ball, box, finite, shape, dtype) and a
   violation raises :class:`~advbench.errors.ThreatModelError`; nothing is clipped to hide it;
 * success (the model's prediction differs from the label), the per-example L-inf distance and the
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import time
 import typing
 from collections.abc import Iterator
@@ -36,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from advbench.attacks.contract import AttackContractError, call_plugin, check_unchanged, guard_global_state
 from advbench.errors import AdvbenchError, ThreatModelError
 from advbench.params import ParamSpec, check_params
 
@@ -58,6 +64,8 @@ __all__ = [
 FLOAT_ATOL = 1e-6
 
 Backend = Literal["torchattacks", "foolbox"]
+
+log = logging.getLogger(__name__)
 
 
 class AttackParamsError(AdvbenchError, ValueError):
@@ -184,13 +192,17 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _attack_mode(model: nn.Module, attack: str = "the attack") -> Iterator[None]:
-    """Eval mode for the duration; restores the train/eval flags, ``requires_grad`` and ``.grad`` exactly.
+    """Eval mode for the duration; restores the train/eval flags, ``requires_grad``, ``.grad`` and the weights.
 
     Each parameter's ``.grad`` is set aside (to None) during the attack and put back afterwards, so
     an attack that calls ``loss.backward()`` cannot accumulate into the weights' gradients.
     ``requires_grad`` is left as it is (and restored regardless), so the attack runs the same autograd
     graph as the library called directly; torchattacks and foolbox take gradients with
     ``torch.autograd.grad`` with respect to the input only, which never touches ``.grad``.
+
+    The weights and every buffer (persistent or not) are copied before and compared after; a change
+    is restored and raises :class:`~advbench.attacks.contract.AttackContractError` naming the attack
+    and the tensors. If the block raised, the weights are restored and its exception propagates.
     """
     training = {m: m.training for m in model.modules()}
     params = list(model.parameters())
@@ -198,27 +210,56 @@ def _attack_mode(model: nn.Module, attack: str = "the attack") -> Iterator[None]
     grads = [p.grad for p in params]
     # An attack must not change the model it attacks: keep a copy of the weights and buffers, and
     # put them back (then refuse the batch) if a faulty attack wrote to them.
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    before = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers() if k not in before}
     model.eval()
     for p in params:
         p.grad = None
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         for p, r, g in zip(params, requires, grads, strict=True):
             p.requires_grad_(r)
             p.grad = g
         for m, t in training.items():
             m.training = t
-    after = model.state_dict()
-    changed = [k for k, v in before.items() if k not in after or not torch.equal(after[k], v)]
+        changed = _restore_model(model, before, buffers)
+        if changed and failed:
+            log.warning("%s failed and also modified the model (%s); the weights were restored", attack, changed)
+    if changed:
+        raise AttackContractError(
+            f"{attack} modified the model's weights or buffers ({changed}); an attack may only read the model. "
+            f"The weights were restored and this attack's batch is refused"
+        )
+
+
+def _restore_model(model: nn.Module, before: dict[str, Tensor], buffers: dict[str, Tensor]) -> str:
+    """Put back the weights and non-persistent buffers if they changed; returns the changed names ('' if none)."""
+    after = model.state_dict(keep_vars=True)
+    changed = [
+        k
+        for k, v in before.items()
+        if k not in after or after[k].shape != v.shape or not torch.equal(after[k].detach(), v)
+    ]
+    changed += [k for k in after if k not in before]
+    now_buffers = dict(model.named_buffers())
+    changed_buffers = [
+        k for k, v in buffers.items() if k not in now_buffers or not torch.equal(now_buffers[k].detach(), v)
+    ]
     if changed:
         with torch.no_grad():
-            model.load_state_dict(before)
-        raise ThreatModelError(
-            f"{attack} modified the model's weights ({', '.join(changed[:5])}"
-            f"{', ...' if len(changed) > 5 else ''}); an attack may only read the model. The weights were restored"
-        )
+            model.load_state_dict(before, strict=False)
+    if changed_buffers:
+        with torch.no_grad():
+            for k in changed_buffers:
+                if k in now_buffers and now_buffers[k].shape == buffers[k].shape:
+                    now_buffers[k].copy_(buffers[k])
+    names = changed + changed_buffers
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 class Attack(abc.ABC):
@@ -264,16 +305,22 @@ class Attack(abc.ABC):
                 f"expected x of shape (N, ...) and y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
             )
         x, y = x.detach(), y.detach()
-        _check_input(x, threat, attack=repr(self), batch=batch)
-        with _attack_mode(model, repr(self)):
+        name = repr(self)
+        _check_input(x, threat, attack=name, batch=batch)
+        # The contract's own copies: the attack gets fresh tensors, so an in-place write to them is
+        # seen (and refused) and never reaches the caller's data or the eps-ball check.
+        x_arg, y_arg = x.clone(), y.clone()
+        with _attack_mode(model, name), guard_global_state(model, name):
             start = time.perf_counter()
-            x_adv = self.run(model, x, y, threat, generator)
+            x_adv = call_plugin(name, self.run, model, x_arg, y_arg, threat, generator)
             seconds = time.perf_counter() - start
+            check_unchanged(x, x_arg, what="input x", attack=name, batch=batch)
+            check_unchanged(y, y_arg, what="labels y", attack=name, batch=batch)
             if isinstance(x_adv, Tensor):
                 x_adv = x_adv.detach()
                 if self.project_output:
                     x_adv = threat.project(x_adv.to(x.dtype), x)
-            check_adversarial(x, x_adv, threat, attack=repr(self), batch=batch)
+            check_adversarial(x, x_adv, threat, attack=name, batch=batch)
             with torch.no_grad():
                 success = model(x_adv).argmax(1) != y
         linf = (x_adv - x).flatten(1).abs().amax(1) if x.shape[0] else x.new_zeros(0)

@@ -8,6 +8,12 @@ checksum; a corrupt entry is reported, moved aside to ``<root>/corrupt/`` and re
 sharing a cache may both compute an entry; the first rename wins and the other copy is dropped.
 A full disk (``ENOSPC``) while writing is a :class:`DiskFullError` naming the cache folder and what
 was being written; the half-written temporary folder is removed and existing entries are untouched.
+
+The cache deletes only what it created. A root that advbench creates (or finds empty) gets a
+``.advbench-cache`` marker file; temporary folders are named ``tmp/advbench-tmp-*`` and hold a
+``.advbench-tmp`` file. :meth:`Cache.sweep_tmp` removes only such folders, never follows a symlink,
+and does nothing at all under a root without the marker (``cache_dir: /`` or a folder with someone
+else's files is used, with a warning, but never swept).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,13 +34,29 @@ from typing import Any
 
 from advbench.errors import CacheError
 from advbench.hashing import sha256_file
-from advbench.io import DiskFullError, is_disk_full
+from advbench.io import DiskFullError, atomic_write_text, fsync_dir, is_disk_full
 
-__all__ = ["Cache", "CacheEntry", "cache_key", "default_cache_dir"]
+__all__ = [
+    "ROOT_MARKER",
+    "TMP_MARKER",
+    "TMP_PREFIX",
+    "Cache",
+    "CacheEntry",
+    "DiskFullError",
+    "cache_key",
+    "default_cache_dir",
+    "is_disk_full",
+]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+#: The file that marks a folder as an advbench cache; created when advbench creates the cache.
+ROOT_MARKER = ".advbench-cache"
+_ROOT_MARKER_TEXT = "This folder is an advbench cell cache; advbench may delete its own temporary folders under tmp/.\n"
+#: Every temporary folder the cache makes is named with this prefix and holds :data:`TMP_MARKER`.
+TMP_PREFIX = "advbench-tmp-"
+TMP_MARKER = ".advbench-tmp"
 _STALE_TMP_SECONDS = 6 * 3600
 
 
@@ -85,8 +108,32 @@ class Cache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fresh = not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir()))
+            self.root.mkdir(parents=True, exist_ok=True)
+            if fresh or _looks_like_old_cache(self.root):
+                self._mark()
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise self._disk_full("cache", "root", None) from exc
+            raise
+        if not self.is_marked():
+            log.warning(
+                "%s holds files that advbench did not create (no %s marker): it is used as a cache, but advbench "
+                "will never clean up anything in it; point the cache at an empty or new folder to fix this",
+                self.root,
+                ROOT_MARKER,
+            )
         self.corrupt_found: list[str] = []
+
+    def _mark(self) -> None:
+        marker = self.root / ROOT_MARKER
+        if not marker.is_file():
+            atomic_write_text(marker, _ROOT_MARKER_TEXT, what="the cache marker")
+
+    def is_marked(self) -> bool:
+        """Whether the root carries advbench's cache marker (a regular file, not a symlink)."""
+        return _is_regular_file(self.root / ROOT_MARKER)
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
@@ -164,7 +211,8 @@ class Cache:
         tmp_root = self.root / "tmp"
         try:
             tmp_root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-{key[:12]}-", dir=tmp_root))
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{kind}-{key[:12]}-", dir=tmp_root))
+            (tmp / TMP_MARKER).touch()
         except OSError as exc:
             if is_disk_full(exc):
                 raise self._disk_full(kind, key, None) from exc
@@ -174,7 +222,7 @@ class Cache:
                 yield tmp
                 self._commit(tmp, kind, key, meta)
             except Exception as exc:
-                if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                if is_disk_full(exc) and not (isinstance(exc, DiskFullError) and exc.path == str(self.root)):
                     raise self._disk_full(kind, key, _folder_bytes(tmp)) from exc
                 raise
         finally:
@@ -196,19 +244,19 @@ class Cache:
 
     def _commit(self, tmp: Path, kind: str, key: str, meta: dict[str, Any] | None) -> None:
         files = {}
+        (tmp / TMP_MARKER).unlink(missing_ok=True)
         for f in sorted(tmp.rglob("*")):
-            if f.is_file():
+            if f.is_file() and not f.is_symlink():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
                 files[str(f.relative_to(tmp))] = sha256_file(f)
         manifest = {"kind": kind, "key": key, "files": files, "meta": meta or {}, "created": time.time()}
-        with open(tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True), what="the cache manifest")
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists() and not (final / MANIFEST).is_file():
+        if final.is_symlink():
+            final.unlink()  # never follow (or keep) a link planted where an entry belongs
+        elif final.exists() and not (final / MANIFEST).is_file():
             shutil.rmtree(final, ignore_errors=True)  # a leftover without a manifest is never valid
         try:
             os.rename(tmp, final)
@@ -216,27 +264,58 @@ class Cache:
             if not (final / MANIFEST).is_file():
                 raise
             log.debug("cache entry %s/%s was written concurrently; keeping the first", kind, key[:12])
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
-    def sweep_tmp(self) -> int:
-        """Remove temporary folders left by killed runs (older than a few hours, so live writers are safe)."""
+    def sweep_tmp(self, *, older_than_s: float = _STALE_TMP_SECONDS) -> int:
+        """Remove temporary folders left by killed runs; returns how many were removed.
+
+        Only what this cache created is ever deleted: the root must carry the cache marker,
+        ``<root>/tmp`` must be a real folder (not a symlink), and an entry is removed only if it is a
+        real folder (never a symlink, never followed) named with :data:`TMP_PREFIX`, holding the
+        :data:`TMP_MARKER` file, and untouched for ``older_than_s`` seconds (so live writers are safe).
+        Anything else under ``tmp/`` is left alone and logged.
+        """
+        if not self.is_marked():
+            log.info("not sweeping %s: it has no %s marker, so advbench did not create it", self.root, ROOT_MARKER)
+            return 0
         tmp_root = self.root / "tmp"
-        if not tmp_root.is_dir():
+        try:
+            st = os.lstat(tmp_root)
+        except OSError:
+            return 0
+        if not stat.S_ISDIR(st.st_mode):  # a symlink (or a file) planted as tmp/: never follow it
+            log.warning("not sweeping %s: it is not a real folder", tmp_root)
             return 0
         n = 0
         now = time.time()
-        for d in tmp_root.iterdir():
-            with contextlib.suppress(OSError):
-                if now - d.stat().st_mtime > _STALE_TMP_SECONDS:
-                    shutil.rmtree(d, ignore_errors=True)
-                    n += 1
+        with os.scandir(tmp_root) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if not (entry.name.startswith(TMP_PREFIX) and entry.is_dir(follow_symlinks=False)):
+                        log.debug("sweep: leaving %s alone (advbench did not name it)", entry.path)
+                        continue
+                    if not _is_regular_file(Path(entry.path) / TMP_MARKER):
+                        log.debug("sweep: leaving %s alone (no %s inside)", entry.path, TMP_MARKER)
+                        continue
+                    if now - entry.stat(follow_symlinks=False).st_mtime > older_than_s:
+                        # rmtree never follows symlinks inside the tree (it unlinks them)
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        n += 1
         return n
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _looks_like_old_cache(root: Path) -> bool:
+    """A cache written before the marker existed: only cell-kind folders, ``tmp`` and ``corrupt``, with entries."""
+    try:
+        names = {p.name for p in root.iterdir()}
+    except OSError:
+        return False
+    known = {"train", "attack", "transfer", "dknn-index", "dknn-score", "clean-eval", "tmp", "corrupt"}
+    return bool(names) and names <= known and any((root / n).is_dir() and not (root / n).is_symlink() for n in names)

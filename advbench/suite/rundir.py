@@ -1,42 +1,75 @@
-"""The run directory: the resolved config and a manifest written before the first cell runs."""
+"""The run directory: the resolved config and a manifest written before the first cell runs.
+
+Every file goes through :mod:`advbench.io` (atomic, disk-full-aware). ``--resume`` continues the
+latest run whose manifest records the *same* suite name and resolved-config hash (never a name
+prefix: ``t1`` never resumes ``t1-other``). Provenance is reproducible: when the git tree is dirty,
+``provenance.diff`` keeps ``git diff HEAD`` and ``provenance-untracked.txt`` lists untracked files;
+paths in the manifest are relative to the project root, never absolute local paths.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from advbench.config import Suite
 from advbench.errors import AdvbenchError
-from advbench.io import DiskFullError, atomic_write_text, is_disk_full
+from advbench.io import DiskFullError, atomic_write_bytes, atomic_write_text, is_disk_full, relative_to_project
 
-__all__ = ["RunDir"]
+if TYPE_CHECKING:
+    from advbench.config import Suite
+
+__all__ = ["RunDir", "atomic_write_text", "config_hash", "git_provenance"]
+
+log = logging.getLogger(__name__)
+
+#: Largest diff kept in a run folder; a bigger one is cut and the manifest says so.
+_MAX_DIFF_BYTES = 20 * 2**20
 
 
-def _git_commit() -> str:
-    here = Path(__file__).resolve().parent
+def config_hash(suite: Suite) -> str:
+    """SHA-256 of the suite's resolved config (canonical JSON): what ``--resume`` matches on."""
+    return _hash_config(suite.model_dump(mode="json"))
+
+
+def _hash_config(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes] | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip() or "unknown"
-    return commit + ("+dirty" if dirty.stdout.strip() else "")
+        return None
+
+
+def git_provenance(cwd: str | Path | None = None) -> dict[str, Any]:
+    """The commit, whether the tree is dirty, ``git diff HEAD`` (bytes) and the untracked files' paths.
+
+    ``cwd`` defaults to the folder of advbench's own source. Outside a git tree: commit ``"unknown"``.
+    """
+    here = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+    out: dict[str, Any] = {"commit": "unknown", "dirty": False, "diff": b"", "untracked": []}
+    head = _git(["rev-parse", "HEAD"], here)
+    if head is None or head.returncode != 0:
+        return out
+    out["commit"] = head.stdout.decode().strip() or "unknown"
+    diff = _git(["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"], here)
+    untracked = _git(["ls-files", "--others", "--exclude-standard", "--full-name", "-z"], here)
+    out["diff"] = diff.stdout if diff is not None and diff.returncode == 0 else b""
+    if untracked is not None and untracked.returncode == 0:
+        out["untracked"] = sorted(n for n in untracked.stdout.decode("utf-8", "replace").split("\0") if n)
+    out["dirty"] = bool(out["diff"] or out["untracked"])
+    return out
 
 
 def hardware() -> dict[str, Any]:
@@ -75,8 +108,14 @@ class RunDir:
         runs = Path(runs_dir)
         runs.mkdir(parents=True, exist_ok=True)
         if resume:
-            latest = cls.latest(runs, suite.name)
-            if latest is not None:
+            latest = cls.latest(runs, suite.name, config_hash(suite))
+            if latest is None:
+                log.info(
+                    "--resume: no run of suite %r with this resolved config under %s; starting a new one",
+                    suite.name,
+                    runs,
+                )
+            else:
                 rd = cls(latest)
                 rd.manifest = json.loads(rd.manifest_path.read_text())
                 rd.manifest.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -109,15 +148,36 @@ class RunDir:
         return rd
 
     @staticmethod
-    def latest(runs_dir: Path, name: str) -> Path | None:
-        found = sorted(
-            (p for p in runs_dir.glob(f"{name}-*") if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime
-        )
-        return found[-1] if found else None
+    def latest(runs_dir: Path, name: str, chash: str | None = None) -> Path | None:
+        """The most recently started run of suite ``name`` (and, if given, resolved-config hash ``chash``).
+
+        A run is matched by what its ``manifest.json`` records (``suite`` exactly equal to ``name``;
+        ``config_hash``, or for older runs the hash of its ``config.yaml``), never by folder-name prefix.
+        Symlinked folders and unreadable manifests are skipped.
+        """
+        found: list[tuple[float, Path]] = []
+        try:
+            entries = list(os.scandir(runs_dir))
+        except OSError:
+            return None
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            try:
+                manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(manifest, dict) or manifest.get("suite") != name:
+                continue
+            if chash is not None and _recorded_hash(path, manifest) != chash:
+                continue
+            found.append((entry.stat(follow_symlinks=False).st_mtime, path))
+        return max(found)[1] if found else None
 
     def write_config(self, suite: Suite, source: str) -> None:
         text = f"# resolved from {source}\n" + yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
-        atomic_write_text(self.path / "config.yaml", text)
+        atomic_write_text(self.path / "config.yaml", text, what="the resolved config")
 
     def start(
         self,
@@ -132,20 +192,47 @@ class RunDir:
         self.manifest.update(
             {
                 "suite": suite.name,
-                "suite_file": source,
+                "suite_file": relative_to_project(source),
+                "config_hash": config_hash(suite),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "git_commit": _git_commit(),
+                **self._provenance(),
                 "versions": versions,
                 "seeds": suite.seeds,
                 "data": data,
                 "hardware": hardware(),
                 "plugins": plugins,
-                "cache_dir": cache_dir,
+                "cache_dir": relative_to_project(cache_dir),
                 "cells": self.manifest.get("cells", {}),
                 "status": "running",
             }
         )
         self.save()
+
+    def _provenance(self) -> dict[str, Any]:
+        """The commit; for a dirty tree, keep the diff and the untracked files' list in the run folder."""
+        prov = git_provenance()
+        out: dict[str, Any] = {"git_commit": prov["commit"] + ("+dirty" if prov["dirty"] else "")}
+        if not prov["dirty"]:
+            return out
+        diff: bytes = prov["diff"]
+        cut = len(diff) > _MAX_DIFF_BYTES
+        atomic_write_bytes(self.path / "provenance.diff", diff[:_MAX_DIFF_BYTES], what="the uncommitted changes")
+        atomic_write_text(
+            self.path / "provenance-untracked.txt",
+            "".join(f"{n}\n" for n in prov["untracked"]),
+            what="the list of untracked files",
+        )
+        out["provenance"] = {
+            "diff": "provenance.diff",
+            "diff_sha256": hashlib.sha256(diff).hexdigest(),
+            "diff_bytes": len(diff),
+            "diff_truncated": cut,
+            "untracked": "provenance-untracked.txt",
+            "n_untracked": len(prov["untracked"]),
+        }
+        if cut:
+            log.warning("the uncommitted diff is %d bytes; only the first %d are kept", len(diff), _MAX_DIFF_BYTES)
+        return out
 
     def record_cell(
         self,
@@ -185,4 +272,20 @@ class RunDir:
         self.save()
 
     def save(self) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1, sort_keys=True, default=str))
+        atomic_write_text(
+            self.manifest_path,
+            json.dumps(self.manifest, indent=1, sort_keys=True, default=str),
+            what="the run manifest",
+        )
+
+
+def _recorded_hash(path: Path, manifest: dict[str, Any]) -> str | None:
+    """The resolved-config hash a run recorded; for runs from before it was recorded, that of its config.yaml."""
+    recorded = manifest.get("config_hash")
+    if isinstance(recorded, str):
+        return recorded
+    try:
+        data = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return _hash_config(data) if isinstance(data, dict) else None
