@@ -28,7 +28,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -203,7 +203,7 @@ def register_claim(
 
     def deco(fn: Statistic) -> Claim:
         claim = Claim(name, statement, metric, direction, fn, smallest_effect)
-        (registry or CLAIMS).add(name, claim)
+        (CLAIMS if registry is None else registry).add(name, claim)
         return claim
 
     return deco
@@ -217,7 +217,7 @@ def evaluate_claims(
     confidence: float = 0.95,
 ) -> list[ClaimResult]:
     """Every claim named in ``names`` (default: all registered, in name order) evaluated on ``results``."""
-    reg = registry or CLAIMS
+    reg = CLAIMS if registry is None else registry
     return [reg.get(n).evaluate(results, confidence=confidence) for n in (names or reg.list())]
 
 
@@ -267,7 +267,7 @@ def _last_epoch_snnl(results: TidyResults) -> tuple[pd.DataFrame, list[str]]:
 
 def _by_seed(table: pd.DataFrame, model: str, what: str) -> pd.DataFrame:
     try:
-        return table.xs(model, level="model")
+        return cast(pd.DataFrame, table.xs(model, level="model"))
     except KeyError:
         raise NotApplicableError(f"{what} has no rows for the model {model!r}") from None
 
