@@ -53,7 +53,7 @@ def test_decide_rule():
     assert decide([0.1, 0.2, 0.15], "greater")[1] == "supported"
     assert decide([0.1, 0.2, 0.15], "less")[1] == "contradicted"
     assert decide([-0.1, -0.2, -0.15], "less")[1] == "supported"
-    t, verdict, needed, reason = decide([0.1, -0.05, 0.2], "greater", smallest_effect=0.02)
+    _t, verdict, needed, reason = decide([0.1, -0.05, 0.2], "greater", smallest_effect=0.02)
     assert verdict == "inconclusive" and needed is not None and needed > 3 and "smallest effect" in reason
     assert decide([0.1], "greater")[1] == "inconclusive"
     with pytest.raises(ValueError, match="direction"):
@@ -95,7 +95,7 @@ def test_clean_accuracy_claim():
             {"model": m, "seed": s, "test_accuracy": acc, "n": 1000}
             for s in range(3)
             for m, acc in (("vanilla", 0.90), ("tangled", 0.88 - 0.001 * s))
-        ]  # fmt: skip
+        ]
     )
     r = CLAIMS.get("c-entangled-clean-accuracy").evaluate(_Results(clean=clean))
     assert r.verdict == "contradicted" and r.estimate == pytest.approx(-0.021)
