@@ -401,6 +401,12 @@ def paired_differences(
 ) -> pd.DataFrame:
     """Paired differences ``variant - reference`` of every metric, for models trained from the same seed.
 
+    Superseded by :func:`paired_comparisons` (seed-level test whose interval and p-value agree). The
+    ``p_value`` here is a per-example McNemar test **conditional on these trained networks**: it does
+    not test the training method and must not be shown as a headline (on the null simulations of
+    ``tests/test_inference.py`` its false-positive rate is about 0.26, see
+    :func:`advbench.evaluation.inference.mcnemar_pooled_p`). Kept for callers that read its columns.
+
     Within one seed, a *variant* V (e.g. ``"entangled"``) and the *reference* R (``"baseline"``)
     share initial weights and data order; the other models of that seed are the *third* models M.
     Four comparisons set a cell of V against the matching cell of R, always on the same test
