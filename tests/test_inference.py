@@ -214,7 +214,8 @@ def _seed_level(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = d.shape[1]
     m, se = d.mean(axis=1), d.std(axis=1, ddof=1) / math.sqrt(n)
     q = stats.t.ppf(0.975, n - 1)
-    p = 2 * stats.t.sf(np.abs(m) / se, n - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # se = 0: the limits paired_t uses (p 0 or 1)
+        p = np.where(se > 0, 2 * stats.t.sf(np.abs(m) / np.where(se > 0, se, 1.0), n - 1), np.where(m == 0, 1.0, 0.0))
     return m - q * se, m + q * se, p
 
 
