@@ -77,10 +77,14 @@ class Splits:
     num_classes: int
     input_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
+    #: held out of the training pool for model selection (hyper-parameters, the entanglement probe);
+    #: ``None`` when no validation split was asked for
+    validation: Split | None = None
 
     @property
     def hashes(self) -> dict[str, str]:
-        return {s.name: s.sha256 for s in (self.train, self.calibration, self.test)}
+        parts = (self.train, self.calibration, self.test, *((self.validation,) if self.validation is not None else ()))
+        return {s.name: s.sha256 for s in parts}
 
 
 DatasetLoader = Callable[..., RawDataset]
@@ -231,15 +235,21 @@ def make_splits(
     calibration: int = 750,
     test: int | None = None,
     seed: int = 0,
+    validation: int = 0,
 ) -> Splits:
-    """Deterministic, seeded train / calibration / test splits.
+    """Deterministic, seeded train / calibration / test (/ validation) splits.
 
     The calibration set (for DkNN) is held out of the training pool, so it is disjoint from the
     training set; the test set comes from the official test pool when the dataset has one, else it
     is held out of the single pool too. ``None`` means "all that is left".
+
+    ``validation`` examples (default 0: none, and every other split is exactly as without it) are
+    carved from the training pool after the training set, so they are disjoint from training,
+    calibration and test; with ``train=None`` the training set shrinks by ``validation``. Use them,
+    never the test set, for hyper-parameter choices and the entanglement probe.
     """
     rng = np.random.default_rng(seed)
-    for label, v in (("train", train), ("calibration", calibration), ("test", test)):
+    for label, v in (("train", train), ("calibration", calibration), ("test", test), ("validation", validation)):
         if v is None and label != "calibration":
             continue
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
@@ -252,7 +262,10 @@ def make_splits(
     perm = rng.permutation(n_pool)
     if raw.x_test is None or raw.y_test is None:
         n_test = test if test is not None else max(1, n_pool // 5)
-        _check_sizes(raw, n_pool, calibration + n_test + (train or 0), "the dataset", train, calibration, n_test)
+        _check_sizes(
+            raw, n_pool, calibration + n_test + (train or 0) + validation, "the dataset", train, calibration, n_test,
+            validation,
+        )  # fmt: skip
         test_idx, perm = perm[:n_test], perm[n_test:]
         x_test_pool, y_test_pool = raw.x_train, raw.y_train
     else:
@@ -266,10 +279,13 @@ def make_splits(
         test_idx = np.sort(rng.permutation(n_test_pool)[:n_test]) if n_test < n_test_pool else np.arange(n_test_pool)
         x_test_pool, y_test_pool = raw.x_test, raw.y_test
     n_left = len(perm)
-    n_train = train if train is not None else n_left - calibration
-    _check_sizes(raw, n_left, calibration + n_train, "the training pool", n_train, calibration, None)
+    n_train = train if train is not None else n_left - calibration - validation
+    _check_sizes(
+        raw, n_left, calibration + n_train + validation, "the training pool", n_train, calibration, None, validation
+    )
     cal_idx = np.sort(perm[:calibration])
     train_idx = np.sort(perm[calibration : calibration + n_train])
+    val_idx = np.sort(perm[calibration + n_train : calibration + n_train + validation])
     return Splits(
         dataset=raw.name,
         train=_to_split("train", raw.x_train, raw.y_train, train_idx, raw.max_value),
@@ -278,14 +294,23 @@ def make_splits(
         num_classes=raw.num_classes,
         input_shape=raw.input_shape,
         class_names=raw.class_names,
+        validation=_to_split("validation", raw.x_train, raw.y_train, val_idx, raw.max_value) if validation else None,
     )
 
 
 def _check_sizes(
-    raw: RawDataset, available: int, needed: int, pool: str, train: int | None, cal: int, test: int | None
+    raw: RawDataset,
+    available: int,
+    needed: int,
+    pool: str,
+    train: int | None,
+    cal: int,
+    test: int | None,
+    validation: int = 0,
 ) -> None:
-    if needed > available:
+    if needed > available or (train is not None and train < 0):
         parts = f"train={train}, calibration={cal}" + (f", test={test}" if test is not None else "")
+        parts += f", validation={validation}" if validation else ""
         raise DataError(
             f"{raw.name}: the splits ({parts}) need {needed} examples but {pool} has {available}; "
             f"reduce dataset.splits in the suite"

@@ -1,5 +1,9 @@
 """Statistics for transfer matrices: intervals across seeds, bootstrap over examples, paired comparisons.
 
+The headline paired table is :func:`paired_comparisons` (seed-level inference, see
+:mod:`advbench.evaluation.inference`); :func:`paired_differences` is the older per-example table whose
+McNemar test is conditional on the trained networks, kept for callers that read it.
+
 Conventions
 -----------
 * Every interval is two-sided at ``confidence`` (default 0.95) and is returned with the estimate it
@@ -15,6 +19,7 @@ Conventions
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
@@ -23,18 +28,23 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from advbench.evaluation import inference as _inf
 from advbench.evaluation.transfer import CELL_KEYS, TRANSFER_METRICS, CellMetric, check_outcomes
 
 __all__ = [
     "PAIRED_COLUMNS",
+    "PAIRED_COMPARISON_COLUMNS",
     "PAIRED_SEED_COLUMNS",
+    "RATE_INTERVAL_COLUMNS",
     "SUMMARY_COLUMNS",
     "Interval",
     "bootstrap_ci",
     "bootstrap_diff_ci",
     "mcnemar_exact",
     "mean_ci",
+    "paired_comparisons",
     "paired_differences",
+    "rate_intervals",
     "summarize",
 ]
 
@@ -392,6 +402,12 @@ def paired_differences(
 ) -> pd.DataFrame:
     """Paired differences ``variant - reference`` of every metric, for models trained from the same seed.
 
+    Superseded by :func:`paired_comparisons` (seed-level test whose interval and p-value agree). The
+    ``p_value`` here is a per-example McNemar test **conditional on these trained networks**: it does
+    not test the training method and must not be shown as a headline (on the null simulations of
+    ``tests/test_inference.py`` its false-positive rate is about 0.26, see
+    :func:`advbench.evaluation.inference.mcnemar_pooled_p`). Kept for callers that read its columns.
+
     Within one seed, a *variant* V (e.g. ``"entangled"``) and the *reference* R (``"baseline"``)
     share initial weights and data order; the other models of that seed are the *third* models M.
     Four comparisons set a cell of V against the matching cell of R, always on the same test
@@ -585,3 +601,314 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
         "n": "int64",
     }
     return df.astype({k: v for k, v in types.items() if k in df.columns})
+
+
+# -- seed-level tables ---------------------------------------------------------------------------
+
+#: Columns of :func:`rate_intervals`' result (after the grouping keys).
+RATE_INTERVAL_COLUMNS: tuple[str, ...] = (
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "confidence",
+    "saturated",
+    "status",
+    "n_seeds",
+)
+
+
+def rate_intervals(
+    table: pd.DataFrame,
+    keys: Sequence[str],
+    *,
+    numerator: str = "numerator",
+    denominator: str = "denominator",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Mean rate across seeds per group of ``keys``, with a logit-scale interval that respects [0, 1].
+
+    ``table`` has one row per seed and group with integer counts in ``numerator``/``denominator``
+    (``transfer_metrics``' table as is; for ``clean.csv`` pass ``test_accuracy · n`` as the numerator
+    and ``n`` as the denominator). Columns: ``keys`` then :data:`RATE_INTERVAL_COLUMNS`; see
+    :func:`advbench.evaluation.inference.rate_interval` for the interval and the ``saturated`` flag
+    (0% or 100% in every seed: NaN interval, status ``"saturated"``).
+    """
+    missing = sorted({*keys, numerator, denominator} - set(table.columns))
+    if missing:
+        raise ValueError(f"the table lacks columns {missing}; it has {sorted(table.columns)}")
+    rows = []
+    for key, g in table.groupby(list(keys), sort=True, dropna=False):
+        r = _inf.rate_interval(g[numerator].to_numpy(float), g[denominator].to_numpy(float), confidence=confidence)
+        rows.append(
+            (
+                *(key if isinstance(key, tuple) else (key,)),
+                r.estimate,
+                r.low,
+                r.high,
+                confidence,
+                r.saturated,
+                r.status,
+                r.n,
+            )
+        )
+    return pd.DataFrame(rows, columns=[*keys, *RATE_INTERVAL_COLUMNS]).astype(
+        {"estimate": "float64", "ci_low": "float64", "ci_high": "float64", "saturated": "bool", "n_seeds": "int64"}
+    )
+
+
+_COMPARISON_KEYS: tuple[str, ...] = (
+    "variant",
+    "reference",
+    "role",
+    "other",
+    "reference_source",
+    "reference_target",
+    "variant_source",
+    "variant_target",
+    "attack",
+    "eps",
+    "metric",
+)
+#: Columns of :func:`paired_comparisons`' result.
+PAIRED_COMPARISON_COLUMNS: tuple[str, ...] = (
+    *_COMPARISON_KEYS,
+    "design",
+    "seeds",
+    "per_seed_diff",
+    "reference_value",
+    "variant_value",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "confidence",
+    "p_t",
+    "p_signflip",
+    "n_seeds",
+    "sd_between",
+    "sd_within",
+    "heterogeneity_q",
+    "heterogeneity_i2",
+    "heterogeneity_p",
+    "heterogeneous",
+    "saturated",
+    "status",
+    "mdd_80",
+    "power_2pt",
+    "seeds_for_2pt",
+    "conditional_p_mcnemar",
+    "n_paired",
+    "denominator_desc",
+)
+_ROLES = {"white_box": "white_box", "from": "source", "to": "target", "cross": "cross"}
+
+
+def paired_comparisons(
+    metrics: pd.DataFrame,
+    reference: str,
+    variants: Sequence[str] | None = None,
+    *,
+    outcomes: pd.DataFrame | None = None,
+    confidence: float = 0.95,
+    delta: float = 0.02,
+    target_power: float = 0.8,
+    metric_defs: Sequence[CellMetric] = TRANSFER_METRICS,
+) -> pd.DataFrame:
+    """Seed-level paired comparisons ``variant − reference`` of every transfer metric.
+
+    ``metrics`` is ``transfer_metrics``' tidy table (one row per source, target, attack, eps, seed,
+    metric with ``value``, ``numerator``, ``denominator``, ``denominator_desc``). When it has a
+    ``target_seed`` column, only the shared-path cells (``target_seed == seed``: models of one seed
+    share initial weights and batch order) are compared here; cross-seed cells are the independent
+    control read by claim (f). One row per (variant, ``role``, ``other``, attack, eps, metric), the
+    roles being those of :func:`paired_differences`: ``white_box`` (V→V − R→R), ``source``
+    (V→M − R→M for a third model M in ``other``), ``target`` (M→V − M→R) and ``cross`` (V→R − R→V).
+
+    Per seed s the difference ``d_s`` of the two cells' metric is one replicate (the trained network
+    is the unit; see :mod:`advbench.evaluation.inference`):
+
+    * ``estimate``, ``ci_low``, ``ci_high``: mean of ``d`` and its Student-t interval (``n_seeds − 1``
+      df); ``p_t``: the paired t-test on the same ``d``, so ``p_t < 1 − confidence`` exactly when the
+      interval excludes 0; ``p_signflip``: the exact sign-flip permutation p over seeds (at least
+      ``2/2^n``);
+    * ``sd_between``: SD of ``d``; ``sd_within``: root mean within-seed sampling variance of ``d``
+      (linearised over examples with ``outcomes``, binomial from the counts without);
+      ``heterogeneity_q``/``_i2``/``_p``: Cochran's Q, I² and its χ² p (``heterogeneous`` when p < 0.05);
+    * ``saturated``: both cells at 0% or 100% in every seed; such a row has NaN interval and tests
+      (status ``"saturated"``) rather than a zero-width interval; ``status`` is otherwise ``"ok"``,
+      ``"one seed"`` or ``"no between-seed variation"`` (every ``d_s`` equal: a degenerate t);
+    * ``mdd_80``: smallest difference the run detects with ``target_power`` (exact noncentral t from
+      ``sd_between`` and ``n_seeds``); ``power_2pt`` and ``seeds_for_2pt``: power for, and seeds
+      needed to detect, a difference of ``delta`` (default 2 points);
+    * ``conditional_p_mcnemar``: exact McNemar on discordant examples pooled over seeds, **conditional
+      on these trained networks** (not a test of the method; NaN without ``outcomes``), and
+      ``n_paired`` its examples;
+    * ``seeds`` and ``per_seed_diff``: JSON lists, so a reader sees the replicates.
+    """
+    need = {"source", "target", "attack", "eps", "seed", "metric", "value", "numerator", "denominator"}
+    missing = sorted(need - set(metrics.columns))
+    if missing:
+        raise ValueError(f"metrics lacks columns {missing}; pass transfer_metrics()' table (Results.metrics)")
+    m = metrics
+    if "target_seed" in m.columns:
+        m = m[m["target_seed"].isna() | (m["target_seed"] == m["seed"])]
+    models = sorted(set(m["source"]) | set(m["target"]))
+    if reference not in models:
+        raise ValueError(f"the reference model {reference!r} is not in the metrics; models present: {models}")
+    variants = [v for v in models if v != reference] if variants is None else list(variants)
+    unknown = [v for v in variants if v not in models]
+    if unknown or reference in variants:
+        raise ValueError(
+            f"variants must be models of the metrics other than the reference {reference!r}; "
+            f"got {list(variants)}, models present: {models}"
+        )
+    defs = {d.name: d for d in metric_defs}
+    cells: dict[tuple, pd.DataFrame] = {}
+    if outcomes is not None and len(outcomes):
+        check_outcomes(outcomes)
+        cells = {
+            k: g.sort_values("example") for k, g in outcomes.groupby(["seed", "source", "target", "attack", "eps"])
+        }
+    idx: dict[tuple[int, str, str, str, float, str], Any] = {
+        (int(r.seed), str(r.source), str(r.target), str(r.attack), float(r.eps), str(r.metric)): r  # type: ignore[arg-type]
+        for r in m.itertuples(index=False)
+    }
+    desc = (
+        m.drop_duplicates("metric").set_index("metric")["denominator_desc"].to_dict()
+        if "denominator_desc" in m.columns
+        else {}
+    )
+    settings = sorted({(k[3], k[4]) for k in idx})
+    names = sorted({k[5] for k in idx})
+    seeds = sorted({k[0] for k in idx})
+    groups: dict[tuple, list[dict]] = {}
+    for s in seeds:
+        here = {k[1] for k in idx if k[0] == s} | {k[2] for k in idx if k[0] == s}
+        if reference not in here:
+            continue
+        for v in variants:
+            if v not in here:
+                continue
+            for comparison, other, (rs, rt), (vs, vt) in _comparisons(reference, v, sorted(here)):
+                for attack, eps in settings:
+                    for name in names:
+                        rr, vr = idx.get((s, rs, rt, attack, eps, name)), idx.get((s, vs, vt, attack, eps, name))
+                        if rr is None or vr is None:
+                            continue
+                        rec = _seed_record(
+                            rr,
+                            vr,
+                            cells.get((s, rs, rt, attack, eps)),
+                            cells.get((s, vs, vt, attack, eps)),
+                            defs.get(name),
+                        )
+                        key = (v, reference, _ROLES[comparison], other, rs, rt, vs, vt, attack, eps, name)
+                        groups.setdefault(key, []).append({"seed": s, **rec})
+    rows = [
+        _aggregate(key, recs, confidence, delta, target_power, desc.get(key[-1], "")) for key, recs in groups.items()
+    ]
+    out = pd.DataFrame(rows, columns=list(PAIRED_COMPARISON_COLUMNS))
+    if len(out):
+        out = out.sort_values(
+            ["variant", "role", "other", "attack", "eps", "metric"], na_position="first", kind="stable"
+        ).reset_index(drop=True)
+    return out.astype(
+        {
+            "eps": "float64",
+            "estimate": "float64",
+            "ci_low": "float64",
+            "ci_high": "float64",
+            "p_t": "float64",
+            "p_signflip": "float64",
+            "n_seeds": "int64",
+            "heterogeneous": "bool",
+            "saturated": "bool",
+            "seeds_for_2pt": "Int64",
+            "n_paired": "Int64",
+        }
+    )
+
+
+def _seed_record(
+    rr: Any, vr: Any, rcell: pd.DataFrame | None, vcell: pd.DataFrame | None, metric: CellMetric | None
+) -> dict:
+    """One seed's difference, its within-seed variance and McNemar's discordant counts."""
+    r_val, v_val = float(rr.value), float(vr.value)
+    rec = {
+        "diff": v_val - r_val,
+        "reference_value": r_val,
+        "variant_value": v_val,
+        "saturated": all(x.numerator in (0, x.denominator) for x in (rr, vr)),
+        "b": None,
+        "c": None,
+        "n_paired": None,
+    }
+    if rcell is not None and vcell is not None and metric is not None:
+        common = np.intersect1d(rcell["example"].to_numpy(), vcell["example"].to_numpy())
+        r_pop, r_num = metric.masks(rcell[rcell["example"].isin(common)])
+        v_pop, v_num = metric.masks(vcell[vcell["example"].isin(common)])
+        both = r_pop & v_pop
+        rec["var"] = _inf.difference_variance(v_num, v_pop, r_num, r_pop)
+        rec["b"], rec["c"] = int((both & r_num & ~v_num).sum()), int((both & v_num & ~r_num).sum())
+        rec["n_paired"] = int(both.sum())
+    else:
+        rec["var"] = _inf.binomial_difference_variance(vr.numerator, vr.denominator, rr.numerator, rr.denominator)
+    return rec
+
+
+def _aggregate(key: tuple, recs: list[dict], confidence: float, delta: float, target_power: float, desc: str) -> dict:
+    recs = sorted(recs, key=lambda r: r["seed"])
+    d = np.array([r["diff"] for r in recs], dtype=float)
+    t = _inf.paired_t(d, confidence=confidence)
+    het = _inf.heterogeneity(d, [r["var"] for r in recs])
+    saturated = all(r["saturated"] for r in recs)
+    finite = d[np.isfinite(d)]
+    if saturated:
+        status = "saturated"
+    elif t.n < 2:
+        status = "one seed" if t.n == 1 else "no data"
+    elif t.sd == 0:
+        status = "no between-seed variation"
+    else:
+        status = "ok"
+    est, lo, hi, p = t.estimate, t.low, t.high, t.p
+    p_flip = _inf.signflip_p(finite) if finite.size <= 20 else _NAN
+    if saturated:
+        lo = hi = p = p_flip = _NAN
+    sd_ok = t.n >= 2 and t.sd > 0
+    has_counts = all(r["b"] is not None for r in recs)
+    b = sum(r["b"] for r in recs) if has_counts else 0
+    c = sum(r["c"] for r in recs) if has_counts else 0
+    return {
+        **dict(zip(_COMPARISON_KEYS, key, strict=True)),
+        "design": "shared_path",
+        "seeds": json.dumps([r["seed"] for r in recs]),
+        "per_seed_diff": json.dumps([None if not math.isfinite(x) else round(float(x), 6) for x in d]),
+        "reference_value": _nanmean([r["reference_value"] for r in recs]),
+        "variant_value": _nanmean([r["variant_value"] for r in recs]),
+        "estimate": est,
+        "ci_low": lo,
+        "ci_high": hi,
+        "confidence": confidence,
+        "p_t": p,
+        "p_signflip": p_flip,
+        "n_seeds": t.n,
+        "sd_between": t.sd,
+        "sd_within": het.sd_within,
+        "heterogeneity_q": het.q,
+        "heterogeneity_i2": het.i2,
+        "heterogeneity_p": het.p,
+        "heterogeneous": bool(het.p < 0.05) if math.isfinite(het.p) else False,
+        "saturated": saturated,
+        "status": status,
+        "mdd_80": _inf.min_detectable_difference(t.sd, t.n, target_power=target_power) if sd_ok else _NAN,
+        "power_2pt": float(_inf.power(delta, t.sd, t.n)) if sd_ok else _NAN,
+        "seeds_for_2pt": _inf.seeds_needed(t.sd, delta, target_power=target_power) if sd_ok else None,
+        "conditional_p_mcnemar": float(_inf.mcnemar_pooled_p(b, c)) if has_counts else _NAN,
+        "n_paired": sum(r["n_paired"] for r in recs) if has_counts else None,
+        "denominator_desc": desc,
+    }
+
+
+def _nanmean(values: list[float]) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else _NAN

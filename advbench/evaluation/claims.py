@@ -1,0 +1,488 @@
+"""Pre-registered claims with verdicts decided by seed-level inference.
+
+A :class:`Claim` is a named hypothesis fixed before the run: a statement, the metric it reads, the
+claimed direction, and a *statistic*, a function of the tidy results returning one value per seed
+(the trained network is the unit). The decision rule is the same code for every claim
+(:func:`decide`), applied to the Student-t interval of the per-seed values (``n − 1`` df):
+
+* **supported** when the interval excludes 0 in the claimed direction;
+* **contradicted** when it excludes 0 in the other direction;
+* **inconclusive** otherwise, with the seeds needed to resolve it (80% power, α = 0.05, from the
+  observed between-seed SD, for the claim's smallest effect of interest or else the observed one);
+* **not applicable** when the run lacks the data (the reason says what is missing).
+
+A claim that must hold in several places at once ("in every layer", "for both models and more so for
+one") uses the per-seed *minimum* of its components as statistic (an intersection-union test: the
+minimum is positive only when every component is), so one verdict covers all of them and a
+contradiction in any component is a contradiction of the claim.
+
+Claims register like attacks: ``@register_claim("name", statement=..., metric=..., direction=...)``
+on the statistic function (user code), or through the ``advbench.claims`` entry-point group (installed
+packages; advbench's built-ins below are declared there too). A claim reads the results through the
+small :class:`TidyResults` protocol, so this module does not depend on the reports layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, cast
+
+import numpy as np
+import pandas as pd
+
+from advbench.evaluation import inference as _inf
+from advbench.registry import Registry
+
+__all__ = [
+    "CLAIMS",
+    "CLAIM_COLUMNS",
+    "Claim",
+    "ClaimResult",
+    "Evidence",
+    "NotApplicableError",
+    "TidyResults",
+    "claims_table",
+    "decide",
+    "evaluate_claims",
+    "model_roles",
+    "register_claim",
+]
+
+Direction = Literal["greater", "less"]
+Verdict = Literal["supported", "contradicted", "inconclusive", "not applicable"]
+
+
+class TidyResults(Protocol):
+    """What a claim reads: the run's suite (a dict) and its tidy tables (``advbench.reports.results.Results``
+    satisfies it)."""
+
+    suite: dict[str, Any]
+    training: pd.DataFrame
+    clean: pd.DataFrame
+    dknn: pd.DataFrame
+    dknn_examples: pd.DataFrame
+    metrics: pd.DataFrame
+
+
+class NotApplicableError(Exception):
+    """Raised by a claim's statistic when the run lacks what it needs; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a statistic returns: one value per seed (index = seed) and, optionally, the metric actually
+    read (when it chose among alternatives) and a note for the reader."""
+
+    per_seed: pd.Series
+    metric: str | None = None
+    note: str = ""
+
+
+Statistic = Callable[[TidyResults], "Evidence | pd.Series"]
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The verdict of one claim on one run (NaN / None where not computed)."""
+
+    name: str
+    statement: str
+    metric: str
+    direction: Direction
+    seeds: tuple[int, ...]
+    per_seed: tuple[float, ...]
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p: float  # paired t-test over seeds, two-sided; agrees with the interval
+    p_signflip: float
+    verdict: Verdict
+    seeds_needed: int | None
+    reason: str
+
+    def as_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["seeds"] = list(self.seeds)
+        row["per_seed"] = [round(v, 6) for v in self.per_seed]
+        return row
+
+
+#: Columns of :func:`claims_table`.
+CLAIM_COLUMNS: tuple[str, ...] = tuple(f.name for f in ClaimResult.__dataclass_fields__.values())
+
+
+def decide(
+    per_seed: Sequence[float] | np.ndarray,
+    direction: Direction,
+    *,
+    confidence: float = 0.95,
+    smallest_effect: float | None = None,
+) -> tuple[_inf.PairedT, Verdict, int | None, str]:
+    """The decision rule shared by every claim: ``(t result, verdict, seeds needed, reason)``."""
+    if direction not in ("greater", "less"):
+        raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
+    t = _inf.paired_t(per_seed, confidence=confidence)
+    if t.n < 2:
+        return t, "inconclusive", None, f"{t.n} seed(s) with a value: a seed-level interval needs at least 2"
+    above, below = t.low > 0, t.high < 0  # NaN bounds (never here with n >= 2) compare False
+    level = f"{100 * confidence:g}% interval"
+    if (above and direction == "greater") or (below and direction == "less"):
+        return t, "supported", None, f"the {level} excludes 0 in the claimed direction"
+    if above or below:
+        return t, "contradicted", None, f"the {level} excludes 0 in the direction opposite to the claim"
+    effect = smallest_effect if smallest_effect is not None else abs(t.estimate)
+    needed = _inf.seeds_needed(t.sd, effect) if t.sd > 0 else None
+    what = "the smallest effect of interest" if smallest_effect is not None else "the observed effect"
+    more = f"; about {needed} seeds would detect {what} ({effect:.3g}) with 80% power" if needed else ""
+    return t, "inconclusive", needed, f"the {level} contains 0{more}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A pre-registered hypothesis: ``statistic`` returns per-seed values whose sign, in ``direction``,
+    is the claim (e.g. ``entangled − baseline`` with direction ``"greater"``)."""
+
+    name: str
+    statement: str
+    metric: str
+    direction: Direction
+    statistic: Statistic = field(repr=False)
+    smallest_effect: float | None = None
+
+    def evaluate(self, results: TidyResults, *, confidence: float = 0.95) -> ClaimResult:
+        """The verdict on ``results``; a statistic raising :class:`NotApplicableError` gives ``"not applicable"``."""
+        try:
+            ev = self.statistic(results)
+        except NotApplicableError as exc:
+            return ClaimResult(
+                self.name, self.statement, self.metric, self.direction, (), (), *(math.nan,) * 5,
+                "not applicable", None, f"not applicable: {exc}",
+            )  # fmt: skip
+        if isinstance(ev, pd.Series):
+            ev = Evidence(ev)
+        s = ev.per_seed.dropna().sort_index()
+        t, verdict, needed, reason = decide(
+            s.to_numpy(float), self.direction, confidence=confidence, smallest_effect=self.smallest_effect
+        )
+        p_flip = _inf.signflip_p(s.to_numpy(float)) if 2 <= len(s) <= 20 else math.nan
+        return ClaimResult(
+            name=self.name,
+            statement=self.statement,
+            metric=ev.metric or self.metric,
+            direction=self.direction,
+            seeds=tuple(int(i) for i in s.index),
+            per_seed=tuple(float(v) for v in s),
+            estimate=t.estimate,
+            ci_low=t.low,
+            ci_high=t.high,
+            p=t.p,
+            p_signflip=p_flip,
+            verdict=verdict,
+            seeds_needed=needed,
+            reason=f"{reason}; {ev.note}" if ev.note else reason,
+        )
+
+
+#: name -> Claim
+CLAIMS: Registry[Claim] = Registry("claim", group="advbench.claims")
+
+
+def register_claim(
+    name: str,
+    *,
+    statement: str,
+    metric: str,
+    direction: Direction,
+    smallest_effect: float | None = None,
+    registry: Registry[Claim] | None = None,
+) -> Callable[[Statistic], Claim]:
+    """Decorator turning a statistic function into a registered :class:`Claim` (returned in its place)."""
+
+    def deco(fn: Statistic) -> Claim:
+        claim = Claim(name, statement, metric, direction, fn, smallest_effect)
+        (CLAIMS if registry is None else registry).add(name, claim)
+        return claim
+
+    return deco
+
+
+def evaluate_claims(
+    results: TidyResults,
+    names: Sequence[str] | None = None,
+    *,
+    registry: Registry[Claim] | None = None,
+    confidence: float = 0.95,
+) -> list[ClaimResult]:
+    """Every claim named in ``names`` (default: all registered, in name order) evaluated on ``results``."""
+    reg = CLAIMS if registry is None else registry
+    return [reg.get(n).evaluate(results, confidence=confidence) for n in (names or reg.list())]
+
+
+def claims_table(
+    results: TidyResults, names: Sequence[str] | None = None, *, registry: Registry[Claim] | None = None
+) -> pd.DataFrame:
+    """:func:`evaluate_claims` as a tidy table with columns :data:`CLAIM_COLUMNS`."""
+    rows = [r.as_row() for r in evaluate_claims(results, names, registry=registry)]
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
+# -- reading the results -------------------------------------------------------------------------
+
+
+def model_roles(suite: dict[str, Any]) -> tuple[str, str]:
+    """``(baseline, entangled)`` model names from the suite: the first model with SNNL ``alpha == 0``
+    and the first with ``alpha < 0``. Raises :class:`NotApplicableError` when either is missing."""
+    alphas: dict[str, float] = {}
+    for m in suite.get("models") or []:
+        snnl = ((m.get("recipe") or {}).get("snnl") or {}) if isinstance(m, dict) else {}
+        alphas[str(m.get("name"))] = float(snnl.get("alpha", 0.0) or 0.0)
+    base = next((n for n, a in alphas.items() if a == 0), None)
+    ent = next((n for n, a in alphas.items() if a < 0), None)
+    if base is None or ent is None:
+        raise NotApplicableError(
+            f"the suite needs a baseline (SNNL alpha = 0) and an entangled model (alpha < 0); its models have "
+            f"alpha {alphas or 'none'}"
+        )
+    return base, ent
+
+
+def _layers_regularised(suite: dict[str, Any], model: str) -> list[str] | None:
+    for m in suite.get("models") or []:
+        if m.get("name") == model:
+            return ((m.get("recipe") or {}).get("snnl") or {}).get("layers")
+    return None
+
+
+def _last_epoch_snnl(results: TidyResults) -> tuple[pd.DataFrame, list[str]]:
+    tr = results.training
+    cols = [c for c in tr.columns if c.startswith("entanglement/")]
+    if tr.empty or not cols or not {"model", "seed", "epoch"} <= set(tr.columns):
+        raise NotApplicableError("training.csv has no per-epoch `entanglement/<layer>` columns (the probe SNNL)")
+    last = tr.loc[tr.groupby(["model", "seed"])["epoch"].idxmax()]
+    return last.set_index(["model", "seed"])[cols], [c.split("/", 1)[1] for c in cols]
+
+
+def _by_seed(table: pd.DataFrame, model: str, what: str) -> pd.DataFrame:
+    try:
+        return cast(pd.DataFrame, table.xs(model, level="model"))
+    except KeyError:
+        raise NotApplicableError(f"{what} has no rows for the model {model!r}") from None
+
+
+def _paired(a: pd.Series, b: pd.Series, what: str) -> pd.DataFrame:
+    """Align two per-seed series on the seeds both have."""
+    both = pd.concat({"a": a, "b": b}, axis=1, join="inner").dropna()
+    if both.empty:
+        raise NotApplicableError(f"no seed has {what} for both models")
+    return both
+
+
+def _min_of(components: dict[str, pd.Series]) -> Evidence:
+    frame = pd.concat(components, axis=1, join="inner")
+    per_seed = frame.min(axis=1)
+    mean = frame.mean()
+    note = "per seed the minimum of: " + ", ".join(f"{k} (mean {v:+.4g})" for k, v in mean.items())
+    return Evidence(per_seed, note=note)
+
+
+# -- built-in claims (a)-(g) of issue 14 ---------------------------------------------------------
+
+
+@register_claim(
+    "a-entangled-snnl-higher",
+    statement="The entangled model's hidden-layer SNNL is higher than the baseline's in every regularised layer.",
+    metric="probe SNNL after the last epoch, entangled − baseline, minimum over regularised layers",
+    direction="greater",
+)
+def _claim_a(results: TidyResults) -> Evidence:
+    base, ent = model_roles(results.suite)
+    snnl, layers = _last_epoch_snnl(results)
+    wanted = _layers_regularised(results.suite, ent)
+    use = [layer for layer in layers if wanted is None or layer in wanted]
+    if not use:
+        raise NotApplicableError(f"none of the regularised layers {wanted} has an entanglement column ({layers})")
+    b, e = _by_seed(snnl, base, "training.csv"), _by_seed(snnl, ent, "training.csv")
+    return _min_of({layer: (e[f"entanglement/{layer}"] - b[f"entanglement/{layer}"]).dropna() for layer in use})
+
+
+@register_claim(
+    "b-baseline-snnl-decreases-with-depth",
+    statement="A baseline's SNNL decreases with depth.",
+    metric="probe SNNL of the baseline after the last epoch, deeper − shallower layer, maximum over consecutive layers",
+    direction="less",
+)
+def _claim_b(results: TidyResults) -> Evidence:
+    base, _ = model_roles(results.suite)
+    snnl, layers = _last_epoch_snnl(results)
+    if len(layers) < 2:
+        raise NotApplicableError(
+            f"a trend with depth needs at least 2 layers with an entanglement column, got {layers}"
+        )
+    b = _by_seed(snnl, base, "training.csv")
+    steps = {f"{lo}→{hi}": b[f"entanglement/{hi}"] - b[f"entanglement/{lo}"] for lo, hi in itertools.pairwise(layers)}
+    frame = pd.concat(steps, axis=1).dropna()
+    note = "per seed the maximum of: " + ", ".join(f"{k} (mean {v:+.4g})" for k, v in frame.mean().items())
+    return Evidence(frame.max(axis=1), note=note)
+
+
+@register_claim(
+    "c-entangled-clean-accuracy",
+    statement="The entangled model's clean accuracy is at least the baseline's (the paper reports a marginal gain).",
+    metric="clean test accuracy, entangled − baseline",
+    direction="greater",
+    smallest_effect=0.01,
+)
+def _claim_c(results: TidyResults) -> pd.Series:
+    base, ent = model_roles(results.suite)
+    c = results.clean
+    if c.empty or "test_accuracy" not in c.columns:
+        raise NotApplicableError("clean.csv has no test_accuracy")
+    acc = c.set_index(["model", "seed"])["test_accuracy"]
+    both = _paired(_by_seed(acc.to_frame(), ent, "clean.csv")["test_accuracy"],
+                   _by_seed(acc.to_frame(), base, "clean.csv")["test_accuracy"], "clean accuracy")  # fmt: skip
+    return both["a"] - both["b"]
+
+
+def _white_box_sets(dk: pd.DataFrame) -> pd.DataFrame:
+    """DkNN rows of adversarial sets crafted on the scored model itself."""
+    adv = dk[dk["kind"] == "adversarial"]
+    if "source" in adv.columns:
+        adv = adv[adv["source"] == adv["model"]]
+    return adv
+
+
+@register_claim(
+    "d-entangled-dknn-detects-adversarial",
+    statement="The entangled model's DkNN credibility on adversarial inputs is lower, equivalently its "
+    "clean-vs-adversarial AUROC is higher.",
+    metric="DkNN clean-vs-adversarial AUROC on white-box adversarial sets, entangled − baseline, "
+    "mean over attacks and eps",
+    direction="greater",
+)
+def _claim_d(results: TidyResults) -> Evidence:
+    base, ent = model_roles(results.suite)
+    dk = results.dknn
+    if dk.empty or not {"model", "seed", "kind", "metric", "value"} <= set(dk.columns):
+        raise NotApplicableError("dknn.csv is empty or lacks model/seed/kind/metric/value")
+    adv = _white_box_sets(dk)
+    names = set(adv["metric"])
+    metric = next((m for m in ("auroc", "auroc_clean_vs_set") if m in names), None)
+    sign, label = 1.0, f"DkNN {metric} (clean vs white-box adversarial), entangled − baseline"
+    if metric is None:
+        if "mean_credibility" not in names:
+            raise NotApplicableError("dknn.csv has neither an AUROC nor mean_credibility on adversarial sets")
+        metric, sign = "mean_credibility", -1.0
+        label = "DkNN mean credibility on white-box adversarial sets, baseline − entangled (higher = entangled lower)"
+    rows = adv[adv["metric"] == metric]
+    keys = [k for k in ("attack", "eps") if k in rows.columns] or ["input_set"]
+    wide = rows.pivot_table(index=["seed", *keys], columns="model", values="value", aggfunc="mean")
+    if base not in wide.columns or ent not in wide.columns:
+        raise NotApplicableError(f"dknn.csv has no white-box adversarial {metric} for both {base!r} and {ent!r}")
+    diff = (sign * (wide[ent] - wide[base])).dropna().groupby(level="seed").mean()
+    return Evidence(diff, metric=label, note=f"averaged over {wide.dropna().groupby(level='seed').size().max()} sets")
+
+
+def _neighbour_agreement(results: TidyResults) -> pd.DataFrame:
+    """Per (model, seed, kind): the mean fraction of the k neighbours (over layers) carrying the predicted label."""
+    ex = results.dknn_examples
+    nbr = [c for c in ex.columns if c.startswith("nbr_pred/")]
+    if ex.empty or not nbr or "k" not in ex.columns:
+        raise NotApplicableError(
+            "dknn_examples.csv lacks the per-layer neighbour counts (`nbr_pred/<layer>` and `k`); "
+            "re-run the DkNN evaluation with a version that records them"
+        )
+    ex = ex.copy()
+    if "source" not in ex.columns and not results.dknn.empty and "source" in results.dknn.columns:
+        src = results.dknn.drop_duplicates(["model", "seed", "input_set"])[["model", "seed", "input_set", "source"]]
+        ex = ex.merge(src, on=["model", "seed", "input_set"], how="left")
+    if "source" in ex.columns:  # adversarial inputs: the white-box sets (crafted on the scored model)
+        ex = ex[(ex["kind"] != "adversarial") | (ex["source"] == ex["model"])]
+    ex["agree"] = ex[nbr].to_numpy(float).mean(axis=1) / ex["k"].to_numpy(float)
+    return ex.groupby(["model", "seed", "kind"])["agree"].mean().unstack("kind")
+
+
+def _drop_components(table: pd.DataFrame, base: str, ent: str, kinds: Sequence[str], what: str) -> Evidence:
+    """Components 'clean − kind' for both models and 'entangled drop − baseline drop', per kind."""
+    if "clean" not in table.columns:
+        raise NotApplicableError(f"no clean inputs in {what}")
+    present = [k for k in kinds if k in table.columns]
+    if not present:
+        raise NotApplicableError(f"no {' or '.join(kinds)} inputs in {what}")
+    b, e = _by_seed(table, base, what), _by_seed(table, ent, what)
+    comps: dict[str, pd.Series] = {}
+    for k in present:
+        db, de = b["clean"] - b[k], e["clean"] - e[k]
+        comps[f"{base} clean−{k}"] = db
+        comps[f"{ent} clean−{k}"] = de
+        comps[f"{ent}−{base} ({k})"] = de - db
+    return _min_of({n: s.dropna() for n, s in comps.items()})
+
+
+@register_claim(
+    "e-fewer-neighbours-agree-off-distribution",
+    statement="For adversarial and out-of-distribution inputs, fewer of the k neighbours carry the predicted "
+    "label than for clean inputs, and more so for the entangled model.",
+    metric="share of the k neighbours with the predicted label (mean over layers), clean − adversarial/OOD, "
+    "minimum over both models and the entangled − baseline contrast",
+    direction="greater",
+)
+def _claim_e(results: TidyResults) -> Evidence:
+    base, ent = model_roles(results.suite)
+    return _drop_components(_neighbour_agreement(results), base, ent, ("adversarial", "ood"), "dknn_examples.csv")
+
+
+@register_claim(
+    "f-less-transfer-to-entangled-than-independent-baseline",
+    statement="Examples crafted on a baseline transfer less to an entangled target than to an independently "
+    "trained baseline.",
+    metric="transfer rate from the baseline of seed s to targets of seed s′ ≠ s, entangled − baseline target, "
+    "mean over s′, attacks and eps",
+    direction="less",
+    smallest_effect=0.02,
+)
+def _claim_f(results: TidyResults) -> Evidence:
+    base, ent = model_roles(results.suite)
+    m = results.metrics
+    if m.empty or "target_seed" not in m.columns:
+        raise NotApplicableError(
+            "transfer_metrics.csv has no `target_seed` column: the run has no independently trained targets "
+            "(cross-seed transfer cells; set transfer.cross_seed to ring or all)"
+        )
+    rows = m[
+        (m["source"] == base)
+        & (m["metric"] == "transfer_rate")
+        & m["target_seed"].notna()
+        & (m["target_seed"] != m["seed"])
+        & m["target"].isin([base, ent])
+    ]
+    wide = rows.pivot_table(
+        index=["seed", "target_seed", "attack", "eps"], columns="target", values="value", aggfunc="mean"
+    )
+    if rows.empty or base not in wide.columns or ent not in wide.columns:
+        raise NotApplicableError(
+            f"no cross-seed transfer cells from {base!r} to both {base!r} and {ent!r} of another seed"
+        )
+    diff = (wide[ent] - wide[base]).dropna()
+    return Evidence(
+        diff.groupby(level="seed").mean(), note=f"{len(diff)} cross-seed cells; the unit is the source seed"
+    )
+
+
+@register_claim(
+    "g-ood-lower-credibility",
+    statement="Out-of-distribution inputs get lower DkNN credibility than clean inputs, more so for the "
+    "entangled model.",
+    metric="DkNN mean credibility, clean − OOD, minimum over both models and the entangled − baseline contrast",
+    direction="greater",
+)
+def _claim_g(results: TidyResults) -> Evidence:
+    base, ent = model_roles(results.suite)
+    dk = results.dknn
+    if dk.empty or "kind" not in dk.columns or not (dk["kind"] == "ood").any():
+        raise NotApplicableError("dknn.csv has no out-of-distribution set (kind == 'ood'); configure evaluations.ood")
+    cred = dk[(dk["metric"] == "mean_credibility") & dk["kind"].isin(["clean", "ood"])]
+    table = cred.groupby(["model", "seed", "kind"])["value"].mean().unstack("kind")
+    return _drop_components(table, base, ent, ("ood",), "dknn.csv")

@@ -1,0 +1,187 @@
+"""Claims: the decision rule, built-ins on synthetic and committed results, registration and entry points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from advbench.evaluation.claims import (
+    CLAIM_COLUMNS,
+    CLAIMS,
+    ClaimResult,
+    NotApplicableError,
+    claims_table,
+    decide,
+    evaluate_claims,
+    model_roles,
+    register_claim,
+)
+from advbench.registry import Registry
+
+RUN = Path(__file__).resolve().parents[1] / "reports" / "transfer" / "run" / "results"
+BUILTINS = [
+    "a-entangled-snnl-higher",
+    "b-baseline-snnl-decreases-with-depth",
+    "c-entangled-clean-accuracy",
+    "d-entangled-dknn-detects-adversarial",
+    "e-fewer-neighbours-agree-off-distribution",
+    "f-less-transfer-to-entangled-than-independent-baseline",
+    "g-ood-lower-credibility",
+]
+
+
+def _suite(*alphas: tuple[str, float]) -> dict[str, Any]:
+    return {"models": [{"name": n, "recipe": {"snnl": {"alpha": a, "layers": None}}} for n, a in alphas]}
+
+
+@dataclass
+class _Results:
+    suite: dict[str, Any] = field(default_factory=lambda: _suite(("vanilla", 0.0), ("tangled", -0.1)))
+    training: pd.DataFrame = field(default_factory=pd.DataFrame)
+    clean: pd.DataFrame = field(default_factory=pd.DataFrame)
+    dknn: pd.DataFrame = field(default_factory=pd.DataFrame)
+    dknn_examples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def test_decide_rule():
+    assert decide([0.1, 0.2, 0.15], "greater")[1] == "supported"
+    assert decide([0.1, 0.2, 0.15], "less")[1] == "contradicted"
+    assert decide([-0.1, -0.2, -0.15], "less")[1] == "supported"
+    _t, verdict, needed, reason = decide([0.1, -0.05, 0.2], "greater", smallest_effect=0.02)
+    assert verdict == "inconclusive" and needed is not None and needed > 3 and "smallest effect" in reason
+    assert decide([0.1], "greater")[1] == "inconclusive"
+    with pytest.raises(ValueError, match="direction"):
+        decide([1.0, 2.0], "up")  # type: ignore[arg-type]
+
+
+def test_model_roles_from_alpha_not_names():
+    assert model_roles(_suite(("a", 0.1), ("b", 0.0), ("c", -0.05))) == ("b", "c")
+    with pytest.raises(NotApplicableError, match="alpha < 0"):
+        model_roles(_suite(("a", 0.0), ("b", 0.1)))
+
+
+def _training(per_seed_gap: list[float]) -> pd.DataFrame:
+    rows = []
+    for s, gap in enumerate(per_seed_gap):
+        for model, shift in (("vanilla", 0.0), ("tangled", gap)):
+            for epoch in (1, 2):
+                # the last epoch counts; epoch 1 has the opposite ordering to catch a wrong pick
+                sgn = 1 if epoch == 2 else -1
+                rows.append({"model": model, "seed": s, "epoch": epoch,
+                             "entanglement/l1": 0.6 + sgn * shift, "entanglement/l2": 0.4 + sgn * shift,
+                             "entanglement_T/l1": 5.0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_snnl_claims_on_synthetic_training():
+    res = _Results(training=_training([0.05, 0.07, 0.06]))
+    a = CLAIMS.get("a-entangled-snnl-higher").evaluate(res)
+    assert a.verdict == "supported" and a.per_seed == pytest.approx((0.05, 0.07, 0.06)) and a.seeds == (0, 1, 2)
+    b = CLAIMS.get("b-baseline-snnl-decreases-with-depth").evaluate(res)
+    assert b.verdict == "supported" and b.per_seed == pytest.approx((-0.2, -0.2, -0.2))
+    mixed = CLAIMS.get("a-entangled-snnl-higher").evaluate(_Results(training=_training([0.05, -0.07, 0.01])))
+    assert mixed.verdict == "inconclusive"
+
+
+def test_clean_accuracy_claim():
+    clean = pd.DataFrame(
+        [
+            {"model": m, "seed": s, "test_accuracy": acc, "n": 1000}
+            for s in range(3)
+            for m, acc in (("vanilla", 0.90), ("tangled", 0.88 - 0.001 * s))
+        ]
+    )
+    r = CLAIMS.get("c-entangled-clean-accuracy").evaluate(_Results(clean=clean))
+    assert r.verdict == "contradicted" and r.estimate == pytest.approx(-0.021)
+
+
+def test_not_applicable_says_why():
+    out = {r.name: r for r in evaluate_claims(_Results())}
+    assert set(BUILTINS) <= set(out)
+    for name in BUILTINS:
+        assert out[name].verdict == "not applicable" and out[name].reason.startswith("not applicable: ")
+    assert "target_seed" in out["f-less-transfer-to-entangled-than-independent-baseline"].reason
+    assert "nbr_pred" in out["e-fewer-neighbours-agree-off-distribution"].reason
+
+
+def test_independent_transfer_claim_reads_cross_seed_cells():
+    rows = []
+    for s in range(4):
+        t = (s + 1) % 4
+        for target, rate in (("vanilla", 0.40), ("tangled", 0.35 + 0.005 * s)):
+            rows.append({"source": "vanilla", "target": target, "attack": "pgd", "eps": 0.1, "seed": s,
+                         "target_seed": t, "metric": "transfer_rate", "value": rate})  # fmt: skip
+        # shared-path cells (same seed) must be ignored: huge opposite effect
+        rows.append({"source": "vanilla", "target": "tangled", "attack": "pgd", "eps": 0.1, "seed": s,
+                     "target_seed": s, "metric": "transfer_rate", "value": 0.9})  # fmt: skip
+    r = CLAIMS.get("f-less-transfer-to-entangled-than-independent-baseline").evaluate(
+        _Results(metrics=pd.DataFrame(rows))
+    )
+    assert r.verdict == "supported" and r.per_seed == pytest.approx((-0.05, -0.045, -0.04, -0.035))
+
+
+def test_neighbour_claim_with_new_columns():
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(3):
+        for model, extra in (("vanilla", 0), ("tangled", 10)):
+            for kind, agree in (("clean", 70), ("adversarial", 40 - extra), ("ood", 30 - extra)):
+                for _ in range(20):
+                    rows.append({"model": model, "seed": s, "input_set": kind, "kind": kind, "k": 75,
+                                 "nbr_pred/l1": agree + rng.integers(-2, 3), "nbr_pred/l2": agree})  # fmt: skip
+    r = CLAIMS.get("e-fewer-neighbours-agree-off-distribution").evaluate(_Results(dknn_examples=pd.DataFrame(rows)))
+    assert r.verdict == "supported" and r.estimate == pytest.approx(10 / 75, abs=0.02)
+
+
+def test_plugin_claim_by_decorator_and_entry_point(monkeypatch):
+    import importlib.metadata
+
+    reg: Registry = Registry("claim", group="test.claims")
+
+    @register_claim("always-up", statement="s", metric="m", direction="greater", registry=reg)
+    def _up(results):
+        return pd.Series([1.0, 1.2, 0.9], index=[0, 1, 2])
+
+    class _Dist:
+        name = "demo-claims"
+
+    class _EP:
+        name, value, dist = "from-plugin", "demo:claim", _Dist()
+
+        def load(self):
+            from advbench.evaluation.claims import Claim
+
+            return Claim("from-plugin", "plugin statement", "plugin metric", "less", lambda r: pd.Series([1.0, 2.0]))
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [_EP()] if group == "test.claims" else [])
+    table = claims_table(_Results(), registry=reg)
+    assert list(table.columns) == list(CLAIM_COLUMNS)
+    verdicts = dict(zip(table["name"], table["verdict"], strict=True))
+    assert verdicts == {"always-up": "supported", "from-plugin": "inconclusive"}
+    assert reg.entry("from-plugin").source == "demo-claims"
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="committed transfer run not present")
+def test_committed_run_verdicts():
+    from advbench.reports.results import Results
+
+    out: dict[str, ClaimResult] = {r.name: r for r in evaluate_claims(Results.load(RUN), BUILTINS)}
+    verdicts = {n: r.verdict for n, r in out.items()}
+    assert verdicts == {
+        "a-entangled-snnl-higher": "supported",
+        "b-baseline-snnl-decreases-with-depth": "supported",
+        "c-entangled-clean-accuracy": "inconclusive",
+        "d-entangled-dknn-detects-adversarial": "inconclusive",
+        "e-fewer-neighbours-agree-off-distribution": "not applicable",
+        "f-less-transfer-to-entangled-than-independent-baseline": "not applicable",
+        "g-ood-lower-credibility": "contradicted",
+    }
+    for r in out.values():
+        if r.verdict != "not applicable":
+            assert len(r.per_seed) == 3 and (r.p < 0.05) == (r.verdict in ("supported", "contradicted"))
