@@ -166,9 +166,7 @@ def _frame(cred, msp, label, soft_pred, fooled=None) -> pd.DataFrame:
 
 def test_detection_uses_only_successful_attacks() -> None:
     clean = _frame([0.9, 0.8, 0.3, 0.6], [0.99, 0.9, 0.6, 0.7], [0, 0, 0, 0], [0, 0, 0, 1])
-    adv = _frame(
-        [0.1, 0.85, 0.7, 0.2, 0.95], [0.5, 0.95, 0.8, 0.55, 0.97], [0] * 5, [1, 0, 1, 1, 0], [1, 0, 1, 1, 0]
-    )
+    adv = _frame([0.1, 0.85, 0.7, 0.2, 0.95], [0.5, 0.95, 0.8, 0.55, 0.97], [0] * 5, [1, 0, 1, 1, 0], [1, 0, 1, 1, 0])
     adv["fooled"] = adv["fooled"].astype(bool)
     rows = dknn_set_records(adv, model="m", seed=0, input_set="pgd", kind="adversarial", clean_examples=clean)
     v = {r["metric"]: r for r in rows}
