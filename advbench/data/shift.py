@@ -28,7 +28,7 @@ import hashlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,8 +52,8 @@ Distance = Literal["near", "far"]
 
 @dataclass(frozen=True)
 class _Corruption:
-    fn: Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
-    levels: tuple[object, ...]
+    fn: Callable[[np.ndarray, Any, np.random.Generator], np.ndarray]
+    levels: tuple[Any, ...]
     far_from: int | None  # first severity labelled far; None = always near; 1 = always far
 
 
@@ -148,7 +148,7 @@ def corrupt(x: np.ndarray | torch.Tensor, corruption: str, severity: int = 3, *,
     # the stream depends on the corruption and severity, so two sets of one seed are not correlated
     stream = zlib.crc32(f"{corruption}:{severity}".encode())
     rng = np.random.default_rng([int(seed), stream])
-    return np.clip(spec.fn(_as_unit_float(x), spec.levels[severity - 1], rng), 0.0, 1.0)  # type: ignore[arg-type]
+    return np.clip(spec.fn(_as_unit_float(x), spec.levels[severity - 1], rng), 0.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -392,7 +392,7 @@ def dknn_set_records(
     rows: list[dict[str, Any]] = []
     n = len(examples)
 
-    def add(metric: str, value: float, count: int = n, **more: Any) -> None:
+    def add(metric: str, value: Any, count: int = n, **more: Any) -> None:
         rows.append({**base, "metric": metric, "value": float(value), "n": int(count), **more})
 
     labelled = _present(examples["label"]) if n else np.zeros(0, dtype=bool)
@@ -407,20 +407,22 @@ def dknn_set_records(
             "msp_ece",
             expected_calibration_error(examples["msp"], examples["softmax_correct"].astype(bool), n_bins=n_bins),
         )
-    p_cols = sorted((c for c in examples if c.startswith("p_") and c[2:].isdigit()), key=lambda c: int(c[2:]))
+    p_cols = sorted(
+        (str(c) for c in examples if str(c).startswith("p_") and str(c)[2:].isdigit()), key=lambda c: int(c[2:])
+    )
     sets = prediction_set_stats(examples[p_cols].to_numpy(), eps_levels=eps_levels)
-    for r in sets.itertuples():
-        add(f"set_size@{r.eps:g}", r.mean_set_size)
-        add(f"singleton_rate@{r.eps:g}", r.singleton_rate)
-        add(f"empty_rate@{r.eps:g}", r.empty_rate)
+    for r in sets.to_dict("records"):
+        add(f"set_size@{r['eps']:g}", r["mean_set_size"])
+        add(f"singleton_rate@{r['eps']:g}", r["singleton_rate"])
+        add(f"empty_rate@{r['eps']:g}", r["empty_rate"])
     if has_labels:
         val = conformal_validity(examples["p_true"], eps_levels=eps_levels, n_calibration=n_calibration)
-        for r in val.itertuples():
-            add(f"p_true_below@{r.eps:g}", r.rate)
+        for r in val.to_dict("records"):
+            add(f"p_true_below@{r['eps']:g}", r["rate"])
             if kind == "clean":
-                add(f"validity_expected@{r.eps:g}", r.expected)
-                add(f"validity_pvalue@{r.eps:g}", r.pvalue)
-                add(f"validity_violated@{r.eps:g}", float(r.violated))
+                add(f"validity_expected@{r['eps']:g}", r["expected"])
+                add(f"validity_pvalue@{r['eps']:g}", r["pvalue"])
+                add(f"validity_violated@{r['eps']:g}", float(r["violated"]))
     if kind != "clean" and clean_examples is not None:
         chosen = examples
         if kind == "adversarial":
