@@ -29,6 +29,14 @@ Distances
     (``faiss.PCAMatrix``) to every layer wider than ``reduce_dim``; approximate indices (``"ivf"``,
     ``"hnsw"``) and PCA report their :meth:`DkNN.recall_at_k` against exact search.
 
+Per-example outputs
+    :meth:`DkNN.predict` also returns each layer's per-class neighbour counts (``layer_votes``) and
+    ``k``; :func:`example_records` turns an output, the labels, example ids and the classifier's
+    softmax into one tidy row per input (all p-values, the true- and predicted-label p-values,
+    neighbours per layer carrying the DkNN's prediction, the softmax's prediction and the true label,
+    the maximum softmax probability, and ``fooled`` for adversarial sets). The metrics over those rows
+    are in :mod:`advbench.evaluation.calibration`.
+
 Persistence
     :meth:`DkNN.save` writes one faiss index file per layer (``faiss.write_index``: the bytes of
     ``faiss.serialize_index``, streamed to disk rather than copied in memory), the labels and
