@@ -73,7 +73,7 @@ def test_detection_ties_and_direction() -> None:
     assert all(math.isnan(v) for v in detection_scores([], [0.2]).values())
 
 
-def test_calibration_records() -> None:
+def test_calibration_records_has_no_ece_of_credibility() -> None:
     pred = np.array([0, 1, 2, 2])
     cred = np.array([0.9, 0.6, 0.2, 0.1])
     labels = np.array([0, 1, 1, 2])
@@ -92,32 +92,30 @@ def test_calibration_records() -> None:
     values = dict(zip(df["metric"], df["value"], strict=True))
     assert values["dknn_accuracy"] == 0.75
     assert values["mean_credibility"] == pytest.approx(0.45)
-    assert values["ece_credibility"] == pytest.approx(expected_calibration_error(cred, pred == labels))
-    assert values["auroc_clean_vs_set"] == pytest.approx(detection_scores([0.95, 0.7, 0.8], cred)["auroc"])
+    assert values["credibility_auroc_all_examples"] == pytest.approx(detection_scores([0.95, 0.7, 0.8], cred)["auroc"])
     assert set(values) == {
         "dknn_accuracy",
         "mean_credibility",
-        "ece_credibility",
-        "auroc_clean_vs_set",
-        "aupr_clean_vs_set",
-        "aupr_out_clean_vs_set",
+        "credibility_auroc_all_examples",
+        "credibility_auroc_all_examples_se",
     }
+    assert not any("ece" in m for m in values)
     assert (df["n"] == 4).all() and (df["seed"] == 3).all() and (df["eps"] == 0.1).all()
     assert df["value"].map(type).eq(float).all()
-
-
-def test_calibration_records_ood_has_no_accuracy() -> None:
-    rows = calibration_records(
+    ood = calibration_records(
         model="baseline", seed=0, input_set="ood", prediction=[1, 2], credibility=[0.5, 0.1], labels=None
     )
-    values = {r["metric"]: r["value"] for r in rows}
-    assert set(values) == {"mean_credibility", "ece_credibility"}
-    assert values["ece_credibility"] == pytest.approx(0.3)  # every prediction wrong: ECE = mean credibility
+    assert {r["metric"] for r in ood} == {"mean_credibility"}
 
 
 def test_reliability_records() -> None:
-    df = reliability_records(model="m", seed=1, input_set="clean", credibility=CONF, correct=CORRECT, n_bins=2)
-    assert list(df.columns[:3]) == ["model", "seed", "input_set"] and len(df) == 2
+    df = reliability_records(model="m", seed=1, input_set="clean", scores=CONF, correct=CORRECT, n_bins=2)
+    assert list(df.columns[:4]) == ["model", "seed", "input_set", "score"] and len(df) == 2
+    assert (df["score"] == "msp").all()
+    cred = reliability_records(
+        model="m", seed=1, input_set="clean", scores=CONF, correct=CORRECT, score="credibility", n_bins=2
+    )
+    assert (cred["score"] == "credibility").all() and cred["count"].tolist() == [3, 3]
 
 
 def test_rejects_bad_input() -> None:

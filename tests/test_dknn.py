@@ -10,7 +10,7 @@ from torch import nn
 
 from advbench.errors import CacheError
 from advbench.evaluation.calibration import detection_scores
-from advbench.evaluation.dknn import DkNN, DkNNOutput
+from advbench.evaluation.dknn import DkNN, DkNNOutput, example_records
 from advbench.models import Classifier
 
 C = 3
@@ -262,3 +262,86 @@ def test_digits_model_dknn_is_accurate_and_doubts_noise(digits_model, digits_spl
     assert noise.credibility.mean() < clean.credibility.mean()
     assert detection_scores(clean.credibility, noise.credibility)["auroc"] > 0.8
     assert set(dknn.last_timings) == {"features_s", "search_s"}
+
+
+#: sha256 of the arrays of the case below, recorded with the code before per-layer votes were added
+#: (commit 872ef96): the new fields must not change the existing ones by a single bit.
+RECORDED = {
+    "credibility": "30b379a5d7ca94b183c57faeb9f8b848f0b9348de076a583082b6dc5260b163d",
+    "confidence": "56a2f8a6c56ffca14cb87e2f072ee06bcb124e0ad3e0e32eee5ae1b1d52425a9",
+    "p_values": "73964ab08738104a79834f1483dd01d00df9068fad67c875cbb3ce4897e76486",
+    "prediction": "19bf2f20398d09102ce338cd56db9a2ce57590635029e61797a619df9b04a71e",
+    "nonconformity": "9f506b0258f95687855ffaa4ed48e669f493002c042a797b3802f456ac963b33",
+}
+
+
+def _recorded_case() -> tuple[DkNNOutput, np.ndarray]:
+    x_tr, y_tr = make_data(1, 80)
+    x_cal, y_cal = make_data(2, 40)
+    x_te, y_te = make_data(3, 50)
+    dknn = DkNN(tiny_model(), k=7, batch_size=16).fit(torch.from_numpy(x_tr), torch.from_numpy(y_tr))
+    return dknn.calibrate(x_cal, y_cal).predict(x_te, return_neighbors=True), y_te
+
+
+def test_existing_fields_are_bit_identical_to_the_recorded_case() -> None:
+    import hashlib
+
+    out, _ = _recorded_case()
+    for field, digest in RECORDED.items():
+        got = hashlib.sha256(np.ascontiguousarray(getattr(out, field)).tobytes()).hexdigest()
+        assert got == digest, field
+    assert out.credibility[:4].tolist() == [0.575, 0.85, 0.575, 0.5]
+
+
+def test_layer_votes_and_neighbour_counts() -> None:
+    out, y = _recorded_case()
+    assert out.k == 7 and out.layer_votes is not None and out.knn_labels is not None
+    assert list(out.layer_votes) == ["flat", "h", "logits"]
+    for name, labels in out.knn_labels.items():
+        np.testing.assert_array_equal(out.layer_votes[name], (labels[:, :, None] == np.arange(C)).sum(1))
+    np.testing.assert_array_equal(out.nonconformity, 3 * 7 - sum(out.layer_votes.values()))
+    true_counts = out.neighbour_counts(y)
+    for name, labels in out.knn_labels.items():
+        np.testing.assert_array_equal(true_counts[name], (labels == y[:, None]).sum(1))
+    np.testing.assert_array_equal(out.p_value_of(out.prediction), out.credibility)
+    with pytest.raises(ValueError, match="one per input"):
+        out.p_value_of(y[:3])
+
+
+def test_example_records_columns_and_values() -> None:
+    out, y = _recorded_case()
+    rng = np.random.default_rng(0)
+    prob = rng.dirichlet(np.ones(C), size=len(y))
+    ids = np.arange(100, 150)
+    clean_correct = rng.random(len(y)) < 0.7
+    df = example_records(out, labels=y, example_ids=ids, softmax=prob, clean_correct=clean_correct)
+    layers = ["flat", "h", "logits"]
+    expected_cols = (
+        ["example", "label", "prediction", "correct", "credibility", "confidence", "p_true", "p_pred"]
+        + [f"p_{j}" for j in range(C)]
+        + ["k"]
+        + [f"nbr_{w}/{n}" for n in layers for w in ("pred", "softmax_pred", "true")]
+        + ["msp", "softmax_pred", "softmax_correct", "fooled"]
+    )
+    assert sorted(df.columns) == sorted(expected_cols)
+    np.testing.assert_array_equal(df["example"], ids)
+    np.testing.assert_array_equal(df["credibility"], out.credibility)
+    np.testing.assert_array_equal(df["p_true"], out.p_values[np.arange(len(y)), y])
+    np.testing.assert_array_equal(df["p_pred"], out.credibility)
+    np.testing.assert_array_equal(df[[f"p_{j}" for j in range(C)]].to_numpy(), out.p_values)
+    assert out.knn_labels is not None
+    for n in layers:
+        labels = out.knn_labels[n]
+        np.testing.assert_array_equal(df[f"nbr_true/{n}"], (labels == y[:, None]).sum(1))
+        np.testing.assert_array_equal(df[f"nbr_pred/{n}"], (labels == out.prediction[:, None]).sum(1))
+        soft = prob.argmax(1)
+        np.testing.assert_array_equal(df[f"nbr_softmax_pred/{n}"], (labels == soft[:, None]).sum(1))
+    np.testing.assert_allclose(df["msp"], prob.max(1))
+    np.testing.assert_array_equal(df["softmax_correct"], prob.argmax(1) == y)
+    np.testing.assert_array_equal(df["fooled"], clean_correct & (prob.argmax(1) != y))
+    assert (df["k"] == 7).all()
+    ood = example_records(out, labels=None, example_ids=ids, softmax=prob)
+    assert ood["label"].isna().all() and ood["p_true"].isna().all() and ood["nbr_true/h"].isna().all()
+    assert "fooled" not in ood
+    with pytest.raises(ValueError, match="summing to 1"):
+        example_records(out, labels=y, example_ids=ids, softmax=np.log(prob))

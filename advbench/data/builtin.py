@@ -1,4 +1,4 @@
-"""advbench's built-in datasets: fashion-mnist, mnist, digits and synthetic.
+"""advbench's built-in datasets: fashion-mnist, mnist, digits, synthetic and shift (corrupted test images).
 
 Registered through the ``advbench.datasets`` entry-point group like any plugin.
 """
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from advbench.data.base import RawDataset, register_dataset
+from advbench.data.base import RawDataset, dataset_sizes, load_dataset, register_dataset
 from advbench.data.idx import download, read_idx, user_cache_dir
+from advbench.data.shift import make_shift_set
 from advbench.errors import DataError
 from advbench.hashing import sha256_file
 
@@ -283,4 +284,50 @@ def synthetic(
         class_names=tuple(f"class{i}" for i in range(num_classes)),
         max_value=255,
         origin=f"generated(seed={seed})",
+    )
+
+
+def _shift_sizes(params: dict) -> tuple[int, None] | None:
+    base = dataset_sizes(params.get("base", "fashion-mnist"), params.get("base_params"))
+    if base is None:
+        return None
+    pool, test = base
+    return (test if test is not None else pool), None
+
+
+@register_dataset("shift", sizes=_shift_sizes)
+def shift(
+    *,
+    base: str = "fashion-mnist",
+    corruption: str = "gaussian_noise",
+    severity: int = 3,
+    seed: int = 0,
+    base_params: dict | None = None,
+    data_dir: str | Path | None = None,
+) -> RawDataset:
+    """A corrupted copy (advbench.data.shift) of the registered dataset ``base``'s official test images.
+
+    For a base without an official test split (digits, synthetic) the whole pool is corrupted, which
+    includes the images a model was trained on: prefer :func:`advbench.data.shift.make_shift_set` on
+    the run's held-out test split there. ``origin`` records the recipe and the set's sha256.
+    """
+    raw = load_dataset(base, data_dir=data_dir, **(base_params or {}))
+    has_test = raw.x_test is not None and raw.y_test is not None
+    x, y = (raw.x_test, raw.y_test) if has_test else (raw.x_train, raw.y_train)
+    assert x is not None and y is not None
+    src = x.astype(np.float64) / float(raw.max_value)
+    shifted = make_shift_set(src, y, corruption, severity, seed=seed)
+    return RawDataset(
+        name=f"{raw.name}-{shifted.name}",
+        x_train=shifted.x,
+        y_train=shifted.y,
+        x_test=None,
+        y_test=None,
+        num_classes=raw.num_classes,
+        class_names=raw.class_names,
+        max_value=255,
+        origin=(
+            f"{shifted.distance} shift {shifted.name} (seed {seed}) of {raw.name}'s "
+            f"{'test' if has_test else 'whole pool of'} images; sha256 {shifted.sha256}"
+        ),
     )

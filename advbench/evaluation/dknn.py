@@ -29,6 +29,14 @@ Distances
     (``faiss.PCAMatrix``) to every layer wider than ``reduce_dim``; approximate indices (``"ivf"``,
     ``"hnsw"``) and PCA report their :meth:`DkNN.recall_at_k` against exact search.
 
+Per-example outputs
+    :meth:`DkNN.predict` also returns each layer's per-class neighbour counts (``layer_votes``) and
+    ``k``; :func:`example_records` turns an output, the labels, example ids and the classifier's
+    softmax into one tidy row per input (all p-values, the true- and predicted-label p-values,
+    neighbours per layer carrying the DkNN's prediction, the softmax's prediction and the true label,
+    the maximum softmax probability, and ``fooled`` for adversarial sets). The metrics over those rows
+    are in :mod:`advbench.evaluation.calibration`.
+
 Persistence
     :meth:`DkNN.save` writes one faiss index file per layer (``faiss.write_index``: the bytes of
     ``faiss.serialize_index``, streamed to disk rather than copied in memory), the labels and
@@ -55,13 +63,14 @@ from typing import Any, Literal
 
 import faiss
 import numpy as np
+import pandas as pd
 import torch
 
 from advbench.errors import CacheError
 from advbench.hashing import sha256_file
 from advbench.models.classifier import Classifier
 
-__all__ = ["DkNN", "DkNNOutput", "model_fingerprint"]
+__all__ = ["DkNN", "DkNNOutput", "conformal_p_values", "example_records", "model_fingerprint", "softmax_probabilities"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,9 @@ class DkNNOutput:
     largest; ``p_values`` (N, C) float64; ``nonconformity`` (N, C) int64 = alpha(x, j);
     ``knn_labels`` (only when asked for) maps each layer to the (N, k) int64 labels of the
     neighbours, nearest first (-1 where an approximate index returned fewer than k).
+    ``layer_votes`` maps each layer to the (N, C) int64 number of its ``k`` neighbours carrying each
+    label (``nonconformity == L * k - sum of layer_votes``); ``k`` is the neighbours per layer. Both
+    are set by :meth:`DkNN.predict`.
     """
 
     prediction: np.ndarray
@@ -91,9 +103,34 @@ class DkNNOutput:
     p_values: np.ndarray
     nonconformity: np.ndarray
     knn_labels: dict[str, np.ndarray] | None = None
+    layer_votes: dict[str, np.ndarray] | None = None
+    k: int | None = None
 
     def __len__(self) -> int:
         return int(self.prediction.shape[0])
+
+    def p_value_of(self, labels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N,) float64: each input's p-value for the given label (e.g. the true one)."""
+        y = self._per_input_labels(labels, "labels")
+        return self.p_values[np.arange(len(y)), y]
+
+    def neighbour_counts(self, labels: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """Per layer, (N,) int64: how many of the ``k`` neighbours carry each input's given label.
+
+        ``neighbour_counts(out.prediction)`` counts the neighbours that agree with the DkNN's
+        prediction; ``neighbour_counts(y)`` those carrying the true label.
+        """
+        if self.layer_votes is None:
+            raise ValueError("this DkNNOutput has no layer_votes; it was not made by DkNN.predict")
+        y = self._per_input_labels(labels, "labels")
+        rows = np.arange(len(y))
+        return {name: votes[rows, y] for name, votes in self.layer_votes.items()}
+
+    def _per_input_labels(self, labels: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+        y = _labels(labels, self.p_values.shape[1], what)
+        if y.shape != self.prediction.shape:
+            raise ValueError(f"expected {len(self)} {what}, one per input, got shape {tuple(y.shape)}")
+        return y
 
     def accuracy(self, y: np.ndarray | torch.Tensor) -> float:
         """Fraction of DkNN predictions equal to the labels ``y``."""
@@ -284,7 +321,7 @@ class DkNN:
             raise ValueError(f"x_cal has {len(x)} examples but y_cal has {len(y)}; pass matching arrays")
         if len(y) == 0:
             raise ValueError("the calibration set is empty; the DkNN needs at least one calibration point")
-        alpha, _ = self._nonconformity(x, keep_labels=False)
+        alpha, _, _ = self._nonconformity(x, keep_labels=False)
         self.calibration_scores = np.sort(alpha[np.arange(len(y)), y])
         return self
 
@@ -294,7 +331,7 @@ class DkNN:
         self._require_fitted()
         if self.calibration_scores is None:
             raise RuntimeError("the DkNN is not calibrated; call calibrate(x_cal, y_cal) before predict")
-        alpha, knn = self._nonconformity(_inputs(x, "x"), keep_labels=return_neighbors)
+        alpha, knn, layer_votes = self._nonconformity(_inputs(x, "x"), keep_labels=return_neighbors)
         p = self.p_values(alpha)
         pred = np.argmax(p, axis=1)
         rows = np.arange(len(pred))
@@ -306,15 +343,15 @@ class DkNN:
             p_values=p,
             nonconformity=alpha,
             knn_labels=knn,
+            layer_votes=layer_votes,
+            k=self.k,
         )
 
     def p_values(self, alpha: np.ndarray) -> np.ndarray:
         """``p[i, j] = |{a in A : a >= alpha[i, j]}| / |A|`` for integer nonconformities ``alpha``."""
         if self.calibration_scores is None:
             raise RuntimeError("the DkNN is not calibrated; call calibrate(x_cal, y_cal) first")
-        A = self.calibration_scores
-        at_least = len(A) - np.searchsorted(A, alpha, side="left")
-        return at_least.astype(np.float64) / float(len(A))
+        return conformal_p_values(self.calibration_scores, alpha)
 
     def nonconformity(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """``alpha(x, j)`` for every input and class: (N, C) int64."""
@@ -525,12 +562,15 @@ class DkNN:
             for start in range(0, len(x), self.batch_size):
                 yield self._extract(x[start : start + self.batch_size], layers, timings)
 
-    def _nonconformity(self, x: torch.Tensor, *, keep_labels: bool) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
-        """alpha (N, C) int64 and, if asked, each layer's (N, k) neighbour labels."""
+    def _nonconformity(
+        self, x: torch.Tensor, *, keep_labels: bool
+    ) -> tuple[np.ndarray, dict[str, np.ndarray] | None, dict[str, np.ndarray]]:
+        """alpha (N, C) int64, if asked each layer's (N, k) neighbour labels, and each layer's (N, C) votes."""
         assert self.y_train is not None
         C, k, L = self.num_classes, self.k, len(self.layers)
         timings = {"features_s": 0.0, "search_s": 0.0}
         votes: list[np.ndarray] = []
+        per_layer: dict[str, list[np.ndarray]] = {name: [] for name in self.layers}
         knn: dict[str, list[np.ndarray]] | None = {name: [] for name in self.layers} if keep_labels else None
         missing = 0
         for feats in self._chunks(x, self.layers, timings):
@@ -544,7 +584,9 @@ class DkNN:
                 found = ids >= 0
                 labels = np.where(found, self.y_train[np.where(found, ids, 0)], -1)
                 missing += int(ids.size - found.sum())
-                count += np.bincount((labels + offsets)[found], minlength=b * C)
+                layer_count = np.bincount((labels + offsets)[found], minlength=b * C)
+                count += layer_count
+                per_layer[name].append(layer_count.reshape(b, C))
                 if knn is not None:
                     knn[name].append(labels)
             votes.append(count.reshape(b, C))
@@ -558,7 +600,107 @@ class DkNN:
         self.last_timings = timings
         alpha = L * k - _cat(votes, (0, C), np.int64)
         labels_out = {n: _cat(v, (0, k), np.int64) for n, v in knn.items()} if knn is not None else None
-        return alpha, labels_out
+        layer_votes = {n: _cat(v, (0, C), np.int64) for n, v in per_layer.items()}
+        return alpha, labels_out, layer_votes
+
+
+def conformal_p_values(calibration_scores: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``p = |{a in A : a >= alpha}| / |A|`` elementwise, for the *sorted* calibration scores ``A``.
+
+    The DkNN's p-value (Papernot & McDaniel 2018; no ``+1`` for the test point, so ``P(p < eps)`` can
+    exceed ``eps`` by at most ``1 / (|A| + 1)``). Works for integer and real nonconformities.
+    """
+    A = np.asarray(calibration_scores)
+    if A.ndim != 1 or A.size == 0:
+        raise ValueError(f"expected a non-empty 1-d array of sorted calibration scores, got shape {A.shape}")
+    at_least = len(A) - np.searchsorted(A, alpha, side="left")
+    return at_least.astype(np.float64) / float(len(A))
+
+
+def softmax_probabilities(model: torch.nn.Module, x: torch.Tensor | np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """(N, C) float64 softmax of ``model(x)``, computed in eval mode without gradients, in chunks."""
+    _check_int("batch_size", batch_size, 1)
+    xt = _inputs(x, "x")
+    device = _device(model)
+    parts = []
+    with _eval_mode(model), torch.inference_mode():
+        for start in range(0, len(xt), batch_size):
+            logits = model(xt[start : start + batch_size].to(device))
+            parts.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float64)
+
+
+def example_records(
+    out: DkNNOutput,
+    *,
+    labels: np.ndarray | torch.Tensor | None,
+    example_ids: np.ndarray | Sequence[int],
+    softmax: np.ndarray | torch.Tensor,
+    clean_correct: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One tidy row per input: the DkNN's p-values and neighbour counts next to the softmax.
+
+    Args:
+        out: :meth:`DkNN.predict` of the inputs (it carries ``layer_votes`` and ``k``).
+        labels: the true labels, or None for inputs without a class (then ``label``, ``p_true``,
+            ``nbr_true/*`` and the correctness columns are missing values).
+        example_ids: a stable id per input, e.g. its position in the test split; adversarial and
+            shifted copies of a test image carry that image's id, so sets can be joined on it.
+        softmax: (N, C) class probabilities of the same classifier on the same inputs
+            (:func:`softmax_probabilities`).
+        clean_correct: for an adversarial set, whether the classifier's softmax prediction on each
+            input's *clean* version was right; adds ``fooled`` = clean right and adversarial wrong.
+
+    Columns: ``example, label, prediction`` (the DkNN's), ``correct, credibility, confidence, p_true,
+    p_pred`` (= credibility), ``p_0 .. p_{C-1}, k``, then per layer ``nbr_pred/<layer>`` (neighbours
+    carrying the DkNN prediction), ``nbr_softmax_pred/<layer>`` (carrying the softmax prediction --
+    the attacker's label on a successful attack) and ``nbr_true/<layer>``; then ``msp`` (maximum
+    softmax probability), ``softmax_pred``, ``softmax_correct`` and, if asked, ``fooled``.
+    """
+    n = len(out)
+    if out.layer_votes is None or out.k is None:
+        raise ValueError("expected a DkNNOutput from DkNN.predict (with layer_votes and k); got one without them")
+    ids = np.asarray(example_ids)
+    if ids.shape != (n,):
+        raise ValueError(f"expected {n} example ids, one per input, got shape {ids.shape}")
+    prob = np.asarray(softmax.detach().cpu().numpy() if isinstance(softmax, torch.Tensor) else softmax, np.float64)
+    C = out.p_values.shape[1]
+    if prob.shape != (n, C) or not np.isfinite(prob).all():
+        raise ValueError(f"expected softmax as finite (N={n}, C={C}) probabilities, got shape {prob.shape}")
+    if n and not np.allclose(prob.sum(1), 1.0, atol=1e-4):
+        raise ValueError("expected softmax rows summing to 1; pass probabilities (softmax_probabilities), not logits")
+    soft_pred = np.argmax(prob, axis=1).astype(np.int64)
+    cols: dict[str, Any] = {"example": ids}
+    y = None if labels is None else out._per_input_labels(labels, "labels")
+    missing_int = pd.array([pd.NA] * n, dtype="Int64")
+    cols["label"] = missing_int if y is None else y
+    cols["prediction"] = out.prediction
+    cols["correct"] = pd.array([pd.NA] * n, dtype="boolean") if y is None else out.prediction == y
+    cols["credibility"] = out.credibility
+    cols["confidence"] = out.confidence
+    cols["p_true"] = np.full(n, np.nan) if y is None else out.p_value_of(y)
+    cols["p_pred"] = out.p_value_of(out.prediction)
+    for j in range(C):
+        cols[f"p_{j}"] = out.p_values[:, j]
+    cols["k"] = np.full(n, out.k, dtype=np.int64)
+    by_pred = out.neighbour_counts(out.prediction)
+    by_soft = out.neighbour_counts(soft_pred)
+    by_true = None if y is None else out.neighbour_counts(y)
+    for name in out.layer_votes:
+        cols[f"nbr_pred/{name}"] = by_pred[name]
+        cols[f"nbr_softmax_pred/{name}"] = by_soft[name]
+        cols[f"nbr_true/{name}"] = missing_int if by_true is None else by_true[name]
+    cols["msp"] = prob.max(axis=1) if n else np.zeros(0)
+    cols["softmax_pred"] = soft_pred
+    cols["softmax_correct"] = pd.array([pd.NA] * n, dtype="boolean") if y is None else soft_pred == y
+    if clean_correct is not None:
+        cc = np.asarray(clean_correct)
+        if cc.shape != (n,) or (cc.size and cc.dtype != np.bool_):
+            raise ValueError(f"expected clean_correct as {n} booleans, got {cc.dtype} of shape {cc.shape}")
+        if y is None:
+            raise ValueError("fooled needs the true labels; pass labels with clean_correct")
+        cols["fooled"] = cc & (soft_pred != y)
+    return pd.DataFrame(cols)
 
 
 def _train_pca(index: Any, sample: np.ndarray) -> None:
