@@ -169,7 +169,7 @@ def test_plugin_claim_by_decorator_and_entry_point(monkeypatch):
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="committed transfer run not present")
 def test_committed_run_verdicts():
-    from advbench.reports.results import Results
+    from advbench.evaluation.results import Results
 
     out: dict[str, ClaimResult] = {r.name: r for r in evaluate_claims(Results.load(RUN), BUILTINS)}
     verdicts = {n: r.verdict for n, r in out.items()}

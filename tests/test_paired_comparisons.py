@@ -88,7 +88,7 @@ def test_rate_intervals_respect_unit_interval():
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="committed transfer run not present")
 def test_committed_run_interval_and_test_never_disagree():
-    from advbench.reports.results import Results
+    from advbench.evaluation.results import Results
 
     res = Results.load(RUN)
     t = paired_comparisons(res.metrics, "baseline", ["entangled", "disentangled"], outcomes=res.outcomes)
