@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from advbench.errors import AdvbenchError, ThreatModelError
 
 __all__ = [
+    "ATTACK_PROPERTIES",
     "FLOAT_ATOL",
     "Attack",
     "AttackParamsError",
@@ -60,6 +61,11 @@ __all__ = [
 FLOAT_ATOL = 1e-6
 
 Backend = Literal["torchattacks", "foolbox"]
+
+#: The vocabulary of :attr:`Attack.properties`.
+ATTACK_PROPERTIES: frozenset[str] = frozenset(
+    {"single-step", "iterative", "gradient-based", "score-based", "decision-based", "adaptive-dknn", "ensemble"}
+)
 
 
 class AttackParamsError(AdvbenchError, ValueError):
@@ -232,9 +238,17 @@ class Attack(abc.ABC):
 
     norm: ClassVar[str] = "linf"
     supports_targeted: ClassVar[bool] = False
+    #: What the attack is, for the evaluation flags and the worst case (never inferred from names):
+    #: a subset of :data:`ATTACK_PROPERTIES`. Empty = undeclared (the flags then skip the attack).
+    properties: ClassVar[frozenset[str]] = frozenset()
     #: True only for attacks whose own threat model is not the L-inf ball: their output is projected
     #: onto the ball and the box before validation. An L-inf attack is validated, never clipped.
     project_output: bool = False
+
+    @classmethod
+    def passes_per_example(cls, params: dict[str, Any]) -> int:
+        """Forward+backward passes per example under ``params`` (for ``--plan``); default ``steps`` or 1."""
+        return int(params.get("steps", 1))
 
     # -- to write ----------------------------------------------------------------------------------
     @abc.abstractmethod
