@@ -19,6 +19,13 @@ How a library attack meets the L-inf threat model:
   (an Lp ball of radius eps, p >= 1, lies inside the L-inf ball of radius eps).
 * Randomness: both libraries draw from torch's global RNG; it is forked and seeded from the attack's
   generator around the call (:func:`~advbench.attacks.base.seeded_global_rng`).
+* AutoAttack (Croce & Hein 2020), the reference ensemble, is ``torchattacks.AutoAttack``: ``eps``,
+  ``n_classes`` and ``seed`` come from the threat model, the model and the generator, so it matches
+  calling torchattacks directly with those values (``tests/test_autoattack.py``). Pick ``version``
+  (``"standard"``: APGD-CE, APGD-T, FAB-T, Square; ``"plus"``; ``"rand"``) in the suite's params.
+* Each wrapper declares :attr:`~advbench.attacks.base.Attack.properties` from the library's class
+  name (:data:`TORCHATTACKS_PROPERTIES`, :func:`foolbox_properties`), e.g. AutoAttack is
+  ``iterative + gradient-based + ensemble`` and Square ``score-based``.
 * The library's wrapper classes (torchattacks' ``MultiAttack`` and ``LGV``, which wrap other attacks
   or need a training loader) are not attacks on their own and are not registered.
 """

@@ -536,13 +536,13 @@ def evaluation_flags(
     """
     acc = accuracy_table(metrics, dknn)
     props = dict(registry_properties(sorted(set(acc["attack"])))) | dict(properties or {})
-    kw = {"tolerance": tolerance, "error_above": error_above}
+    tol, err = tolerance, error_above
     checks = [
-        *adaptive_weaker_than_non_adaptive(acc, props, **kw),
-        *iterative_weaker_than_single_step(acc, props, **kw),
-        *success_not_increasing(acc, **kw),
-        *transfer_stronger_than_white_box(acc, **kw),
-        *score_based_stronger(acc, props, **kw),
+        *adaptive_weaker_than_non_adaptive(acc, props, tolerance=tol, error_above=err),
+        *iterative_weaker_than_single_step(acc, props, tolerance=tol, error_above=err),
+        *success_not_increasing(acc, tolerance=tol, error_above=err),
+        *transfer_stronger_than_white_box(acc, tolerance=tol, error_above=err),
+        *score_based_stronger(acc, props, tolerance=tol, error_above=err),
         *above_chance_at_full_range(acc, num_classes=num_classes, tolerance=chance_tolerance),
     ]
     return flags_frame(checks)
