@@ -41,6 +41,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -121,33 +122,35 @@ class Check:
 def _check(
     check: str,
     *,
-    quantity: str,
-    model: str,
-    source: str | None,
-    attack: str | None,
-    reference: str | None,
-    eps: float | None,
-    seed: int | None,
-    value: float,
-    reference_value: float,
-    gap: float,
+    quantity: Any,
+    model: Any,
+    source: Any,
+    attack: Any,
+    reference: Any,
+    eps: Any,
+    seed: Any,
+    value: Any,
+    reference_value: Any,
+    gap: Any,
     threshold: float,
     error_above: float,
     detail: str,
 ) -> Check:
+    """One check's row; the keys and numbers may come straight from pandas (they are converted here)."""
+    gap = float(gap)
     flagged = bool(np.isfinite(gap) and gap > threshold)
     return Check(
         check,
-        quantity,
-        model,
-        source,
-        attack,
-        reference,
+        str(quantity),
+        str(model),
+        None if source is None else str(source),
+        None if attack is None else str(attack),
+        None if reference is None else str(reference),
         None if eps is None else float(eps),
         None if seed is None else int(seed),
         float(value),
         float(reference_value),
-        float(gap),
+        gap,
         float(threshold),
         "flagged" if flagged else "passed",
         ("error" if gap > error_above else "warning") if flagged else "",
@@ -440,7 +443,7 @@ def above_chance_at_full_range(
                 seed=r.seed,
                 value=r.value,
                 reference_value=chance,
-                gap=float(r.value - chance),
+                gap=float(cast(float, r.value)) - chance,
                 threshold=tolerance,
                 error_above=-math.inf,  # always an error when raised
                 detail=f"white-box {r.quantity} accuracy {r.value:.4f} at eps={r.eps:g} (the whole [0, 1] box) vs "

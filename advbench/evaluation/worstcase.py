@@ -152,7 +152,9 @@ def worst_case_examples(
     out = pd.DataFrame(
         {
             "robust": g["correct"].all() & (g["clean_correct"].all() if include_clean else True),
-            "broken_by": g.apply(lambda s: ";".join(sorted(s.loc[~s["correct"], "label"])), include_groups=False),
+            "broken_by": df.assign(_broke=df["label"].where(~df["correct"].astype(bool)))
+            .groupby([*_KEYS, "example"], sort=True)["_broke"]
+            .agg(lambda s: ";".join(sorted(s.dropna()))),
             "worst_attack": worst["label"],
             "credibility": worst["credibility"],
         }
