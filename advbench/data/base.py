@@ -114,6 +114,27 @@ def dataset_sizes(name: str, params: dict[str, Any] | None = None) -> tuple[int,
         return None
 
 
+def dataset_shape(name: str, params: dict[str, Any] | None = None) -> tuple[int, ...] | None:
+    """The shape of one input ``(C, H, W)`` of a registered dataset, known without loading it.
+
+    A loader declares it with the registry's ``shape`` metadata (a tuple or a function of the
+    loader's parameters); ``None`` when it does not, or its parameters are invalid.
+    """
+    try:
+        shape = DATASETS.entry(name).meta.get("shape")
+    except KeyError:
+        return None
+    try:
+        if callable(shape):
+            shape = shape(dict(params or {}))
+        if shape is None:
+            return None
+        out = tuple(int(s) for s in shape)
+        return out if all(s >= 1 for s in out) and all(isinstance(s, int) for s in shape) else None
+    except Exception:  # bad params are reported by the parameter checks
+        return None
+
+
 def load_dataset(name: str, *, data_dir: str | Path | None = None, **kwargs: Any) -> RawDataset:
     """Load the registered dataset ``name``; ``data_dir`` is passed to loaders that read files.
 
