@@ -86,14 +86,16 @@ def test_a_suite_name_cannot_smuggle_a_path(tmp_path, in_project):
 
 
 def test_safe_paths_pass(tmp_path, in_project):
-    s = load_suite(_write(tmp_path, _suite_text(cache_dir="'.cache/cells'", report="{output: 'reports/sub/{name}.md'}")))
+    s = load_suite(
+        _write(tmp_path, _suite_text(cache_dir="'.cache/cells'", report="{output: 'reports/sub/{name}.md'}"))
+    )
     assert s.cache_dir == ".cache/cells"
 
 
 def test_every_problem_in_one_pass(tmp_path, in_project):
-    text = _suite_text(
-        cache_dir="/", report="{output: /etc/passwd}", seeds=f"[0, {2**64}]"
-    ).replace("shape:\n      - 1\n      - 8\n      - 8", "shape: [1, 9, 9]")
+    text = _suite_text(cache_dir="/", report="{output: /etc/passwd}", seeds=f"[0, {2**64}]").replace(
+        "shape:\n      - 1\n      - 8\n      - 8", "shape: [1, 9, 9]"
+    )
     problems = _problems(_write(tmp_path, text))
     fields = {p.split(": ", 2)[1] for p in problems}
     assert {"cache_dir", "report.output", "seeds[1]", "evaluations.ood.dataset"} <= fields, problems
@@ -127,7 +129,9 @@ def test_absurd_data_sizes_are_refused_with_an_estimate(tmp_path, in_project, da
 
 
 def test_the_memory_limit_can_be_raised(tmp_path, in_project, monkeypatch):
-    text = _write(tmp_path, _suite_text(dataset="{name: digits, params: {size: 2000}, splits: {train: 1000, test: 400}}"))
+    text = _write(
+        tmp_path, _suite_text(dataset="{name: digits, params: {size: 2000}, splits: {train: 1000, test: 400}}")
+    )
     assert any("GiB of memory" in p for p in _problems(text))
     monkeypatch.setenv("ADVBENCH_MAX_DATA_GB", "100000")
     assert not any("GiB of memory" in p for p in _problems(text))  # other problems (OOD shape) remain
@@ -172,7 +176,7 @@ def test_command_line_paths_are_the_users_choice(tmp_path, monkeypatch):
     monkeypatch.delenv("ADVBENCH_CACHE")
     with pytest.raises(ConfigError, match="cache_dir"):
         resolve_cache_dir(s)
-    with pytest.raises(ConfigError, match="report.output"):
+    with pytest.raises(ConfigError, match=r"report\.output"):
         resolve_report_path(s)
 
 

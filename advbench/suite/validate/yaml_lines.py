@@ -2,7 +2,8 @@
 
 The file is composed (no Python object is built) to map each field to its line, to find keys given
 twice and tags other than the plain YAML types, and to refuse documents that expand through aliases
-to more values than any suite needs; only then is it loaded with :class:`SuiteLoader` (``yaml.SafeLoader`` plus YAML 1.2 floats).
+to more values than any suite needs; only then is it loaded with
+:class:`SuiteLoader` (``yaml.SafeLoader`` plus YAML 1.2 floats).
 """
 
 from __future__ import annotations
