@@ -101,7 +101,7 @@ class Results:
                 tables[name] = pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
             except pd.errors.EmptyDataError:
                 tables[name] = pd.DataFrame()
-            except (OSError, ValueError, EOFError, UnicodeDecodeError) as exc:  # truncated gzip, binary junk
+            except Exception as exc:  # truncated gzip (zlib.error), binary junk, bad encodings: all damage
                 raise AdvbenchError(
                     f"{path}: the saved results are damaged "
                     f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
