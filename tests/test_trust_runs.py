@@ -54,7 +54,7 @@ class _Swallows(Attack):
         for _ in range(3600):
             try:
                 time.sleep(1)
-            except BaseException:  # noqa: S110 (a hostile plugin)
+            except BaseException:  # a hostile plugin swallows everything
                 pass
         return x
 
