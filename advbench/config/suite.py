@@ -37,7 +37,7 @@ class _Strict(BaseModel):
 
 
 def parse_eps(value: Any) -> float:
-    """Parse an eps given as a number (``0.1``) or a fraction string (``"8/255"``) into [0, 1] pixels.
+    """Parse an eps given as a number (``0.1``, ``1e-3``) or a fraction string (``"8/255"``) into [0, 1] pixels.
 
     Fractions are computed exactly, so ``"8/255"`` gives the same float as ``8 / 255``.
     """
@@ -46,7 +46,7 @@ def parse_eps(value: Any) -> float:
         raise ValueError(f"eps {value!r}: {expected}, not a boolean")
     if isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"(\d+(\.\d*)?|\.\d+)(\s*/\s*(\d+(\.\d*)?|\.\d+))?", text):
+        if not re.fullmatch(r"(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(\s*/\s*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)?", text):
             raise ValueError(f"eps {value!r}: {expected}")
         num, _, den = text.partition("/")
         if den and Fraction(den.strip()) == 0:

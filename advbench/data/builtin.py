@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advbench.data.base import RawDataset, dataset_sizes, load_dataset, register_dataset
+from advbench.data.base import RawDataset, dataset_shape, dataset_sizes, load_dataset, register_dataset
 from advbench.data.idx import download, read_idx, user_cache_dir
 from advbench.data.shift import make_shift_set
 from advbench.errors import DataError
@@ -176,7 +176,7 @@ def _read_idx_folder(name: str, folder: Path, classes: tuple[str, ...]) -> RawDa
     )
 
 
-@register_dataset("fashion-mnist", sizes=(60000, 10000))
+@register_dataset("fashion-mnist", sizes=(60000, 10000), shape=(1, 28, 28))
 def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
     """Zalando's Fashion-MNIST: 60,000 + 10,000 grey 28x28 images of 10 clothing classes."""
     folder = find_idx_dir(
@@ -193,7 +193,7 @@ def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) 
     )
 
 
-@register_dataset("mnist", sizes=(60000, 10000))
+@register_dataset("mnist", sizes=(60000, 10000), shape=(1, 28, 28))
 def mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
     """LeCun's MNIST handwritten digits (28x28), from the user's files or a verified download."""
     folder = find_idx_dir(
@@ -202,7 +202,7 @@ def mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDa
     return read_idx_dataset("mnist", folder, tuple(str(i) for i in range(10)), url=MNIST_URL, sha256=MNIST_SHA256)
 
 
-@register_dataset("digits", sizes=(1797, None))
+@register_dataset("digits", sizes=(1797, None), shape=lambda p: (1, p.get("size", 8), p.get("size", 8)))
 def digits(*, size: int = 8) -> RawDataset:
     """scikit-learn's embedded 8x8 handwritten digits (1,797 images, no download).
 
@@ -257,7 +257,9 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
-@register_dataset("synthetic", sizes=lambda params: (params.get("n", 600), None))
+@register_dataset(
+    "synthetic", sizes=lambda params: (params.get("n", 600), None), shape=lambda p: tuple(p.get("shape", (1, 8, 8)))
+)
 def synthetic(
     *, n: int = 600, num_classes: int = 4, shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0
 ) -> RawDataset:
@@ -295,7 +297,11 @@ def _shift_sizes(params: dict) -> tuple[int, None] | None:
     return (test if test is not None else pool), None
 
 
-@register_dataset("shift", sizes=_shift_sizes)
+@register_dataset(
+    "shift",
+    sizes=_shift_sizes,
+    shape=lambda p: dataset_shape(p.get("base", "fashion-mnist"), p.get("base_params")),
+)
 def shift(
     *,
     base: str = "fashion-mnist",

@@ -16,6 +16,7 @@ import pandas as pd
 from advbench.errors import AdvbenchError
 from advbench.evaluation.stats import mean_ci, paired_differences, summarize
 from advbench.evaluation.transfer import transfer_metrics
+from advbench.io import atomic_path, atomic_write_text
 
 __all__ = ["Results", "seed_summary"]
 
@@ -68,16 +69,22 @@ class Results:
         return cls(suite=suite, outcomes=outcomes, metrics=metrics, **tables)
 
     def save(self, folder: str | Path) -> None:
+        """Write every table, then ``suite.json`` (its presence marks complete results), each atomically.
+
+        A full or read-only disk raises :class:`~advbench.io.DiskFullError` or
+        :class:`~advbench.io.FileWriteError` naming the file and leaves no partial file behind.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "suite.json").write_text(json.dumps(self.suite, indent=1))
         for f in fields(self):
             if f.name in _FILES:
                 # fast, reproducible gzip (no timestamp in the header)
                 compression = (
                     {"method": "gzip", "compresslevel": 1, "mtime": 0} if _FILES[f.name].endswith(".gz") else None
                 )
-                getattr(self, f.name).to_csv(folder / _FILES[f.name], index=False, compression=compression)
+                with atomic_path(folder / _FILES[f.name], what="a results table") as tmp:
+                    getattr(self, f.name).to_csv(tmp, index=False, compression=compression)
+        atomic_write_text(folder / "suite.json", json.dumps(self.suite, indent=1), what="the results' suite")
 
     @classmethod
     def load(cls, folder: str | Path) -> Results:
@@ -94,7 +101,21 @@ class Results:
                 tables[name] = pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
             except pd.errors.EmptyDataError:
                 tables[name] = pd.DataFrame()
-        return cls(suite=json.loads((folder / "suite.json").read_text()), **tables)
+            except Exception as exc:  # truncated gzip (zlib.error), binary junk, bad encodings: all damage
+                raise AdvbenchError(
+                    f"{path}: the saved results are damaged "
+                    f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                    f"re-run `advbench run` on the suite to write them again (cached cells are not recomputed)"
+                ) from exc
+        try:
+            suite = json.loads((folder / "suite.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise AdvbenchError(
+                f"{folder / 'suite.json'}: the saved results are damaged ({exc}); re-run `advbench run` on the suite"
+            ) from exc
+        if not isinstance(suite, dict) or not isinstance(suite.get("report"), dict) or "name" not in suite:
+            raise AdvbenchError(f"{folder / 'suite.json'}: expected the suite of a run, got something else; re-run it")
+        return cls(suite=suite, **tables)
 
     def paired_differences(self, reference: str, variants: list[str]) -> pd.DataFrame:
         """Paired differences of each variant against ``reference`` (:func:`~.stats.paired_differences`)."""

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from advbench.codeversion import report_code_version
 from advbench.errors import AdvbenchError
 from advbench.evaluation.flags import evaluation_flags
 from advbench.evaluation.results import Results, seed_summary
-from advbench.io import atomic_write_text
+from advbench.io import atomic_path, atomic_write_text, is_generated_file, write_generated_text
 
 __all__ = ["render_report", "results_digest", "write_report", "write_run_report"]
 
@@ -82,31 +83,60 @@ def render_report(
     return "\n".join(out) + "\n"
 
 
-def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any], plots: bool = True) -> Path:
-    """Render the report to ``path`` with its figures in ``<path without .md>/`` and the tidy CSVs beside them."""
+def check_report_path(path: str | Path) -> Path:
+    """Refuse a report path advbench may not write, before anything runs; the path when it may.
+
+    ``path`` must end in ``.md``; it may not exist yet, or be a regular file advbench wrote (its first
+    line is advbench's marker). A file advbench did not write, a symlink or a folder is refused, and
+    so is a *file* where the report's figure folder (``path`` without ``.md``) goes.
+    """
     path = Path(path)
-    fig_dir = path.with_suffix("")
-    if fig_dir.exists() and not fig_dir.is_dir():
+    if path.suffix.lower() != ".md":
+        raise AdvbenchError(f"report path {path}: expected a Markdown file ending in .md; pass --report NAME.md")
+    if path.is_symlink() or (path.exists() and not is_generated_file(path)):
+        what = "a symlink" if path.is_symlink() else "not a file advbench wrote (no advbench marker on line 1)"
         raise AdvbenchError(
-            f"the report {path} keeps its figures and tables in {fig_dir}, which is a file; "
-            f"move that file or pass another report path (--report)"
+            f"refusing to write the report to {path}: it is {what}, and advbench never replaces a file it did not "
+            f"write. Nothing was run. To fix: pass another path with --report, or move {path.name} away yourself"
         )
+    fig_dir = path.with_suffix("")
+    if fig_dir.is_symlink() or (fig_dir.exists() and not fig_dir.is_dir()):
+        raise AdvbenchError(
+            f"the report {path} keeps its figures and tables in {fig_dir}, which is a file or a symlink; "
+            f"move it or pass another report path (--report)"
+        )
+    return path
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path, what="a report table") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any], plots: bool = True) -> Path:
+    """Render the report to ``path`` with its figures in ``<path without .md>/`` and the tidy CSVs beside them.
+
+    Every file is written atomically; the report itself only over a report advbench wrote
+    (:func:`check_report_path`, :func:`advbench.io.write_generated_text`).
+    """
+    path = check_report_path(path)
+    fig_dir = path.with_suffix("")
     fig_dir.mkdir(parents=True, exist_ok=True)
     text = render_report(
         results, manifest=manifest, figures_dir=fig_dir if plots else None, link_prefix=f"{fig_dir.name}/"
     )
     if len(results.metrics):
-        results.metrics.to_csv(fig_dir / "transfer_metrics.csv", index=False)
+        _write_csv(results.metrics, fig_dir / "transfer_metrics.csv")
     if len(results.dknn):
-        results.dknn.to_csv(fig_dir / "dknn_metrics.csv", index=False)
+        _write_csv(results.dknn, fig_dir / "dknn_metrics.csv")
     if len(results.outcomes):
         order = [m["name"] for m in results.suite["models"]]
         ref = "baseline" if "baseline" in order else order[0]
         if len(order) > 1:
-            results.paired_differences(ref, [m for m in order if m != ref]).to_csv(
-                fig_dir / "paired_differences.csv", index=False
+            _write_csv(
+                results.paired_differences(ref, [m for m in order if m != ref]), fig_dir / "paired_differences.csv"
             )
-    atomic_write_text(path, text)
+    write_generated_text(path, text, what="the report")
     return path
 
 
@@ -443,17 +473,19 @@ def _provenance_section(manifest: dict[str, Any]) -> list[str]:
 def write_run_report(results: Results, out: str | Path, *, results_dir: Path, manifest: dict[str, Any]) -> bool:
     """Write the report of a run's results to ``out`` unless it is up to date; whether it was written.
 
-    The report is a pure function of the results: when the digest of ``results_dir`` matches the
-    stamp left by the last rendering, nothing is re-rendered.
+    The report is a pure function of the results and of the renderer's code: when the digest of
+    ``results_dir`` and :func:`~advbench.codeversion.report_code_version` both match the stamp
+    left by the last rendering, nothing is re-rendered.
     """
     out = Path(out)
     stamp = out.with_suffix("") / "results.sha256"
     digest = results_digest(results_dir)
-    if out.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
-        log.info("report %s is up to date (results unchanged, sha256 %s)", out, digest[:12])
+    want = f"{digest}\nreport-code {report_code_version()}\n"
+    if out.is_file() and stamp.is_file() and stamp.read_text() == want:
+        log.info("report %s is up to date (results and report code unchanged, sha256 %s)", out, digest[:12])
         return False
     write_report(results, out, manifest=manifest, plots=results.suite["report"].get("plots", True))
-    stamp.write_text(digest + "\n")
+    atomic_write_text(stamp, want, what="the report's stamp")
     log.info("report written to %s", out)
     return True
 

@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from advbench.attacks.base import ThreatModel, create_attack, generate
+from advbench.attacks.contract import call_plugin, run_with_time_limit
+from advbench.codeversion import code_spec
 from advbench.data import load_dataset
 from advbench.errors import AdvbenchError, CacheError
 from advbench.evaluation.dknn import DkNN
@@ -171,7 +173,13 @@ def _clean_evaluation(
 ) -> None:
     """Clean test accuracy and the input-gradient checks of a trained model, cached with its key."""
     test = ctx.splits.test
-    key = cache_key("clean-eval", {"model": cell.key, "test": ctx.splits.hashes["test"], "n_grad": _N_GRAD})
+    spec = {
+        "model": cell.key,
+        "test": ctx.splits.hashes["test"],
+        "n_grad": _N_GRAD,
+        "code": code_spec("clean-eval", threads=cell.spec["code"]["threads"]),
+    }
+    key = cache_key("clean-eval", spec)
     entry = ctx.cache.get("clean-eval", key)
     if entry is None:
         idx = torch.from_numpy(ctx.transfer_indices[:_N_GRAD])
@@ -230,17 +238,34 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     test = ctx.splits.test
     idx = torch.from_numpy(ctx.transfer_indices)
     x, y = test.x[idx].to(ctx.device), test.y[idx].to(ctx.device)
-    attack = create_attack(acfg.name, backend=acfg.backend, **acfg.params)
+    # the plugin's constructor is its code too: an exit there is this cell's failure
+    attack = call_plugin(acfg.name, create_attack, acfg.name, backend=acfg.backend, **acfg.params)
     t0 = time.perf_counter()
-    res = generate(
-        model, attack, x, y, ThreatModel(eps=eps), batch_size=acfg.batch_size, seed=seed, progress=ctx.options.progress
-    )
-    tensors = {
-        "x_adv": res.x_adv.detach().cpu().contiguous(),
-        "success": res.success.detach().cpu().to(torch.uint8).contiguous(),
-        "linf": res.linf.detach().cpu().contiguous(),
-        "indices": idx.contiguous(),
-    }
+
+    def attack_all() -> dict[str, torch.Tensor]:
+        res = generate(
+            model,
+            attack,
+            x,
+            y,
+            ThreatModel(eps=eps),
+            batch_size=acfg.batch_size,
+            seed=seed,
+            progress=ctx.options.progress,
+        )
+        return {
+            "x_adv": res.x_adv.detach().cpu().contiguous(),
+            "success": res.success.detach().cpu().to(torch.uint8).contiguous(),
+            "linf": res.linf.detach().cpu().contiguous(),
+            "indices": idx.contiguous(),
+        }
+
+    if ctx.time_limit:
+        # in a child process that is killed when the time is up: a plugin cannot swallow the limit
+        # (it runs with CHILD_THREADS threads, which the cell's key records)
+        tensors = run_with_time_limit(attack_all, timeout_s=ctx.time_limit, name=cell.label)
+    else:
+        tensors = attack_all()
     with ctx.cache.writer("attack", cell.key, {"label": cell.label, "seconds": time.perf_counter() - t0}) as folder:
         save_file(tensors, str(folder / "adv.safetensors"), metadata={"attack": repr(attack), "eps": str(eps)})
     store.adversarial[(seed, source, akey, eps)] = tensors

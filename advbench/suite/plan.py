@@ -11,10 +11,12 @@ it reads, the hashes of the data splits, and the versions of advbench and of the
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from advbench import __version__
+from advbench.codeversion import code_spec
 from advbench.config import AttackConfig, ModelConfig, Suite
 from advbench.data import Splits
 from advbench.suite.cache import Cache, cache_key
@@ -66,7 +68,25 @@ def _attack_steps(a: AttackConfig) -> int:
     return int(a.params.get("steps", 1 if a.name == "fgsm" else 10))
 
 
-def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_ood: int) -> Plan:
+def build_plan(
+    suite: Suite,
+    splits: Splits,
+    *,
+    n_transfer: int,
+    n_dknn: int,
+    n_ood: int,
+    threads: Mapping[str, int] | int | None = None,
+) -> Plan:
+    """The cells of ``suite``; ``threads``: the torch thread count each kind runs with (one for all, or per kind).
+
+    Every spec includes ``code_spec(kind, threads=...)``: the version of the code behind its kind and
+    the thread count, so a change to either gives new keys and cells computed differently never mix.
+    """
+
+    def code(kind: str) -> dict[str, Any]:
+        n = threads.get(kind) if isinstance(threads, Mapping) else threads
+        return code_spec(kind, threads=n)
+
     versions = library_versions()
     core = {k: versions[k] for k in ("advbench", "torch", "numpy")}
     data = {"dataset": suite.dataset.name, "hashes": splits.hashes}
@@ -80,6 +100,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                 "seed": seed,
                 "data": data,
                 "versions": {**core, "safetensors": versions["safetensors"]},
+                "code": code("train"),
             }
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
@@ -101,6 +122,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                         "seed": seed,
                         "data": data,
                         "versions": {**core, **lib},
+                        "code": code("attack"),
                     }
                     key = cache_key("attack", spec)
                     attack_keys[(seed, m.name, a.key, eps)] = key
@@ -119,7 +141,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
     if suite.evaluations.transfer.enabled:
         for (seed, source, attack, eps), akey in attack_keys.items():
             targets = {m.name: train_keys[(m.name, seed)] for m in suite.models}
-            spec = {"adv": akey, "targets": targets, "versions": core}
+            spec = {"adv": akey, "targets": targets, "versions": core, "code": code("transfer")}
             cells.append(
                 Cell(
                     "transfer",
@@ -140,6 +162,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     "dknn": dk.model_dump(exclude={"n_examples"}),
                     "data": data,
                     "versions": {**core, "faiss": versions["faiss-cpu"]},
+                    "code": code("dknn-index"),
                 }
                 ikey = cache_key("dknn-index", ispec)
                 cells.append(
@@ -162,6 +185,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     "n": n_dknn,
                     "n_ood": n_ood,
                     "versions": ispec["versions"],
+                    "code": code("dknn-score"),
                 }
                 n_sets = 1 + len(adv) + (1 if ood else 0)
                 cells.append(
