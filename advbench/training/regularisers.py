@@ -242,7 +242,7 @@ class SupervisedContrastive(Regulariser):
 
 
 def supcon_loss(x: Tensor, y: Tensor, temperature: float, reduction: str = "mean") -> Tensor:
-    """The supervised contrastive loss of rows ``x`` (normalised here) with labels ``y``; see :class:`SupervisedContrastive`."""
+    """Supervised contrastive loss of rows ``x`` (normalised here), labels ``y``; see :class:`SupervisedContrastive`."""
     z = nn.functional.normalize(x, dim=1)
     b = len(y)
     eye = torch.eye(b, dtype=torch.bool, device=x.device)
