@@ -139,7 +139,7 @@ def test_supcon_equals_khosla_eq2_brute_force(reduction):
     x, y = _batch(b=10)
     y[-1] = 9  # an anchor without a positive is left out
     reg = create_regulariser("supcon", _ctx(), {"temperature": 0.2, "reduction": reduction})
-    got = float(reg({"h": x}, y)["h"])
+    got = float(reg({"h": x}, y)["h"].detach())
     total, kept = _supcon_brute(x.numpy(), y.numpy(), 0.2)
     assert kept == 9
     assert got == pytest.approx(total / kept if reduction == "mean" else total, rel=1e-10)
@@ -162,7 +162,7 @@ def test_class_data_description_equals_brute_force_and_initialises_centres_at_cl
     g = torch.Generator().manual_seed(2)
     reg.log_sigma["h"].data.copy_(0.3 * torch.randn(3, generator=g, dtype=torch.float64))
     reg.bias["h"].data.copy_(torch.randn(3, generator=g, dtype=torch.float64))
-    got = float(reg({"h": x}, y)["h"])
+    got = float(reg({"h": x}, y)["h"].detach())
     mu = reg.centres["h"].detach().numpy()
     for j in range(3):  # the first batch sets every centre to its class mean
         np.testing.assert_allclose(mu[j], x.numpy()[y.numpy() == j].mean(0), rtol=1e-12)
@@ -177,7 +177,7 @@ def test_class_data_description_equals_brute_force_and_initialises_centres_at_cl
 
 
 def test_bad_parameters_are_refused_with_the_value():
-    with pytest.raises(ValueError, match="alpha.*got 2"):
+    with pytest.raises(ValueError, match=r"alpha.*got 2"):
         create_regulariser("center", _ctx(), {"alpha": 2.0})
     with pytest.raises(ValueError, match="temperature must be > 0, got -1"):
         create_regulariser("supcon", _ctx(), {"temperature": -1.0})
@@ -244,7 +244,7 @@ def test_regulariser_state_is_verified(digits_splits, tmp_path):
     (tmp_path / "ck" / "regularisers.safetensors").write_bytes(b"\x80\x04junk")
     from advbench.errors import CacheError
 
-    with pytest.raises(CacheError, match="regularisers.safetensors has sha256"):
+    with pytest.raises(CacheError, match=r"regularisers\.safetensors has sha256"):
         load_regulariser_state(tmp_path / "ck")
 
 

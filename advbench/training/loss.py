@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -199,8 +199,12 @@ class CompositeLoss(nn.Module):
     def regularisers(self) -> dict[str, Regulariser]:
         """Every active regulariser by name (the SNNL block as ``snnl``)."""
         out: dict[str, Regulariser] = {"snnl": self.snnl} if self.snnl is not None else {}
-        out.update({k: v for k, v in self.others.items()})  # type: ignore[misc]
+        out.update(self.other_regularisers())
         return out
+
+    def other_regularisers(self) -> dict[str, Regulariser]:
+        """The recipe's ``regularisers`` list by name (not the SNNL block)."""
+        return {k: cast(Regulariser, v) for k, v in self.others.items()}
 
     def temperature(self, layer: str) -> LayerTemperature:
         if self.snnl is None:
@@ -216,7 +220,7 @@ class CompositeLoss(nn.Module):
             ce = nn.functional.cross_entropy(logits, y)
             return LossTerms(ce, ce, logits)
         read = [*self.layers] if self.snnl is not None else []
-        for reg in self.others.values():
+        for reg in self.other_regularisers().values():
             read += [la for la in reg.layers if la not in read]
         feats = model.features(x, [*read, "logits"])
         logits = feats["logits"]
@@ -229,7 +233,7 @@ class CompositeLoss(nn.Module):
                 terms.temperature[layer] = self.snnl.used_temperature[layer]
                 terms.floor[layer] = self.snnl.floor[layer]
                 total = total + self.alpha * s
-        for name, reg in self.others.items():
+        for name, reg in self.other_regularisers().items():
             for term, value in reg(feats, y).items():
                 terms.regularisers[f"{name}/{term}"] = value
                 total = total + reg.weight * value

@@ -357,8 +357,8 @@ def train_model(
                 for key, value in terms.regularisers.items():
                     _acc(sums, key, value.item() * n)
                     extra_keys.setdefault(key)
-                for rname, reg in train_step.loss_fn.others.items():
-                    for key, v in reg.metrics.items():  # type: ignore[union-attr]
+                for rname, reg in train_step.loss_fn.other_regularisers().items():
+                    for key, v in reg.metrics.items():
                         _acc(sums, f"{rname}/{key}", v * n)
                         extra_keys.setdefault(f"{rname}/{key}")
             record: dict[str, Any] = {
