@@ -10,7 +10,15 @@ import re
 from fractions import Fraction
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 __all__ = [
     "AttackConfig",
@@ -21,6 +29,7 @@ __all__ = [
     "ModelConfig",
     "OODConfig",
     "RecipeConfig",
+    "RegulariserConfig",
     "ReportConfig",
     "SNNLConfig",
     "SplitSizes",
@@ -102,6 +111,24 @@ class SNNLConfig(_Strict):
     distance: Literal["euclidean", "cosine"] = "euclidean"
 
 
+class RegulariserConfig(_Strict):
+    """One representation regulariser of the composite objective (docs/regularisers.md)."""
+
+    name: str = Field(description="a registered regulariser: `advbench list regularisers`")
+    weight: Float = Field(description="its factor in the loss; the sign matters (e.g. < 0 entangles with snnl)")
+    layers: list[str] | None = Field(
+        None, description="hidden layers it reads; null = the regulariser's default (snnl: all, others: the last)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the regulariser")
+
+    @field_validator("weight")
+    @classmethod
+    def _nonzero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("given 0; expected a non-zero weight (a zero weight is the baseline): remove the entry")
+        return v
+
+
 class RecipeConfig(_Strict):
     epochs: Int = Field(5, ge=1)
     batch_size: Int = Field(128, ge=2)
@@ -110,6 +137,17 @@ class RecipeConfig(_Strict):
     weight_decay: Float = Field(0.0, ge=0)
     momentum: Float = Field(0.9, ge=0, lt=1)
     snnl: SNNLConfig = Field(default_factory=SNNLConfig)
+    regularisers: list[RegulariserConfig] = Field(
+        default_factory=list, description="further regularisers, each adding weight * its terms to the loss"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_regularisers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without regularisers the dump (and so every cache key and model card) is what it was before the field.
+        out: dict[str, Any] = handler(self)
+        if not self.regularisers:
+            out.pop("regularisers", None)
+        return out
 
 
 class ModelConfig(_Strict):

@@ -145,7 +145,7 @@ def run_train(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
             "batch_order_hash": result.batch_order_hash,
         }
         with ctx.cache.writer("train", cell.key, {"label": cell.label}) as folder:
-            save_checkpoint(result.model, folder / "checkpoint", card)
+            save_checkpoint(result.model, folder / "checkpoint", card, regularisers=result.regulariser_state)
             (folder / "history.json").write_text(pd.DataFrame(result.history).to_json(orient="records"))
         entry = ctx.cache.get("train", cell.key)
         if entry is None:

@@ -104,7 +104,12 @@ def build_plan(
             }
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
-            work = n_train * m.recipe.epochs / _TRAIN_IMAGES_PER_S * (1.6 if m.recipe.snnl.alpha else 1.0)
+            work = (
+                n_train
+                * m.recipe.epochs
+                / _TRAIN_IMAGES_PER_S
+                * (1.6 if m.recipe.snnl.alpha or m.recipe.regularisers else 1.0)
+            )
             cells.append(
                 Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
             )

@@ -29,14 +29,23 @@ from advbench.config import RecipeConfig
 from advbench.errors import NonFiniteLossError
 from advbench.models import Classifier, create_model
 from advbench.training.loss import CompositeLoss, LossTerms
+from advbench.training.regularisers import (
+    REGULARISERS,
+    Regulariser,
+    RegulariserContext,
+    create_regulariser,
+    resolve_layers,
+)
 from advbench.training.snnl import entanglement
 
 __all__ = [
     "TrainResult",
     "TrainStep",
     "batch_order",
+    "build_regularisers",
     "fit_normalization",
     "init_model",
+    "layer_widths",
     "make_optimizer",
     "probe_entanglement",
     "train_model",
@@ -57,6 +66,8 @@ class TrainResult:
     batch_order_hash: str
     initial_entanglement: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the regularisers' state (learned temperatures, class centres, ...), for :func:`save_checkpoint`
+    regulariser_state: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -190,29 +201,73 @@ class TrainStep:
     def __init__(self, model: Classifier, recipe: RecipeConfig, layers: Sequence[str]) -> None:
         self.model = model
         self.layers = list(layers)
-        self.loss_fn = CompositeLoss(recipe.snnl, self.layers).to(next(model.parameters()).device)
+        others = build_regularisers(model, recipe)
+        self.loss_fn = CompositeLoss(recipe.snnl, self.layers, others).to(next(model.parameters()).device)
         self.opt = make_optimizer(model.parameters(), recipe)
-        t_params = self.loss_fn.temperature_parameters()
-        self.t_opt = (
-            torch.optim.Adam(t_params, lr=recipe.snnl.temperature_lr) if t_params and recipe.snnl.alpha != 0 else None
-        )
+        self.regularisers = self.loss_fn.regularisers()
+        #: each regulariser's own optimiser (the SNNL's learned temperatures: Adam at temperature_lr)
+        self.reg_opts = [opt for reg in self.regularisers.values() if (opt := reg.make_optimizer()) is not None]
 
     def __call__(self, xb: Tensor, yb: Tensor, *, name: str = "model", epoch: int = 0, step: int = 0) -> LossTerms:
         terms = self.loss_fn(self.model, xb, yb)
         _check_finite(terms.ce, name=name, epoch=epoch, step=step, term="cross-entropy (CE)")
         for layer, s in terms.snnl.items():
             _check_finite(s, name=name, epoch=epoch, step=step, term=f"SNNL of layer {layer!r}")
+        for key, s in terms.regularisers.items():
+            _check_finite(s, name=name, epoch=epoch, step=step, term=f"regulariser {key!r}")
         _check_finite(terms.loss, name=name, epoch=epoch, step=step, term="total")
         self.opt.zero_grad(set_to_none=True)
-        if self.t_opt is not None:
-            self.t_opt.zero_grad(set_to_none=True)
+        for opt in self.reg_opts:
+            opt.zero_grad(set_to_none=True)
         terms.loss.backward()
         self.opt.step()
-        if self.t_opt is not None:
-            self.t_opt.step()
-            for layer in self.layers:
-                self.loss_fn.temperature(layer).clamp_()
+        for opt in self.reg_opts:
+            opt.step()
+        for reg in self.regularisers.values():
+            reg.after_step()
         return terms
+
+    def regulariser_state(self) -> dict[str, Tensor]:
+        """Every regulariser's state (temperatures, centres, ...) as ``"{name}.{key}"`` -> tensor, for a checkpoint."""
+        return {f"{n}.{k}": v.detach() for n, reg in self.regularisers.items() for k, v in reg.state_dict().items()}
+
+
+@torch.no_grad()
+def layer_widths(model: Classifier, layers: Sequence[str]) -> dict[str, int]:
+    """The flattened width of each of ``layers``, from one forward pass of a zero input in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    feats = model.features(torch.zeros(1, *model.input_shape, device=device), list(layers))
+    model.train(was_training)
+    return {la: int(feats[la][0].numel()) for la in layers}
+
+
+def build_regularisers(model: Classifier, recipe: RecipeConfig) -> dict[str, Regulariser]:
+    """The recipe's ``regularisers`` list built for ``model``, keyed by name (``name#i`` if a name repeats)."""
+    if not recipe.regularisers:
+        return {}
+    hidden = list(model.hidden_layers)
+    plans = []
+    for i, cfg in enumerate(recipe.regularisers):
+        factory = REGULARISERS.get(cfg.name)
+        layers = resolve_layers(factory, hidden, cfg.layers)
+        bad = [la for la in layers if la not in hidden]
+        if bad:
+            raise ValueError(
+                f"regularisers[{i}] ({cfg.name!r}): layers {bad} are not hidden layers of {model.arch!r}; "
+                f"choose from {hidden}"
+            )
+        plans.append((cfg, layers))
+    dims = layer_widths(model, sorted({la for _, layers in plans for la in layers}))
+    out: dict[str, Regulariser] = {}
+    for i, (cfg, layers) in enumerate(plans):
+        key = cfg.name if cfg.name not in out else f"{cfg.name}#{i}"
+        ctx = RegulariserContext(
+            layers=layers, weight=cfg.weight, num_classes=model.num_classes, dims={la: dims[la] for la in layers}
+        )
+        out[key] = create_regulariser(cfg.name, ctx, cfg.params)
+    return out
 
 
 def train_model(
@@ -236,7 +291,8 @@ def train_model(
     layers are ``recipe.snnl.layers`` or every hidden layer (never the logits). The history has, per
     epoch: ``epoch``, ``loss``, ``ce``, ``train_accuracy``, ``seconds`` and, per layer L,
     ``snnl/L``, ``temperature/L``, ``floor/L`` (NaN for the baseline, which skips the SNNL) and, with
-    a probe set, ``entanglement/L`` and ``entanglement_T/L`` for every hidden layer.
+    a probe set, ``entanglement/L`` and ``entanglement_T/L`` for every hidden layer. The recipe's
+    ``regularisers`` add ``{name}/{term}`` (their unweighted terms) and ``{name}/{metric}``.
     Raises :class:`~advbench.errors.NonFiniteLossError` naming the term that went non-finite.
     """
     if len(x_train) != len(y_train):
@@ -280,6 +336,7 @@ def train_model(
             t0 = time.perf_counter()
             model.train()
             sums: dict[str, float] = {}
+            extra_keys: dict[str, None] = {}  # the other regularisers' terms and metrics, in order
             correct = seen = 0
             for step, idx in enumerate(
                 tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=disable)
@@ -297,6 +354,13 @@ def train_model(
                 for layer in terms.snnl:
                     _acc(sums, f"snnl/{layer}", terms.snnl[layer].item() * n)
                     _acc(sums, f"floor/{layer}", terms.floor[layer] * n)
+                for key, value in terms.regularisers.items():
+                    _acc(sums, key, value.item() * n)
+                    extra_keys.setdefault(key)
+                for rname, reg in train_step.loss_fn.other_regularisers().items():
+                    for key, v in reg.metrics.items():
+                        _acc(sums, f"{rname}/{key}", v * n)
+                        extra_keys.setdefault(f"{rname}/{key}")
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "loss": sums["loss"] / seen,
@@ -307,6 +371,8 @@ def train_model(
                 record[f"snnl/{layer}"] = sums.get(f"snnl/{layer}", math.nan) / seen
                 record[f"temperature/{layer}"] = loss_fn.temperature(layer).value if cfg.alpha != 0 else math.nan
                 record[f"floor/{layer}"] = sums.get(f"floor/{layer}", math.nan) / seen
+            for key in extra_keys:
+                record[key] = sums[key] / seen
             if probe is not None:
                 for layer, (v, t) in probe_entanglement(model, *probe, distance=cfg.distance).items():
                     record[f"entanglement/{layer}"] = v
@@ -323,6 +389,7 @@ def train_model(
         batch_order_hash=order_hash.hexdigest(),
         initial_entanglement=initial,
         seconds=time.perf_counter() - start,
+        regulariser_state=train_step.regulariser_state(),
     )
 
 

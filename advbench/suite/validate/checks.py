@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from advbench.attacks import ATTACKS
@@ -18,12 +18,14 @@ from advbench.suite.validate.keywords import (
     RESERVED_DATASET,
     RESERVED_MODEL,
     RESERVED_OOD,
+    RESERVED_REGULARISER,
     report_attack_params,
     report_params,
 )
 from advbench.suite.validate.messages import PathT, Problems
+from advbench.training import REGULARISERS
 
-__all__ = ["cross_field_problems", "layer_problems", "registry_problems"]
+__all__ = ["cross_field_problems", "layer_problems", "registry_problems", "regulariser_problems"]
 
 
 def registry_problems(data: dict[str, Any], report: Problems) -> None:
@@ -79,6 +81,7 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
             report_params(
                 report, arch, m.get("params", {}), ("models", i, "params"), RESERVED_MODEL, check_missing=True
             )
+            regulariser_problems(m.get("recipe"), ("models", i, "recipe"), report, lookup)
 
     attacks = data.get("attacks")
     if isinstance(attacks, list):
@@ -105,6 +108,40 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
                 report.add(("attacks", i, "backend" if "backend" in a else "name"), f"{a.get('name')} {missing}")
             else:
                 report_attack_params(report, attack, a, i)
+
+
+def regulariser_problems(recipe: Any, loc: PathT, report: Problems, lookup: Callable[[Any, Any, PathT], Any]) -> None:
+    """A recipe's ``regularisers``: names against the registry, params against each constructor, no name twice.
+
+    ``lookup(registry, name, loc)`` returns the registered object or reports the unknown name (with
+    close matches) and returns None.
+    """
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("regularisers"), list):
+        return  # absent, or the schema reports the type
+    snnl = recipe.get("snnl")
+    alpha = snnl.get("alpha", 0) if isinstance(snnl, dict) else 0
+    seen: dict[str, int] = {}
+    for j, r in enumerate(recipe["regularisers"]):
+        if not isinstance(r, dict):
+            continue
+        here: PathT = (*loc, "regularisers", j)
+        name = r.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                report.add(
+                    (*here, "name"),
+                    f"given {name!r}, already used by regularisers[{seen[name]}]; expected each regulariser once "
+                    f"per recipe: merge them (their layers and params) into one entry",
+                )
+            seen.setdefault(name, j)
+            if name == "snnl" and isinstance(alpha, int | float) and alpha != 0:
+                report.add(
+                    (*here, "name"),
+                    f"given 'snnl' while snnl.alpha is {alpha}: the SNNL would be added twice; expected one of "
+                    f"them: remove this entry or set snnl.alpha to 0",
+                )
+        reg = lookup(REGULARISERS, name, (*here, "name"))
+        report_params(report, reg, r.get("params", {}), (*here, "params"), RESERVED_REGULARISER, check_missing=True)
 
 
 def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -> None:
@@ -226,6 +263,15 @@ def layer_problems(suite: Suite, report: Problems) -> None:
                     f"given {layer!r}{why}; expected a hidden layer of {m.architecture!r}: "
                     f"{', '.join(hidden)}{_close(layer, hidden)}",
                 )
+        for j, r in enumerate(m.recipe.regularisers):
+            for k, layer in enumerate(r.layers or ()):
+                if layer not in hidden:
+                    why = " (regularisers shape hidden layers, never the logits)" if layer == "logits" else ""
+                    report.add(
+                        ("models", i, "recipe", "regularisers", j, "layers", k),
+                        f"given {layer!r}{why}; expected a hidden layer of {m.architecture!r}: "
+                        f"{', '.join(hidden)}{_close(layer, hidden)}",
+                    )
     if not declared:
         return
     # the DkNN and attacks with `layers` read every model: a name must exist in all of them
