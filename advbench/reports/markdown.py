@@ -154,7 +154,11 @@ def _clean_section(results: Results) -> list[str]:
     if results.clean.empty:
         return []
     clean = results.clean.assign(correct=(results.clean["test_accuracy"] * results.clean["n"]).round())
-    summ = _records(rate_intervals(clean, ["model"], numerator="correct", denominator="n"))
+    order = {m: i for i, m in enumerate(_model_order(results))}
+    summ = sorted(
+        _records(rate_intervals(clean, ["model"], numerator="correct", denominator="n")),
+        key=lambda r: order.get(r["model"], len(order)),
+    )
     val = None
     if "validation_accuracy" in clean.columns and clean["validation_accuracy"].notna().any():
         v = clean.dropna(subset=["validation_accuracy"])
