@@ -1,4 +1,4 @@
-"""``advbench list {attacks,models,datasets,regularisers}``: what the registries hold."""
+"""``advbench list {attacks,models,datasets,regularisers,claims}``: what the registries hold."""
 
 from __future__ import annotations
 
@@ -14,17 +14,18 @@ EXAMPLE = """examples:
   advbench list attacks 'torchattacks.*PGD*'
   advbench list models
   advbench list datasets
-  advbench list regularisers       # representation regularisers for recipe.regularisers"""
+  advbench list regularisers       # representation regularisers for recipe.regularisers
+  advbench list claims             # pre-registered claims a suite's `claims:` may name"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "list",
-        help="list registered attacks, models, datasets or regularisers",
+        help="list registered attacks, models, datasets regularisers or claims",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("kind", choices=["attacks", "models", "datasets", "regularisers"])
+    p.add_argument("kind", choices=["attacks", "models", "datasets", "regularisers", "claims"])
     p.add_argument("pattern", nargs="?", default="*", help="glob pattern on the name (default: all)")
     p.set_defaults(func=main)
 
@@ -34,6 +35,10 @@ def _registry(kind: str) -> Any:
         from advbench.attacks import ATTACKS
 
         return ATTACKS
+    if kind == "claims":
+        from advbench.evaluation.claims import CLAIMS
+
+        return CLAIMS
     if kind == "models":
         from advbench.models import MODELS
 
@@ -71,6 +76,11 @@ def rows(kind: str, pattern: str = "*") -> list[dict[str, Any]]:
         if kind == "regularisers":
             row["default layers"] = getattr(e.obj, "default_layers", "")
         row["source"] = e.meta.get("package", e.source)
+        if kind == "claims":
+            row["statement"] = e.obj.statement
+            row["direction"] = e.obj.direction
+            out.append(row)
+            continue
         describe = getattr(e.obj, "describe_params", None)
         row["parameters"] = describe() if callable(describe) else _params(e.obj)
         out.append(row)

@@ -87,6 +87,12 @@ class SplitSizes(_Strict):
 
     train: Int | None = Field(None, ge=1)
     test: Int | None = Field(None, ge=1)
+    validation: Int = Field(
+        0,
+        ge=0,
+        description="examples carved from the training pool, disjoint from train, calibration and test; the "
+        "entanglement probe and hyper-parameter choices read them (0 = none, and no probe)",
+    )
 
 
 class DatasetConfig(_Strict):
@@ -181,6 +187,11 @@ class AttackConfig(_Strict):
 class TransferConfig(_Strict):
     enabled: bool = True
     n_examples: Int | None = Field(1000, ge=1, description="test examples attacked per source (null = all)")
+    cross_seed: Literal["ring", "all", "none"] = Field(
+        "none",
+        description="independent-training control: adversarial sets of seed s also evaluated on the models of "
+        "other seeds (ring: the next seed in `seeds`, cyclic; all: every other seed; none: same seed only)",
+    )
 
 
 class DknnConfig(_Strict):
@@ -221,6 +232,9 @@ class Suite(_Strict):
     attacks: list[AttackConfig] = Field(default_factory=list)
     evaluations: EvaluationsConfig = Field(default_factory=EvaluationsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    claims: list[str] | None = Field(
+        None, description="pre-registered claims to decide (`advbench list claims`); null = every registered claim"
+    )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     cache_dir: str | None = Field(
         None, description="content-addressed cache; default $ADVBENCH_CACHE or ~/.cache/advbench"

@@ -95,7 +95,12 @@ class CellContext:
         d = suite.dataset
         raw = load_dataset(d.name, data_dir=opt.data_dir or d.data_dir, **d.params)
         splits = make_splits(
-            raw, train=d.splits.train, calibration=suite.calibration_size, test=d.splits.test, seed=d.seed
+            raw,
+            train=d.splits.train,
+            calibration=suite.calibration_size,
+            test=d.splits.test,
+            seed=d.seed,
+            validation=d.splits.validation,
         )
         n_test = len(splits.test)
         n = min(suite.evaluations.transfer.n_examples or n_test, n_test)
@@ -143,7 +148,7 @@ class CellContext:
 
 
 #: The result tables handlers append to, in the order :class:`~advbench.evaluation.results.Results` names them.
-TABLES = ("outcomes", "training", "clean", "dknn", "dknn_examples", "gradient_flags")
+TABLES = ("outcomes", "training", "clean", "dknn", "dknn_examples", "gradient_flags", "cross_outcomes")
 
 
 @dataclass

@@ -173,12 +173,13 @@ def _clean_evaluation(
 ) -> None:
     """Clean test accuracy and the input-gradient checks of a trained model, cached with its key."""
     test = ctx.splits.test
+    val = ctx.splits.validation
     spec = {
         "model": cell.key,
         "test": ctx.splits.hashes["test"],
         "n_grad": _N_GRAD,
         "code": code_spec("clean-eval", threads=cell.spec["code"]["threads"]),
-    }
+    } | ({"validation": val.sha256} if val is not None else {})
     key = cache_key("clean-eval", spec)
     entry = ctx.cache.get("clean-eval", key)
     if entry is None:
@@ -189,6 +190,9 @@ def _clean_evaluation(
             "test_accuracy": _accuracy(model, test.x, test.y, ctx.device),
             "n": len(test),
         }
+        if val is not None:  # what a hyper-parameter choice reads (suites/alpha-sweep.yaml), never the test split
+            record["validation_accuracy"] = _accuracy(model, val.x, val.y, ctx.device)
+            record["n_validation"] = len(val)
         flags = flags_frame(
             gradient_flags(model, test.x[idx].to(ctx.device), test.y[idx].to(ctx.device), name=name, seed=seed)
         )
@@ -208,11 +212,23 @@ def _clean_evaluation(
 _N_GRAD = 256
 
 
-def _probe(ctx: CellContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed probe set (the first 500 calibration-free test examples) for the entanglement probe."""
-    test = ctx.splits.test
-    n = min(500, len(test))
-    return test.x[:n], test.y[:n]
+#: Validation examples the entanglement probe reads after each epoch.
+_N_PROBE = 500
+
+
+def _probe(ctx: CellContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The entanglement probe set: the first 500 examples of the validation split, never test images.
+
+    Without a validation split (``dataset.splits.validation: 0``) there is no probe: the training
+    history has no ``entanglement/<layer>`` columns and the claims that read them are not applicable.
+    Holding probe examples out of the training set silently would change the training data, so a
+    suite that wants the probe declares ``validation``.
+    """
+    val = ctx.splits.validation
+    if val is None or len(val) == 0:
+        return None
+    n = min(_N_PROBE, len(val))
+    return val.x[:n], val.y[:n]
 
 
 @torch.no_grad()
@@ -277,21 +293,30 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
 
 @handler("transfer")
 def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
+    """One adversarial set on every model of ``target_seed``: its own seed (the paired, shared-path
+    design; table ``outcomes``) or another seed (the independent-training control; ``cross_outcomes``)."""
     seed, source, akey, eps = cell.params["seed"], cell.params["source"], cell.params["attack"], cell.params["eps"]
+    target_seed = cell.params.get("target_seed", seed)
+    table = "outcomes" if target_seed == seed else "cross_outcomes"
     entry = ctx.cache.get(cell.kind, cell.key)
     if entry is not None:
         try:
-            store.add("outcomes", pd.read_csv(entry.file("outcomes.csv.gz")))
+            store.add(table, pd.read_csv(entry.file("outcomes.csv.gz")).assign(target_seed=target_seed))
             return True
         except (OSError, ValueError) as exc:
             ctx.cache.discard(cell.kind, cell.key, f"unreadable outcomes: {exc}")
     adv = _adv(ctx, store, seed, source, akey, eps)
     test = ctx.splits.test
     idx = adv["indices"].long()
-    targets = {m.name: _model(ctx, store, m.name, seed) for m in ctx.suite.models}
+    targets = {m.name: _model(ctx, store, m.name, target_seed) for m in ctx.suite.models}
+    src = source
+    if target_seed != seed:
+        # the source (of `seed`) gives source_success; the targets are the models of `target_seed`
+        src = f"{source}@seed{seed}"
+        targets = {src: _model(ctx, store, source, seed), **targets}
     df = outcomes_for(
         seed=seed,
-        source=source,
+        source=src,
         attack=akey,
         eps=eps,
         x_clean=test.x[idx].to(ctx.device),
@@ -300,9 +325,11 @@ def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         targets=targets,
         examples=idx.numpy(),
     )
+    if src != source:
+        df = df[df["target"] != src].assign(source=source).reset_index(drop=True)
     with ctx.cache.writer("transfer", cell.key, {"label": cell.label}) as folder:
         df.to_csv(folder / "outcomes.csv.gz", index=False)
-    store.add("outcomes", df)
+    store.add(table, df.assign(target_seed=target_seed))
     return False
 
 

@@ -1,8 +1,9 @@
 """Expand a suite into cells with content-addressed keys and dependencies.
 
 train (model x seed) -> attack (source x attack x eps x seed) -> transfer (one per adversarial
-set, evaluated on every model) ; train -> dknn-index (model x seed) -> dknn-score (model x seed,
-over clean, every adversarial set and the OOD set) ; all -> report.
+set, evaluated on every model of its seed, plus one per other seed the suite's
+``transfer.cross_seed`` names: the independent-training control) ; train -> dknn-index (model x
+seed) -> dknn-score (model x seed, over clean, every adversarial set and the OOD set) ; all -> report.
 
 A cell's key hashes everything that determines its output: its own config, the keys of the cells
 it reads, the hashes of the data splits, and the versions of advbench and of the libraries it uses.
@@ -21,7 +22,7 @@ from advbench.config import AttackConfig, ModelConfig, Suite
 from advbench.data import Splits
 from advbench.suite.cache import Cache, cache_key
 
-__all__ = ["Cell", "Plan", "build_plan", "library_versions"]
+__all__ = ["Cell", "Plan", "build_plan", "cross_seed_targets", "library_versions"]
 
 #: Seconds per unit of work on the reference 2-core machine (environment.md), for estimates only.
 _TRAIN_IMAGES_PER_S = 1600.0
@@ -98,6 +99,8 @@ def build_plan(
             spec = {
                 "model": _model_spec(m),
                 "seed": seed,
+                # the entanglement probe reads the validation split (none without one; never test images)
+                "probe": "validation" if splits.validation is not None else None,
                 "data": data,
                 "versions": {**core, "safetensors": versions["safetensors"]},
                 "code": code("train"),
@@ -155,9 +158,28 @@ def build_plan(
                     [akey, *targets.values()],
                     spec,
                     0.05 * len(targets),
-                    {"seed": seed, "source": source, "attack": attack, "eps": eps},
+                    {"seed": seed, "source": source, "attack": attack, "eps": eps, "target_seed": seed},
                 )
             )
+        # the independent-training control: the same adversarial set on the models of another seed
+        # (other initial weights and batch order); ring keeps the cost linear in the number of seeds
+        for (seed, source, attack, eps), akey in attack_keys.items():
+            for target_seed in cross_seed_targets(suite.seeds, seed, suite.evaluations.transfer.cross_seed):
+                targets = {m.name: train_keys[(m.name, target_seed)] for m in suite.models}
+                source_key = train_keys[(source, seed)]
+                spec = {"adv": akey, "source": source_key, "targets": targets, "target_seed": target_seed}
+                spec["versions"] = core
+                cells.append(
+                    Cell(
+                        "transfer",
+                        f"transfer {attack} eps={eps:g} from {source} seed={seed} to seed={target_seed}",
+                        cache_key("transfer", spec),
+                        [akey, source_key, *targets.values()],
+                        spec,
+                        0.05 * (len(targets) + 1),
+                        {"seed": seed, "source": source, "attack": attack, "eps": eps, "target_seed": target_seed},
+                    )
+                )
     dk = suite.evaluations.dknn
     if dk is not None and dk.enabled:
         for seed in suite.seeds:
@@ -205,6 +227,21 @@ def build_plan(
                     )
                 )
     return Plan(suite, cells)
+
+
+def cross_seed_targets(seeds: list[int], seed: int, mode: str) -> list[int]:
+    """The target seeds of the cross-seed transfer cells of source seed ``seed``.
+
+    ``"ring"``: the next seed in ``seeds`` (cyclic), so n seeds give n cells per adversarial set;
+    ``"all"``: every other seed; ``"none"``: no cross-seed cell.
+    """
+    if mode == "none" or len(seeds) < 2:
+        return []
+    if mode == "ring":
+        return [seeds[(seeds.index(seed) + 1) % len(seeds)]]
+    if mode == "all":
+        return [s for s in seeds if s != seed]
+    raise ValueError(f"cross_seed {mode!r}: expected 'ring', 'all' or 'none'")
 
 
 def _model_spec(m: ModelConfig) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def results_from_store(suite: Suite, store: ArtefactStore, failures: list[dict[s
         dknn=store.table("dknn"),
         dknn_examples=store.table("dknn_examples"),
         gradient_flags=store.table("gradient_flags"),
+        cross_outcomes=store.table("cross_outcomes"),
         failures=pd.DataFrame(failures, columns=["cell", "kind", "status", "error"]),
     )
 

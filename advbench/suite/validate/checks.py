@@ -13,6 +13,7 @@ from advbench.attacks.backends import BACKEND_INSTALL, missing_backend, missing_
 from advbench.config import Suite
 from advbench.data import DATASETS, dataset_sizes
 from advbench.errors import UnknownNameError
+from advbench.evaluation.claims import CLAIMS
 from advbench.models import MODELS, declared_hidden_layers
 from advbench.suite.validate.keywords import (
     RESERVED_DATASET,
@@ -62,6 +63,11 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
         report_params(
             report, loader, ood.get("params", {}), ("evaluations", "ood", "params"), RESERVED_OOD, check_missing=True
         )
+
+    claims = data.get("claims")
+    if isinstance(claims, list):
+        for i, name in enumerate(claims):
+            lookup(CLAIMS, name, ("claims", i))
 
     models = data.get("models")
     if isinstance(models, list):
@@ -156,10 +162,12 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
     n_train: int | None = train
     if sizes is not None:
         pool, test_pool = sizes
+        val = ds.splits.validation
         cal_text = f", calibration={cal} (evaluations.dknn.calibration_size)" if cal else ""
+        cal_text += f", validation={val}" if val else ""
         if test_pool is None:
             n_test = test if test is not None else max(1, pool // 5)
-            needed = (train or 0) + cal + n_test
+            needed = (train or 0) + cal + val + n_test
             if needed > pool:
                 report.add(
                     ("dataset", "splits"),
@@ -169,7 +177,7 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
                 )
                 n_train = None
             elif train is None:
-                n_train = pool - n_test - cal
+                n_train = pool - n_test - cal - val
         else:
             if test is not None and test > test_pool:
                 report.add(
@@ -177,16 +185,16 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
                     f"given {test}; expected at most the {test_pool} examples of {ds.name!r}'s official test set; "
                     f"set it to {test_pool} or less (or null for all of them)",
                 )
-            if (train or 0) + cal > pool:
+            if (train or 0) + cal + val > pool:
                 report.add(
                     ("dataset", "splits"),
-                    f"given train={train}{cal_text}: {(train or 0) + cal} examples from the training pool; expected "
-                    f"at most the {pool} training examples of {ds.name!r}; reduce dataset.splits.train"
+                    f"given train={train}{cal_text}: {(train or 0) + cal + val} examples from the training pool; "
+                    f"expected at most the {pool} training examples of {ds.name!r}; reduce dataset.splits.train"
                     + (" or evaluations.dknn.calibration_size" if cal else ""),
                 )
                 n_train = None
             elif train is None:
-                n_train = pool - cal
+                n_train = pool - cal - val
         if n_train is not None and n_train < 1:
             report.add(
                 ("dataset", "splits"),
@@ -208,6 +216,18 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
             ("evaluations", "ood"),
             f"given an out-of-distribution set, but evaluations.dknn {why}; expected the DkNN too (the OOD inputs "
             f"are scored by the DkNN's credibility): add evaluations.dknn or remove evaluations.ood",
+        )
+    cross = evaluations.transfer.cross_seed
+    if cross != "none" and len(suite.seeds) < 2:
+        report.add(
+            ("evaluations", "transfer", "cross_seed"),
+            f"given {cross!r} with the single seed {suite.seeds}; expected at least 2 seeds (cross-seed cells attack "
+            f"the models of another seed): add seeds or set cross_seed: none",
+        )
+    if cross != "none" and not evaluations.transfer.enabled:
+        report.add(
+            ("evaluations", "transfer", "cross_seed"),
+            f"given {cross!r}, but transfer is disabled; expected transfer.enabled: true for cross-seed cells",
         )
     if ds.data_dir is not None and ds.name in DATASETS:
         loader = DATASETS.get(ds.name)
