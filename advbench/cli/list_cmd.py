@@ -64,6 +64,9 @@ def rows(kind: str, pattern: str = "*") -> list[dict[str, Any]]:
             row["norm"] = e.meta.get("norm", getattr(e.obj, "norm", ""))
             row["targeted"] = e.meta.get("targeted", getattr(e.obj, "supports_targeted", ""))
         row["source"] = e.meta.get("package", e.source)
+        if kind == "datasets":
+            lookup = e.meta.get("lookup")
+            row["looked for in"] = (lookup() if callable(lookup) else lookup) or "(no files: built in or generated)"
         describe = getattr(e.obj, "describe_params", None)
         row["parameters"] = describe() if callable(describe) else _params(e.obj)
         out.append(row)
