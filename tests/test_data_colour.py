@@ -103,7 +103,7 @@ def test_svhn_truncated_and_bad_labels(isolated):
     write_svhn(d)
     good = (d / "train_32x32.mat").read_bytes()
     (d / "train_32x32.mat").write_bytes(good[: len(good) // 2])
-    with pytest.raises(DataError, match="truncated or corrupt|X has shape"):
+    with pytest.raises(DataError, match=r"truncated or corrupt|X has shape"):
         load_dataset("svhn", data_dir=d, download=False)
     scipy.io.savemat(str(d / "train_32x32.mat"), {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[0], [3]])})
     with pytest.raises(DataError, match=r"labels outside 1\.\.10"):

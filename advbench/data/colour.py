@@ -265,7 +265,7 @@ def read_cifar10_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nd
             raise DataError(f"{path}: the archive lacks {missing}; expected CIFAR-10's binary version: {fix}")
     train = [_parse_batch(blobs[m], f"{path}:{m}") for m in CIFAR10_TRAIN]
     x_test, y_test = _parse_batch(blobs[CIFAR10_TEST], f"{path}:{CIFAR10_TEST}")
-    names = CIFAR10_CLASSES
+    names: tuple[str, ...] = CIFAR10_CLASSES
     if meta is not None:
         found = tuple(s.strip() for s in meta.decode("ascii", "replace").splitlines() if s.strip())
         if len(found) == 10:
