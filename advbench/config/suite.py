@@ -109,7 +109,27 @@ class RecipeConfig(_Strict):
     lr: Float = Field(1e-3, gt=0)
     weight_decay: Float = Field(0.0, ge=0)
     momentum: Float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["constant", "cosine", "step"] = Field(
+        "constant", description="learning-rate schedule, stepped once per epoch: constant, cosine to 0, or step"
+    )
+    milestones: list[Float] = Field(
+        [0.5, 0.75], description="step schedule: fractions of the epochs after which lr is multiplied by gamma"
+    )
+    gamma: Float = Field(0.1, gt=0, le=1, description="step schedule: the lr factor at each milestone")
+    augment: Literal["none", "crop-flip"] = Field(
+        "none",
+        description="training augmentation: crop-flip = random crop after zero padding + horizontal flip (CIFAR); "
+        "drawn from the seed, epoch and step alone, so paired variants see the same augmented batches",
+    )
+    crop_padding: Int = Field(4, ge=0, description="crop-flip: pixels of zero padding on each side before the crop")
     snnl: SNNLConfig = Field(default_factory=SNNLConfig)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in v) or v != sorted(set(v)):
+            raise ValueError(f"milestones {v}: expected increasing, distinct fractions of the epochs in (0, 1)")
+        return v
 
 
 class ModelConfig(_Strict):
