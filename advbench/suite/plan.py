@@ -83,7 +83,13 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
             }
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
-            work = n_train * m.recipe.epochs / _TRAIN_IMAGES_PER_S * (1.6 if m.recipe.snnl.alpha else 1.0)
+            work = (
+                n_train
+                * m.recipe.epochs
+                / _TRAIN_IMAGES_PER_S
+                * (1.6 if m.recipe.snnl.alpha else 1.0)
+                * _model_cost(m)
+            )
             cells.append(
                 Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
             )
@@ -104,7 +110,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     }
                     key = cache_key("attack", spec)
                     attack_keys[(seed, m.name, a.key, eps)] = key
-                    work = n_transfer * _attack_steps(a) / _ATTACK_STEPS_IMAGES_PER_S
+                    work = n_transfer * _attack_steps(a) / _ATTACK_STEPS_IMAGES_PER_S * _model_cost(m)
                     cells.append(
                         Cell(
                             "attack",
@@ -176,6 +182,17 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     )
                 )
     return Plan(suite, cells)
+
+
+def _model_cost(m: ModelConfig) -> float:
+    """Per-image cost of ``m``'s architecture relative to the ``cnn`` (registry metadata ``cost``; 1 if none)."""
+    from advbench.models import MODELS
+
+    try:
+        cost = MODELS.metadata(m.architecture).get("cost", 1.0)
+        return float(cost(**m.params) if callable(cost) else cost)
+    except Exception:  # an unknown architecture or bad params: validation reports them
+        return 1.0
 
 
 def _model_spec(m: ModelConfig) -> dict[str, Any]:
