@@ -10,7 +10,7 @@ import re
 from fractions import Fraction
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "AttackConfig",
@@ -71,6 +71,16 @@ def _no_bool(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
 Eps = Annotated[float, BeforeValidator(parse_eps)]
+
+
+def parse_radius(value: Any) -> float:
+    """Like :func:`parse_eps` but without the upper bound of 1 (an L2 radius may exceed 1)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 1.0 < float(value) < float("inf"):
+        return float(value)
+    return parse_eps(value)
+
+
+Radius = Annotated[float, BeforeValidator(parse_radius)]
 
 
 class SplitSizes(_Strict):
@@ -143,9 +153,21 @@ class AttackConfig(_Strict):
     name: str = Field(description="a registered attack: `advbench list attacks`")
     label: str | None = Field(None, pattern=_NAME, description="report label; defaults to the name")
     backend: Literal["torchattacks", "foolbox"] | None = None
-    eps: list[Eps] = Field(min_length=1, description="L-inf radii in [0, 1] pixel units; '8/255' accepted")
+    norm: Literal["linf", "l2"] = Field(
+        "linf", description="the threat model's ball: linf (eps in [0, 1]) or l2 (per-example Euclidean radius)"
+    )
+    eps: list[Radius] = Field(
+        min_length=1, description="radii in [0, 1] pixel units for linf ('8/255' accepted); any radius >= 0 for l2"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     batch_size: Int = Field(250, ge=1)
+
+    @model_validator(mode="after")
+    def _linf_radii(self) -> AttackConfig:
+        if self.norm == "linf":
+            for e in self.eps:
+                parse_eps(e)  # raises with the L-inf message (and the "write 8/255" hint)
+        return self
 
     @field_validator("eps")
     @classmethod

@@ -233,7 +233,14 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     attack = create_attack(acfg.name, backend=acfg.backend, **acfg.params)
     t0 = time.perf_counter()
     res = generate(
-        model, attack, x, y, ThreatModel(eps=eps), batch_size=acfg.batch_size, seed=seed, progress=ctx.options.progress
+        model,
+        attack,
+        x,
+        y,
+        ThreatModel(eps=eps, norm=acfg.norm),
+        batch_size=acfg.batch_size,
+        seed=seed,
+        progress=ctx.options.progress,
     )
     tensors = {
         "x_adv": res.x_adv.detach().cpu().contiguous(),
@@ -241,8 +248,13 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         "linf": res.linf.detach().cpu().contiguous(),
         "indices": idx.contiguous(),
     }
+    if res.l2 is not None:
+        tensors["l2"] = res.l2.detach().cpu().contiguous()
+    if res.raw_norm is not None:  # a minimum-norm attack: its own perturbation sizes, before the eps filter
+        tensors["raw_norm"] = res.raw_norm.detach().cpu().contiguous()
+    meta = {"attack": repr(attack), "eps": str(eps), "norm": acfg.norm}
     with ctx.cache.writer("attack", cell.key, {"label": cell.label, "seconds": time.perf_counter() - t0}) as folder:
-        save_file(tensors, str(folder / "adv.safetensors"), metadata={"attack": repr(attack), "eps": str(eps)})
+        save_file(tensors, str(folder / "adv.safetensors"), metadata=meta)
     store.adversarial[(seed, source, akey, eps)] = tensors
     return False
 
@@ -274,6 +286,7 @@ def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         y=test.y[idx].to(ctx.device),
         targets=targets,
         examples=idx.numpy(),
+        norm=next(a.norm for a in ctx.suite.attacks if a.key == akey),
     )
     with ctx.cache.writer("transfer", cell.key, {"label": cell.label}) as folder:
         df.to_csv(folder / "outcomes.csv.gz", index=False)

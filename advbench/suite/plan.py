@@ -84,11 +84,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
             work = (
-                n_train
-                * m.recipe.epochs
-                / _TRAIN_IMAGES_PER_S
-                * (1.6 if m.recipe.snnl.alpha else 1.0)
-                * _model_cost(m)
+                n_train * m.recipe.epochs / _TRAIN_IMAGES_PER_S * (1.6 if m.recipe.snnl.alpha else 1.0) * _model_cost(m)
             )
             cells.append(
                 Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
