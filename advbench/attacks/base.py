@@ -47,10 +47,10 @@ from advbench.params import ParamSpec, check_params
 
 __all__ = [
     "FLOAT_ATOL",
+    "NORM_LABELS",
     "Attack",
     "AttackParamsError",
     "AttackResult",
-    "NORM_LABELS",
     "ThreatModel",
     "batch_generator",
     "check_adversarial",
@@ -162,8 +162,8 @@ def check_adversarial(
     """Raise :class:`ThreatModelError` unless ``x_adv`` is a valid adversarial batch for ``x``.
 
     Valid: same shape and dtype as ``x``, finite, inside ``threat.bounds`` and within
-    ``threat.eps + atol`` of ``x`` in the threat model's norm (L-inf, or the per-example L2 norm). The message names the attack, the batch and the worst
-    offending example (its index in the batch and the offending value). Nothing is ever clipped.
+    ``threat.eps + atol`` of ``x`` in the threat model's norm (L-inf, or the per-example L2 norm).
+    The message names the attack, the batch and the worst offending example (its index in the batch and the offending value). Nothing is ever clipped.
     """
     where = f"attack {attack} produced an invalid adversarial batch {batch}"
     if not isinstance(x_adv, Tensor):
@@ -194,7 +194,8 @@ def check_adversarial(
     i = int(dist.argmax())
     if dist[i] > threat.eps + atol:
         raise ThreatModelError(
-            f"{where}: example {i} is at {NORM_LABELS[threat.norm]} distance {float(dist[i]):.6g} from its clean input, "
+            f"{where}: example {i} is at {NORM_LABELS[threat.norm]} distance {float(dist[i]):.6g} from its clean "
+            f"input, "
             f"more than eps={threat.eps:.6g} (+ tolerance {atol:g}); {int((dist > threat.eps + atol).sum())} "
             f"example(s) leave the eps-ball. The attack must project onto the ball"
         )

@@ -100,7 +100,7 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
             if attack is None:
                 continue
             norm = a.get("norm", "linf")
-            declared = ATTACKS.metadata(a.get("name")).get("norm", getattr(attack, "norm", None))
+            declared = ATTACKS.metadata(str(a.get("name"))).get("norm", getattr(attack, "norm", None))
             if norm == "l2" and declared not in (None, "l2"):
                 report.add(
                     ("attacks", i, "norm"),
