@@ -163,7 +163,8 @@ def check_adversarial(
 
     Valid: same shape and dtype as ``x``, finite, inside ``threat.bounds`` and within
     ``threat.eps + atol`` of ``x`` in the threat model's norm (L-inf, or the per-example L2 norm).
-    The message names the attack, the batch and the worst offending example (its index in the batch and the offending value). Nothing is ever clipped.
+    The message names the attack, the batch and the worst offending example (its index in the
+    batch and the offending value). Nothing is ever clipped.
     """
     where = f"attack {attack} produced an invalid adversarial batch {batch}"
     if not isinstance(x_adv, Tensor):
