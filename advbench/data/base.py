@@ -221,8 +221,9 @@ def _to_split(name: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, max_valu
     ys = np.ascontiguousarray(y[idx]).astype(np.int64)
     h = hashlib.sha256()
     h.update(f"{xs.shape}|{xs.dtype}|{max_value}|".encode())
-    h.update(xs.data.cast("B"))  # the array's own buffer: no copy of the images
-    h.update(ys.data.cast("B"))
+    if xs.size:  # an empty split (no DkNN calibration) has no buffer to cast; its shape is hashed above
+        h.update(xs.data.cast("B"))  # the array's own buffer: no copy of the images
+        h.update(ys.data.cast("B"))
     # one numpy pass from uint8 to float32 (bit-identical to torch's .float().div_(), about 4x faster)
     xt = torch.from_numpy(np.divide(xs, np.float32(max_value), dtype=np.float32))
     return Split(name, xt, torch.from_numpy(ys), idx, h.hexdigest())

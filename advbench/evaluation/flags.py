@@ -93,6 +93,11 @@ def _accuracy(metrics_df: pd.DataFrame, *, white_box: bool | None) -> pd.DataFra
     return acc
 
 
+def _linf_only(acc: pd.DataFrame) -> pd.DataFrame:
+    """The L-inf rows (tables without a ``norm`` column are all L-inf): for checks that only hold there."""
+    return acc[acc["norm"] == "linf"] if "norm" in acc.columns else acc
+
+
 class _Cell(NamedTuple):
     """One accuracy row of the tidy table, with its columns as Python types."""
 
@@ -139,7 +144,7 @@ def iterative_weaker_than_fgsm(
     Attacks are matched by label: ``fgsm`` exactly, iterative ones by prefix (``"pgd-40"`` counts as
     PGD). Raised when ``acc(iterative) > acc(fgsm) + tolerance``; ``value`` is the gap.
     """
-    acc = _accuracy(metrics_df, white_box=True)
+    acc = _linf_only(_accuracy(metrics_df, white_box=True))  # FGSM is an L-inf attack: compare at L-inf radii
     base = acc[acc["attack"] == fgsm].set_index(["target", "eps", "seed"])["value"]
     out = []
     for r in _cells(acc[acc["attack"].map(lambda a: a != fgsm and _matches(a, iterative))]):
@@ -260,7 +265,7 @@ def above_chance_at_full_range(
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     chance = 1.0 / num_classes
-    acc = _accuracy(metrics_df, white_box=True)
+    acc = _linf_only(_accuracy(metrics_df, white_box=True))  # an L2 radius of 1 is not the full range
     acc = acc[acc["eps"] >= full_range - 1e-9]
     out = []
     for r in _cells(acc):
