@@ -10,7 +10,7 @@ import re
 from fractions import Fraction
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
     "AttackConfig",
@@ -73,13 +73,15 @@ Float = Annotated[float, BeforeValidator(_no_bool)]
 Eps = Annotated[float, BeforeValidator(parse_eps)]
 
 
-def parse_radius(value: Any) -> float:
-    """Like :func:`parse_eps` but without the upper bound of 1 (an L2 radius may exceed 1)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and 1.0 < float(value) < float("inf"):
+def parse_radius(value: Any, info: ValidationInfo | None = None) -> float:
+    """:func:`parse_eps`, without its upper bound of 1 when the entry's ``norm`` is ``l2``."""
+    l2 = info is not None and isinstance(info.data, dict) and info.data.get("norm") == "l2"
+    if l2 and isinstance(value, int | float) and not isinstance(value, bool) and 1.0 < float(value) < float("inf"):
         return float(value)
     return parse_eps(value)
 
 
+#: a radius: an L-inf eps in [0, 1], or any finite L2 radius >= 0 (``norm`` must precede it)
 Radius = Annotated[float, BeforeValidator(parse_radius)]
 
 
@@ -161,13 +163,6 @@ class AttackConfig(_Strict):
     )
     params: dict[str, Any] = Field(default_factory=dict)
     batch_size: Int = Field(250, ge=1)
-
-    @model_validator(mode="after")
-    def _linf_radii(self) -> AttackConfig:
-        if self.norm == "linf":
-            for e in self.eps:
-                parse_eps(e)  # raises with the L-inf message (and the "write 8/255" hint)
-        return self
 
     @field_validator("eps")
     @classmethod
