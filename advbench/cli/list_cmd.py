@@ -76,6 +76,9 @@ def rows(kind: str, pattern: str = "*") -> list[dict[str, Any]]:
         if kind == "regularisers":
             row["default layers"] = getattr(e.obj, "default_layers", "")
         row["source"] = e.meta.get("package", e.source)
+        if kind == "datasets":
+            lookup = e.meta.get("lookup")
+            row["looked for in"] = (lookup() if callable(lookup) else lookup) or "(no files: built in or generated)"
         if kind == "claims":
             row["statement"] = e.obj.statement
             row["direction"] = e.obj.direction

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
 )
@@ -82,6 +83,18 @@ Float = Annotated[float, BeforeValidator(_no_bool)]
 Eps = Annotated[float, BeforeValidator(parse_eps)]
 
 
+def parse_radius(value: Any, info: ValidationInfo | None = None) -> float:
+    """:func:`parse_eps`, without its upper bound of 1 when the entry's ``norm`` is ``l2``."""
+    l2 = info is not None and isinstance(info.data, dict) and info.data.get("norm") == "l2"
+    if l2 and isinstance(value, int | float) and not isinstance(value, bool) and 1.0 < float(value) < float("inf"):
+        return float(value)
+    return parse_eps(value)
+
+
+#: a radius: an L-inf eps in [0, 1], or any finite L2 radius >= 0 (``norm`` must precede it)
+Radius = Annotated[float, BeforeValidator(parse_radius)]
+
+
 class SplitSizes(_Strict):
     """Numbers of examples per split; ``null`` takes all that is left."""
 
@@ -142,6 +155,19 @@ class RecipeConfig(_Strict):
     lr: Float = Field(1e-3, gt=0)
     weight_decay: Float = Field(0.0, ge=0)
     momentum: Float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["constant", "cosine", "step"] = Field(
+        "constant", description="learning-rate schedule, stepped once per epoch: constant, cosine to 0, or step"
+    )
+    milestones: list[Float] = Field(
+        [0.5, 0.75], description="step schedule: fractions of the epochs after which lr is multiplied by gamma"
+    )
+    gamma: Float = Field(0.1, gt=0, le=1, description="step schedule: the lr factor at each milestone")
+    augment: Literal["none", "crop-flip"] = Field(
+        "none",
+        description="training augmentation: crop-flip = random crop after zero padding + horizontal flip (CIFAR); "
+        "drawn from the seed, epoch and step alone, so paired variants see the same augmented batches",
+    )
+    crop_padding: Int = Field(4, ge=0, description="crop-flip: pixels of zero padding on each side before the crop")
     snnl: SNNLConfig = Field(default_factory=SNNLConfig)
     regularisers: list[RegulariserConfig] = Field(
         default_factory=list, description="further regularisers, each adding weight * its terms to the loss"
@@ -155,6 +181,13 @@ class RecipeConfig(_Strict):
             out.pop("regularisers", None)
         return out
 
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in v) or v != sorted(set(v)):
+            raise ValueError(f"milestones {v}: expected increasing, distinct fractions of the epochs in (0, 1)")
+        return v
+
 
 class ModelConfig(_Strict):
     name: str = Field(pattern=_NAME, description="a label unique within the suite, e.g. 'entangled'")
@@ -167,7 +200,12 @@ class AttackConfig(_Strict):
     name: str = Field(description="a registered attack: `advbench list attacks`")
     label: str | None = Field(None, pattern=_NAME, description="report label; defaults to the name")
     backend: Literal["torchattacks", "foolbox"] | None = None
-    eps: list[Eps] = Field(min_length=1, description="L-inf radii in [0, 1] pixel units; '8/255' accepted")
+    norm: Literal["linf", "l2"] = Field(
+        "linf", description="the threat model's ball: linf (eps in [0, 1]) or l2 (per-example Euclidean radius)"
+    )
+    eps: list[Radius] = Field(
+        min_length=1, description="radii in [0, 1] pixel units for linf ('8/255' accepted); any radius >= 0 for l2"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     batch_size: Int = Field(250, ge=1)
 

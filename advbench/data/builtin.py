@@ -176,7 +176,21 @@ def _read_idx_folder(name: str, folder: Path, classes: tuple[str, ...]) -> RawDa
     )
 
 
-@register_dataset("fashion-mnist", sizes=(60000, 10000), shape=(1, 28, 28))
+def _idx_lookup(name: str, system_dir: Path | None = None) -> str:
+    """Where the IDX files of ``name`` are looked for (``advbench list datasets``)."""
+    env = os.environ.get("ADVBENCH_DATA")
+    system = f"{system_dir}, " if system_dir is not None else ""
+    envs = f"$ADVBENCH_DATA={env}[/{name}], " if env else f"$ADVBENCH_DATA[/{name}], "
+    return f"data_dir[/{name}], {envs}{system}{download_cache_dir(name)}"
+
+
+@register_dataset(
+    "fashion-mnist",
+    sizes=(60000, 10000),
+    lookup=lambda: _idx_lookup("fashion-mnist", FASHION_MNIST_DEBIAN),
+    files=IDX_FILES,
+    shape=(1, 28, 28),
+)
 def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
     """Zalando's Fashion-MNIST: 60,000 + 10,000 grey 28x28 images of 10 clothing classes."""
     folder = find_idx_dir(
@@ -193,7 +207,9 @@ def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) 
     )
 
 
-@register_dataset("mnist", sizes=(60000, 10000), shape=(1, 28, 28))
+@register_dataset(
+    "mnist", sizes=(60000, 10000), shape=(1, 28, 28), lookup=lambda: _idx_lookup("mnist"), files=IDX_FILES
+)
 def mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
     """LeCun's MNIST handwritten digits (28x28), from the user's files or a verified download."""
     folder = find_idx_dir(
@@ -337,3 +353,7 @@ def shift(
             f"{'test' if has_test else 'whole pool of'} images; sha256 {shifted.sha256}"
         ),
     )
+
+
+# SVHN and CIFAR-10 live in their own module; importing it registers them with the built-ins.
+from advbench.data import colour as _colour  # noqa: E402,F401

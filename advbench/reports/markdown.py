@@ -254,6 +254,17 @@ def _entanglement_section(results: Results, figures_dir: Path | None, prefix: st
     return out
 
 
+_NORM_LABELS = {"linf": "L-inf", "l2": "L2"}
+
+
+def _attack_norms(met: pd.DataFrame) -> dict[str, str]:
+    """Attack label -> the norm of its threat model ("linf" when the metrics predate the column)."""
+    if "norm" not in met.columns:
+        return {}
+    pairs = met[["attack", "norm"]].drop_duplicates()
+    return {str(a): str(n) for a, n in zip(pairs["attack"], pairs["norm"], strict=True)}
+
+
 def _transfer_sections(results: Results, figures_dir: Path | None, prefix: str) -> list[str]:
     met = results.shared_metrics()
     if met.empty:
@@ -263,8 +274,15 @@ def _transfer_sections(results: Results, figures_dir: Path | None, prefix: str) 
     order = _model_order(results)
     out = ["## White-box robustness", ""]
     n = int(met["n"].max())
+    norms = _attack_norms(met)
     rows = [
-        {"attack": r["attack"], "eps": r["eps"], "model": r["source"], "adversarial accuracy (%)": _rate(r)}
+        {
+            "attack": r["attack"],
+            "norm": _NORM_LABELS.get(norms.get(str(r["attack"]), "linf"), "L-inf"),
+            "eps": r["eps"],
+            "model": r["source"],
+            "adversarial accuracy (%)": _rate(r),
+        }
         for r in _records(rates[(rates["source"] == rates["target"]) & (rates["metric"] == "adv_accuracy")])
     ]
     out += [
@@ -289,7 +307,11 @@ def _transfer_sections(results: Results, figures_dir: Path | None, prefix: str) 
         (r["source"], r["target"], r["attack"], float(r["eps"])): _rate(r)
         for r in _records(rates[rates["metric"] == "transfer_rate"])
     }
-    for (attack, eps), g in tr.groupby(["attack", "eps"], sort=False):
+    groups = list(tr.groupby(["attack", "eps"], sort=False))
+    # L-inf results first, then L2 ones, each under a heading that names its norm
+    groups.sort(key=lambda item: list(_NORM_LABELS).index(norms.get(str(item[0][0]), "linf")))
+    for (attack, eps), g in groups:
+        norm_label = _NORM_LABELS.get(norms.get(str(attack), "linf"), "L-inf")
         mat = g.pivot(index="source", columns="target", values="mean").reindex(index=order, columns=order)
         table = pd.DataFrame(
             {t: [cells.get((s_, t, attack, float(eps)), "n/a") for s_ in order] for t in order},  # type: ignore[arg-type]
@@ -298,7 +320,7 @@ def _transfer_sections(results: Results, figures_dir: Path | None, prefix: str) 
         table.insert(0, "source \\ target", order)
         dens = met[(met["attack"] == attack) & (met["eps"] == eps) & (met["metric"] == "transfer_rate")]
         out += [
-            f"### {attack}, eps = {eps:g}",
+            f"### {attack}, {norm_label} eps {eps:g}",
             "",
             f"Transfer rate (%), mean [95% CI]; denominators per cell and seed range from "
             f"{int(dens['denominator'].min())} to {int(dens['denominator'].max())} of n = {n}.",
@@ -311,7 +333,7 @@ def _transfer_sections(results: Results, figures_dir: Path | None, prefix: str) 
             from advbench.reports.plots import transfer_heatmap
 
             name = f"transfer_{attack}_{eps:g}.png".replace("/", "_")
-            transfer_heatmap(mat, figures_dir / name, title=f"transfer rate, {attack} eps={eps:g}")
+            transfer_heatmap(mat, figures_dir / name, title=f"transfer rate, {attack} {norm_label} eps={eps:g}")
             out += [f"![transfer {attack} eps={eps:g}]({prefix}{name})", ""]
     return out
 

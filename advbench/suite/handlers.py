@@ -264,17 +264,22 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
             attack,
             x,
             y,
-            ThreatModel(eps=eps),
+            ThreatModel(eps=eps, norm=acfg.norm),
             batch_size=acfg.batch_size,
             seed=seed,
             progress=ctx.options.progress,
         )
-        return {
+        out = {
             "x_adv": res.x_adv.detach().cpu().contiguous(),
             "success": res.success.detach().cpu().to(torch.uint8).contiguous(),
             "linf": res.linf.detach().cpu().contiguous(),
             "indices": idx.contiguous(),
         }
+        if res.l2 is not None:
+            out["l2"] = res.l2.detach().cpu().contiguous()
+        if res.raw_norm is not None:  # a minimum-norm attack: its own perturbation sizes, before the eps filter
+            out["raw_norm"] = res.raw_norm.detach().cpu().contiguous()
+        return out
 
     if ctx.time_limit:
         # in a child process that is killed when the time is up: a plugin cannot swallow the limit
@@ -282,8 +287,9 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         tensors = run_with_time_limit(attack_all, timeout_s=ctx.time_limit, name=cell.label)
     else:
         tensors = attack_all()
+    meta = {"attack": repr(attack), "eps": str(eps), "norm": acfg.norm}
     with ctx.cache.writer("attack", cell.key, {"label": cell.label, "seconds": time.perf_counter() - t0}) as folder:
-        save_file(tensors, str(folder / "adv.safetensors"), metadata={"attack": repr(attack), "eps": str(eps)})
+        save_file(tensors, str(folder / "adv.safetensors"), metadata=meta)
     store.adversarial[(seed, source, akey, eps)] = tensors
     return False
 
@@ -324,6 +330,7 @@ def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         y=test.y[idx].to(ctx.device),
         targets=targets,
         examples=idx.numpy(),
+        norm=next(a.norm for a in ctx.suite.attacks if a.key == akey),
     )
     if src != source:
         df = df[df["target"] != src].assign(source=source).reset_index(drop=True)

@@ -112,6 +112,7 @@ def build_plan(
                 * m.recipe.epochs
                 / _TRAIN_IMAGES_PER_S
                 * (1.6 if m.recipe.snnl.alpha or m.recipe.regularisers else 1.0)
+                * _model_cost(m)
             )
             cells.append(
                 Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
@@ -134,7 +135,7 @@ def build_plan(
                     }
                     key = cache_key("attack", spec)
                     attack_keys[(seed, m.name, a.key, eps)] = key
-                    work = n_transfer * _attack_steps(a) / _ATTACK_STEPS_IMAGES_PER_S
+                    work = n_transfer * _attack_steps(a) / _ATTACK_STEPS_IMAGES_PER_S * _model_cost(m)
                     cells.append(
                         Cell(
                             "attack",
@@ -242,6 +243,17 @@ def cross_seed_targets(seeds: list[int], seed: int, mode: str) -> list[int]:
     if mode == "all":
         return [s for s in seeds if s != seed]
     raise ValueError(f"cross_seed {mode!r}: expected 'ring', 'all' or 'none'")
+
+
+def _model_cost(m: ModelConfig) -> float:
+    """Per-image cost of ``m``'s architecture relative to the ``cnn`` (registry metadata ``cost``; 1 if none)."""
+    from advbench.models import MODELS
+
+    try:
+        cost = MODELS.metadata(m.architecture).get("cost", 1.0)
+        return float(cost(**m.params) if callable(cost) else cost)
+    except Exception:  # an unknown architecture or bad params: validation reports them
+        return 1.0
 
 
 def _model_spec(m: ModelConfig) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 * :func:`init_model` builds an architecture whose initial weights depend only on the seed, the
   architecture and its parameters (never the recipe), so both members of a pair share them.
-* :func:`batch_order` is the data order, drawn from a generator seeded by the seed alone.
+* :func:`batch_order` is the data order, drawn from a generator seeded by the seed alone; with
+  ``augment: crop-flip`` each batch's crops and flips come from :func:`augmentation_generator`
+  (seed, epoch, step), so they too are shared by a pair; ``batch_order_hash`` covers both.
 * :func:`train_model` minimises the composite loss (docs/method.md, section 3) and records, per epoch, the loss terms,
   the temperatures, the floor rates and the entanglement of every hidden layer on a probe set.
 
@@ -21,7 +23,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -41,12 +45,15 @@ from advbench.training.snnl import entanglement
 __all__ = [
     "TrainResult",
     "TrainStep",
+    "augment_batch",
+    "augmentation_generator",
     "batch_order",
     "build_regularisers",
     "fit_normalization",
     "init_model",
     "layer_widths",
     "make_optimizer",
+    "make_scheduler",
     "probe_entanglement",
     "train_model",
     "weights_hash",
@@ -148,6 +155,46 @@ def make_optimizer(params: Any, recipe: RecipeConfig) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {recipe.optimizer!r}")
 
 
+def make_scheduler(opt: torch.optim.Optimizer, recipe: RecipeConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The recipe's learning-rate schedule over ``recipe.epochs`` (stepped once per epoch); None if constant."""
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+    if recipe.schedule == "step":
+        marks = sorted({max(1, round(f * recipe.epochs)) for f in recipe.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=recipe.gamma)
+    return None
+
+
+def augmentation_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """The CPU generator of one batch's augmentation: a function of the seed, epoch and step only.
+
+    Never of alpha or the model, so the members of a pair see the same crops and flips.
+    """
+    state = np.random.SeedSequence([seed, 0xA06, epoch, step]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def augment_batch(x: Tensor, *, padding: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Random crop after zero padding by ``padding`` pixels, then a horizontal flip with probability 1/2.
+
+    Returns the augmented batch and the draws (N, 3: row offset, column offset, flip) for hashing.
+    The draws come from ``generator`` on the CPU; the images stay on their device.
+    """
+    n, _, h, w = x.shape
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.randint(0, 2, (n,), generator=generator).bool()
+    draws = torch.stack([dy, dx, flip.long()], 1)
+    if padding:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        rows = (dy[:, None] + torch.arange(h)).to(x.device)  # (N, H)
+        cols = (dx[:, None] + torch.arange(w)).to(x.device)  # (N, W)
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    return x.contiguous(), draws
+
+
 @torch.no_grad()
 def probe_entanglement(
     model: Classifier,
@@ -204,6 +251,7 @@ class TrainStep:
         others = build_regularisers(model, recipe)
         self.loss_fn = CompositeLoss(recipe.snnl, self.layers, others).to(next(model.parameters()).device)
         self.opt = make_optimizer(model.parameters(), recipe)
+        self.scheduler = make_scheduler(self.opt, recipe)
         self.regularisers = self.loss_fn.regularisers()
         #: each regulariser's own optimiser (the SNNL's learned temperatures: Adam at temperature_lr)
         self.reg_opts = [opt for reg in self.regularisers.values() if (opt := reg.make_optimizer()) is not None]
@@ -345,6 +393,10 @@ def train_model(
                 if x_train.device != idx.device:
                     idx = idx.to(x_train.device)
                 xb, yb = x_train[idx], y_train[idx]
+                if recipe.augment == "crop-flip":
+                    gen = augmentation_generator(seed, epoch, step)
+                    xb, draws = augment_batch(xb, padding=recipe.crop_padding, generator=gen)
+                    order_hash.update(draws.numpy().tobytes())
                 terms = train_step(xb, yb, name=name, epoch=epoch, step=step)
                 n = len(yb)
                 seen += n
@@ -377,6 +429,9 @@ def train_model(
                 for layer, (v, t) in probe_entanglement(model, *probe, distance=cfg.distance).items():
                     record[f"entanglement/{layer}"] = v
                     record[f"entanglement_T/{layer}"] = t
+            record["lr"] = train_step.opt.param_groups[0]["lr"]
+            if train_step.scheduler is not None:
+                train_step.scheduler.step()
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             log.info("%s epoch %d/%d: %s", name, epoch, recipe.epochs, _fmt(record))

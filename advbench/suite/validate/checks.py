@@ -108,6 +108,15 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
             attack = lookup(ATTACKS, a.get("name"), ("attacks", i, "name"))
             if attack is None:
                 continue
+            norm = a.get("norm", "linf")
+            declared = ATTACKS.metadata(str(a.get("name"))).get("norm", getattr(attack, "norm", None))
+            if norm == "l2" and declared not in (None, "l2"):
+                report.add(
+                    ("attacks", i, "norm"),
+                    f"given norm 'l2', but {a.get('name')} is a {declared!r} attack; expected an L2 attack "
+                    f"(pgd-l2, torchattacks.PGDL2, torchattacks.CW, foolbox.L2CarliniWagnerAttack, ...; "
+                    f"`advbench list attacks` shows each norm) or norm: linf",
+                )
             backend = a.get("backend")
             missing = missing_backend(attack, backend if isinstance(backend, str) else None)
             if missing:  # its parameters cannot be read without the library
