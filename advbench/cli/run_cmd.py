@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from advbench.cli.console import RunProgress
+from advbench.cli.show_cmd import run_headline
 from advbench.config import Suite
 from advbench.errors import ConfigError
 from advbench.evaluation.results import Results
@@ -74,6 +76,7 @@ def markdown_renderer(suite: Suite, output: str | None = None) -> Renderer:
     out = Path(output or suite.report.output.format(name=suite.name))
 
     def render(results: Results, run_dir: RunDir) -> None:
+        run_dir.manifest["report"] = str(out)  # for `advbench show`
         manifest = dict(run_dir.manifest) | {"run_dir": str(run_dir.path)}
         write_run_report(results, out, results_dir=run_dir.results, manifest=manifest)
 
@@ -114,7 +117,12 @@ def main(args: argparse.Namespace) -> int:
             f"(cache: {runner.ctx.cache.root})\n"
         )
         return 0
-    runner.run(render=markdown_renderer(suite, args.report))
+    progress = RunProgress(runner.plan, periodic=not opts.progress)
+    run_dir = runner.run(render=markdown_renderer(suite, args.report), on_cell=progress)
+    if runner.results is not None and not getattr(args, "quiet", False):
+        sys.stdout.write(
+            run_headline(runner.results, report=run_dir.manifest.get("report"), run_dir=str(run_dir.path)) + "\n"
+        )
     # 1 when cells failed: the results are partial (the report lists what is missing).
     return 1 if runner.failures else 0
 

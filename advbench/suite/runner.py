@@ -75,8 +75,11 @@ class Runner:
             return RayExecutor(self.opt.address, attempts_log=run_dir.path / "ray-attempts.jsonl")
         return LocalExecutor()
 
-    def run(self, render: Renderer | None = None) -> RunDir:
-        """Run every cell, save the results in a new (or resumed) run folder and render them with ``render``."""
+    def run(self, render: Renderer | None = None, on_cell: Callable[[CellReport], None] | None = None) -> RunDir:
+        """Run every cell, save the results in a new (or resumed) run folder and render them with ``render``.
+
+        ``on_cell`` is called with each cell's report as it finishes (the CLI's progress lines).
+        """
         t0 = time.perf_counter()
         ctx, plan = self.ctx, self.ctx.plan
         if self.opt.threads:
@@ -122,7 +125,12 @@ class Runner:
             failures.append({"cell": report.label, "kind": report.kind, "status": report.status, "error": report.error})
             run_dir.record_failure(report.label, report.kind, key, status=report.status, error=report.error)
 
-        reports = executor.execute(plan, ctx, store, record)
+        def on_report(report: CellReport) -> None:
+            record(report)
+            if on_cell is not None:
+                on_cell(report)
+
+        reports = executor.execute(plan, ctx, store, on_report)
         if executor.info:
             run_dir.manifest[self.opt.executor] = executor.info
         t_collect = time.perf_counter()
