@@ -21,6 +21,7 @@ from advbench.config.suite import (
     SplitSizes,
     Suite,
     TransferConfig,
+    WeightsConfig,
     parse_eps,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "SplitSizes",
     "Suite",
     "TransferConfig",
+    "WeightsConfig",
     "parse_eps",
 ]

@@ -83,7 +83,10 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
             }
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
-            work = n_train * m.recipe.epochs / _TRAIN_IMAGES_PER_S * (1.6 if m.recipe.snnl.alpha else 1.0)
+            if m.recipe is None:  # a model brought by the user: loaded, not trained
+                work = 0.5
+            else:
+                work = n_train * m.recipe.epochs / _TRAIN_IMAGES_PER_S * (1.6 if m.recipe.snnl.alpha else 1.0)
             cells.append(
                 Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
             )
@@ -180,6 +183,16 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
 
 def _model_spec(m: ModelConfig) -> dict[str, Any]:
     # the label is not part of the key: two labels with the same config share one trained model
+    if m.recipe is None:  # brought by the user: its weights' digest and its builder's source identify it
+        from advbench.models.external import entry_point_source_hash
+
+        return {
+            "architecture": m.architecture,
+            "builder": m.builder,
+            "builder_source": entry_point_source_hash(m.builder) if m.builder else "",
+            "params": m.params,
+            "weights_sha256": m.weights.sha256.lower() if m.weights else None,
+        }
     return {"architecture": m.architecture, "params": m.params, "recipe": m.recipe.model_dump()}
 
 

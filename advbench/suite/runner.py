@@ -102,6 +102,15 @@ class Runner:
             | {"failed": ATTACKS.failed_plugins},
         )
         run_dir.manifest["executor"] = self.opt.executor
+        external = {
+            m.name: {"architecture": m.architecture, "builder": m.builder, "params": m.params}
+            | ({"weights": m.weights.path, "sha256": m.weights.sha256.lower()} if m.weights else {})
+            | {"identity": plan.find("train", model=m.name).spec["model"]}
+            for m in self.suite.models
+            if m.recipe is None
+        }
+        if external:  # models brought by the user, with their weights' digests
+            run_dir.manifest["external_models"] = external
         log.info("run folder %s; %d cells; cache %s", run_dir.path, len(plan.cells), ctx.cache.root)
         ctx.cache.sweep_tmp()
         self.store = store = ArtefactStore()
