@@ -22,12 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from advbench.attacks.base import ThreatModel, create_attack, generate
+from advbench.config import ModelConfig
 from advbench.data import load_dataset
 from advbench.errors import AdvbenchError, CacheError
 from advbench.evaluation.dknn import DkNN
 from advbench.evaluation.flags import FLAG_COLUMNS, flags_frame, gradient_flags
 from advbench.evaluation.transfer import outcomes_for, predict
-from advbench.config import ModelConfig
 from advbench.io import check_suite_path
 from advbench.models import Classifier, create_model
 from advbench.models.external import build_from_entry_point, load_weights
