@@ -4,7 +4,8 @@ Three levels of detail (``-q``, default, ``-v``, ``-vv``):
 
 * ``-q``: warnings and errors only;
 * default: progress (a tqdm bar in a terminal, else a one-line progress with an ETA at most every
-  :data:`PROGRESS_EVERY_S` seconds), one line per finished stage, warnings, then the headline;
+  :data:`PROGRESS_EVERY_S` seconds, and no more often than the time elapsed so far, so that a long
+  run prints a handful), one line per finished stage, warnings, then the headline;
 * ``-v``: also advbench's own detail (one line per training epoch, DkNN timings, the stage table);
 * ``-vv``: debug output, third-party libraries' INFO and DEBUG lines (faiss, Ray, matplotlib...) included.
 
@@ -158,7 +159,8 @@ class RunProgress:
                 self.not_ok[kind] += 1
         if self.finished[kind] == self.sizes.get(kind, -1):
             self._stage_line(kind, now)
-        elif self.periodic and now - self.last >= self.every_s:
+        elif self.periodic and now - self.last >= max(self.every_s, now - self.start):
+            # the gap doubles with the run's length, so a slow run's console stays short
             self._progress_line(now, report.label)
 
     def _progress_line(self, now: float, label: str) -> None:
