@@ -159,8 +159,8 @@ class RunProgress:
                 self.not_ok[kind] += 1
         if self.finished[kind] == self.sizes.get(kind, -1):
             self._stage_line(kind, now)
-        elif self.periodic and now - self.last >= max(self.every_s, now - self.start):
-            # the gap doubles with the run's length, so a slow run's console stays short
+        elif self.periodic and now - self.last >= max(self.every_s, self.last - self.start):
+            # the gap grows with the time already run, so a slow run's console stays short
             self._progress_line(now, report.label)
 
     def _progress_line(self, now: float, label: str) -> None:
