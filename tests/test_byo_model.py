@@ -59,7 +59,7 @@ def _train(net: torch.nn.Module, steps: int = 150) -> torch.nn.Module:
 def test_recipe_none_needs_weights_or_builder():
     with pytest.raises(ValueError, match="recipe: none"):
         ModelConfig(name="m", architecture="cnn-digits", recipe="none")
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="architecture: required but missing"):
         ModelConfig(name="m", recipe="none", weights={"path": "w.safetensors", "sha256": "sha256:" + "0" * 64})
     with pytest.raises(ValueError, match="sha256"):
         ModelConfig(name="m", architecture="cnn-digits", recipe="none", weights={"path": "w", "sha256": "abc"})

@@ -152,11 +152,13 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.architecture is None) == (self.builder is None):
+        if self.architecture is None and self.builder is None:
             raise ValueError(
-                f"model {self.name!r}: given {'both architecture and builder' if self.builder else 'neither'}; "
-                "expected exactly one: a registered `architecture`, or a `builder: 'package.module:function'`"
+                "architecture: required but missing; expected a registered `architecture` (`advbench list models`) "
+                "or, for a model you bring, a `builder: 'package.module:function'`"
             )
+        if self.architecture is not None and self.builder is not None:
+            raise ValueError(f"model {self.name!r}: given both architecture and builder; expected exactly one of them")
         if self.recipe is not None and (self.weights is not None or self.builder is not None):
             raise ValueError(
                 f"model {self.name!r}: a model brought with weights or a builder is not trained by advbench; "
