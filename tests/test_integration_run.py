@@ -60,7 +60,23 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("whole")
     proc = _cli(*_run_args(tmp, "a"), cwd=tmp, env=_env(tmp / "cache"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp / "console-a.err").write_text(proc.stderr)
+    (tmp / "console-a.out").write_text(proc.stdout)
     return tmp, _latest_results(tmp / "runs-a")
+
+
+def test_quiet_console_ends_with_headline(uninterrupted):
+    """Not in a terminal, the default console is about 20 lines: progress, stages, warnings, then the headline."""
+    tmp, results = uninterrupted
+    err, out = (tmp / "console-a.err").read_text(), (tmp / "console-a.out").read_text()
+    lines = err.splitlines() + out.splitlines()
+    assert len(lines) <= 24, "\n".join(lines)
+    assert "epoch" not in err and "faiss" not in err
+    assert sum("done:" in x for x in err.splitlines()) == 5  # one line per stage
+    assert out.startswith("Results:") and "Claims (" in out
+    assert out.splitlines()[-1] == f"Report: {tmp / 'report-a.md'}; run folder: {results.parent}"
+    show = _cli("show", str(results.parent), cwd=tmp, env=_env(tmp / "cache"))
+    assert show.returncode == 0 and show.stdout == out
 
 
 def test_report_written_with_every_section(uninterrupted):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import inspect
 import sys
 from typing import Any
@@ -11,6 +12,7 @@ from tabulate import tabulate
 
 EXAMPLE = """examples:
   advbench list attacks            # every attack, built-in, wrapped or from a plugin
+  advbench list attacks sign       # names containing 'sign', any case
   advbench list attacks 'torchattacks.*PGD*'
   advbench list models
   advbench list datasets
@@ -26,7 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("kind", choices=["attacks", "models", "datasets", "regularisers", "claims"])
-    p.add_argument("pattern", nargs="?", default="*", help="glob pattern on the name (default: all)")
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        default="*",
+        help="a substring of the name, or a glob with * ? [ ]; case-insensitive (default: all)",
+    )
     p.set_defaults(func=main)
 
 
@@ -65,10 +72,19 @@ def _params(obj: Any) -> str:
     )
 
 
+def matches(name: str, pattern: str) -> bool:
+    """Whether ``name`` matches ``pattern``: a glob when it has ``*``, ``?`` or ``[``, else a substring; any case."""
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+    return pattern.lower() in name.lower()
+
+
 def rows(kind: str, pattern: str = "*") -> list[dict[str, Any]]:
-    """One row per registered component (used by the CLI and the tests)."""
+    """One row per registered component whose name :func:`matches` ``pattern`` (used by the CLI and the tests)."""
     out = []
-    for e in _registry(kind).entries(pattern):
+    for e in _registry(kind).entries():
+        if not matches(e.name, pattern):
+            continue
         row: dict[str, Any] = {"name": e.name}
         if kind == "attacks":
             row["norm"] = e.meta.get("norm", getattr(e.obj, "norm", ""))

@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from advbench import __version__
-from advbench.cli import list_cmd, power_cmd, report_cmd, run_cmd, validate_cmd
+from advbench.cli import compare_cmd, list_cmd, power_cmd, report_cmd, run_cmd, show_cmd, validate_cmd
+from advbench.cli.console import configure_logging
 from advbench.errors import AdvbenchError
 
-SUBCOMMANDS = (run_cmd, validate_cmd, list_cmd, report_cmd, power_cmd)
+SUBCOMMANDS = (run_cmd, validate_cmd, list_cmd, report_cmd, show_cmd, compare_cmd, power_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"advbench {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output: -v per-epoch and per-stage detail, -vv debug and third-party libraries' logs",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
@@ -33,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(args.verbose, args.quiet)
     try:
         return int(args.func(args) or 0)
     except AdvbenchError as exc:

@@ -8,6 +8,8 @@ import sys
 
 from tabulate import tabulate
 
+from advbench.cli.console import RunProgress
+from advbench.cli.show_cmd import run_headline
 from advbench.config import Suite
 from advbench.errors import ConfigError
 from advbench.evaluation.results import Results
@@ -79,6 +81,7 @@ def markdown_renderer(suite: Suite, output: str | None = None) -> Renderer:
     out = check_report_path(resolve_report_path(suite, output))
 
     def render(results: Results, run_dir: RunDir) -> None:
+        run_dir.manifest["report"] = relative_to_project(out)  # for `advbench show`
         manifest = dict(run_dir.manifest) | {"run_dir": relative_to_project(run_dir.path)}
         write_run_report(results, out, results_dir=run_dir.results, manifest=manifest)
 
@@ -121,7 +124,15 @@ def main(args: argparse.Namespace) -> int:
             f"(cache: {runner.ctx.cache.root})\n"
         )
         return 0
-    runner.run(render=render)
+    progress = RunProgress(runner.plan, periodic=not opts.progress)
+    run_dir = runner.run(render=render, on_cell=progress)
+    if runner.results is not None and not getattr(args, "quiet", False):
+        sys.stdout.write(
+            run_headline(
+                runner.results, report=run_dir.manifest.get("report"), run_dir=relative_to_project(run_dir.path)
+            )
+            + "\n"
+        )
     # 1 when cells failed: the results are partial (the report lists what is missing).
     return 1 if runner.failures else 0
 

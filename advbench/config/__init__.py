@@ -22,6 +22,7 @@ from advbench.config.suite import (
     SplitSizes,
     Suite,
     TransferConfig,
+    WeightsConfig,
     parse_eps,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "SplitSizes",
     "Suite",
     "TransferConfig",
+    "WeightsConfig",
     "parse_eps",
 ]

@@ -19,6 +19,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "SplitSizes",
     "Suite",
     "TransferConfig",
+    "WeightsConfig",
     "parse_eps",
 ]
 
@@ -189,11 +191,68 @@ class RecipeConfig(_Strict):
         return v
 
 
+class WeightsConfig(_Strict):
+    """A trained model's weights brought by the user: a safetensors file and its digest (never a pickle)."""
+
+    path: str = Field(description="a safetensors file, relative to the project folder (suite path rule)")
+    sha256: str = Field(
+        pattern=r"^sha256:[0-9a-fA-F]{64}$",
+        description="'sha256:<64 hex digits>' of the file (`sha256sum FILE`); the run refuses a different file",
+    )
+
+
+def _recipe_none(value: Any) -> Any:
+    """``recipe: none`` (not trained) reads as ``None``."""
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    return value
+
+
 class ModelConfig(_Strict):
     name: str = Field(pattern=_NAME, description="a label unique within the suite, e.g. 'entangled'")
-    architecture: str = Field(description="a registered model: `advbench list models`")
+    architecture: str | None = Field(
+        None, description="a registered model: `advbench list models` (or give `builder` instead)"
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the architecture")
-    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
+    recipe: Annotated[RecipeConfig | None, BeforeValidator(_recipe_none)] = Field(
+        default_factory=RecipeConfig,
+        description="how advbench trains it; `none` for a model brought already trained (weights or builder)",
+    )
+    weights: WeightsConfig | None = Field(
+        None, description="bring your own model: its safetensors weights (with `recipe: none`)"
+    )
+    builder: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="bring your own model: 'package.module:function' returning a Classifier or "
+        "(nn.Module, hidden layer names); called with num_classes, input_shape and params",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if self.architecture is None and self.builder is None:
+            raise ValueError(
+                "architecture: required but missing; expected a registered `architecture` (`advbench list models`) "
+                "or, for a model you bring, a `builder: 'package.module:function'`"
+            )
+        if self.architecture is not None and self.builder is not None:
+            raise ValueError(f"model {self.name!r}: given both architecture and builder; expected exactly one of them")
+        if self.recipe is not None and (self.weights is not None or self.builder is not None):
+            raise ValueError(
+                f"model {self.name!r}: a model brought with weights or a builder is not trained by advbench; "
+                "expected `recipe: none`"
+            )
+        if self.recipe is None and self.weights is None and self.builder is None:
+            raise ValueError(
+                f"model {self.name!r}: `recipe: none` needs trained weights; expected `weights: {{path, sha256}}` "
+                "or a `builder`, or remove `recipe: none` to train it"
+            )
+        return self
+
+    @property
+    def external(self) -> bool:
+        """True for a model brought by the user (not trained by advbench)."""
+        return self.recipe is None
 
 
 class AttackConfig(_Strict):

@@ -34,9 +34,10 @@ def transfer_heatmap(matrix: pd.DataFrame, path: Path, *, title: str, fmt: str =
     ax.set_yticks(range(matrix.shape[0]), matrix.index)
     ax.set_xlabel("target")
     ax.set_ylabel("source")
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            v = matrix.iat[i, j]
+    values = matrix.to_numpy(dtype=float)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = float(values[i, j])
             if np.isfinite(v):
                 ax.text(
                     j, i, fmt.format(v), ha="center", va="center", color="white" if v > 0.55 else "black", fontsize=8

@@ -24,12 +24,15 @@ from safetensors.torch import load_file, save_file
 from advbench.attacks.base import ThreatModel, create_attack, generate
 from advbench.attacks.contract import call_plugin, run_with_time_limit
 from advbench.codeversion import code_spec
+from advbench.config import ModelConfig
 from advbench.data import load_dataset
 from advbench.errors import AdvbenchError, CacheError
 from advbench.evaluation.dknn import DkNN
 from advbench.evaluation.flags import FLAG_COLUMNS, flags_frame, gradient_flags
 from advbench.evaluation.transfer import outcomes_for, predict
-from advbench.models import Classifier
+from advbench.io import check_suite_path
+from advbench.models import Classifier, create_model
+from advbench.models.external import build_from_entry_point, load_weights
 from advbench.suite.cache import CacheEntry, cache_key
 from advbench.suite.context import ArtefactStore, CellContext
 from advbench.suite.plan import Cell
@@ -83,6 +86,10 @@ def _model(ctx: CellContext, store: ArtefactStore, name: str, seed: int) -> Clas
     a cell reads can come back from the cache.
     """
     model = store.models.get((name, seed))
+    mcfg = next((m for m in ctx.suite.models if m.name == name), None)
+    if model is None and mcfg is not None and mcfg.recipe is None:
+        model = _external_model(ctx, mcfg)
+        store.models[(name, seed)] = model
     if model is None:
         entry = _required_entry(ctx, ctx.cell("train", model=name, seed=seed))
         model, _ = load_checkpoint(entry.path / "checkpoint")
@@ -105,10 +112,56 @@ def _adv(
 # -- training ----------------------------------------------------------------------------------
 
 
+def _external_model(ctx: CellContext, mcfg: ModelConfig) -> Classifier:
+    """A model brought by the user (``recipe: none``): built by its builder or architecture, weights loaded.
+
+    The weights file obeys the suite path rule and must match the suite's sha256; it is read as
+    safetensors only.
+    """
+    splits = ctx.splits
+    what = f"model {mcfg.name!r}"
+    model: Any
+    if mcfg.builder is not None:
+        model = build_from_entry_point(
+            mcfg.builder,
+            num_classes=splits.num_classes,
+            input_shape=splits.input_shape,
+            params=dict(mcfg.params),
+            what=what,
+        )
+    else:
+        assert mcfg.architecture is not None  # the config requires one of the two
+        model = create_model(
+            mcfg.architecture, num_classes=splits.num_classes, input_shape=splits.input_shape, **mcfg.params
+        )
+    if mcfg.weights is not None:
+        path = check_suite_path(mcfg.weights.path, field=f"models[{mcfg.name}].weights.path", allowed_roots=["."])
+        load_weights(model, path, mcfg.weights.sha256, what=what)
+    return model.to(ctx.device).eval()  # type: ignore[no-any-return]
+
+
+def _run_external(ctx: CellContext, cell: Cell, store: ArtefactStore, mcfg: ModelConfig) -> bool:
+    """The train cell of a model brought by the user: load it (nothing is trained), evaluate it clean."""
+    name, seed = cell.params["model"], cell.params["seed"]
+    cached = ctx.cache.exists(cell.kind, cell.key)
+    model = _external_model(ctx, mcfg)
+    if not cached:
+        card = {"label": name, "external": True, **cell.spec["model"]}
+        if mcfg.weights is not None:
+            card["weights_path"] = mcfg.weights.path
+        with ctx.cache.writer("train", cell.key, {"label": cell.label}) as folder:
+            (folder / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
+    store.models[(name, seed)] = model
+    _clean_evaluation(ctx, cell, store, model, name, seed)
+    return cached
+
+
 @handler("train")
 def run_train(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     name, seed = cell.params["model"], cell.params["seed"]
     mcfg = next(m for m in ctx.suite.models if m.name == name)
+    if mcfg.recipe is None or mcfg.architecture is None:
+        return _run_external(ctx, cell, store, mcfg)
     splits = ctx.splits
     entry = ctx.cache.get(cell.kind, cell.key)
     cached = entry is not None

@@ -107,13 +107,16 @@ def build_plan(
             }
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
-            work = (
-                n_train
-                * m.recipe.epochs
-                / _TRAIN_IMAGES_PER_S
-                * (1.6 if m.recipe.snnl.alpha or m.recipe.regularisers else 1.0)
-                * _model_cost(m)
-            )
+            if m.recipe is None:  # a model brought by the user: loaded, not trained
+                work = 0.5
+            else:
+                work = (
+                    n_train
+                    * m.recipe.epochs
+                    / _TRAIN_IMAGES_PER_S
+                    * (1.6 if m.recipe.snnl.alpha or m.recipe.regularisers else 1.0)
+                    * _model_cost(m)
+                )
             cells.append(
                 Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
             )
@@ -249,6 +252,8 @@ def _model_cost(m: ModelConfig) -> float:
     """Per-image cost of ``m``'s architecture relative to the ``cnn`` (registry metadata ``cost``; 1 if none)."""
     from advbench.models import MODELS
 
+    if m.architecture is None:  # a model built by the user's own code: no declared cost
+        return 1.0
     try:
         cost = MODELS.metadata(m.architecture).get("cost", 1.0)
         return float(cost(**m.params) if callable(cost) else cost)
@@ -258,6 +263,16 @@ def _model_cost(m: ModelConfig) -> float:
 
 def _model_spec(m: ModelConfig) -> dict[str, Any]:
     # the label is not part of the key: two labels with the same config share one trained model
+    if m.recipe is None:  # brought by the user: its weights' digest and its builder's source identify it
+        from advbench.models.external import entry_point_source_hash
+
+        return {
+            "architecture": m.architecture,
+            "builder": m.builder,
+            "builder_source": entry_point_source_hash(m.builder) if m.builder else "",
+            "params": m.params,
+            "weights_sha256": m.weights.sha256.lower() if m.weights else None,
+        }
     return {"architecture": m.architecture, "params": m.params, "recipe": m.recipe.model_dump()}
 
 

@@ -76,8 +76,11 @@ class Runner:
             return RayExecutor(self.opt.address, attempts_log=run_dir.path / "ray-attempts.jsonl")
         return LocalExecutor()
 
-    def run(self, render: Renderer | None = None) -> RunDir:
-        """Run every cell, save the results in a new (or resumed) run folder and render them with ``render``."""
+    def run(self, render: Renderer | None = None, on_cell: Callable[[CellReport], None] | None = None) -> RunDir:
+        """Run every cell, save the results in a new (or resumed) run folder and render them with ``render``.
+
+        ``on_cell`` is called with each cell's report as it finishes (the CLI's progress lines).
+        """
         t0 = time.perf_counter()
         ctx, plan = self.ctx, self.ctx.plan
         if self.opt.threads:
@@ -104,8 +107,17 @@ class Runner:
         run_dir.manifest["threads"] = {
             kind: self.opt.cell_threads(kind) for kind in sorted({c.kind for c in plan.cells})
         }
+        external = {
+            m.name: {"architecture": m.architecture, "builder": m.builder, "params": m.params}
+            | ({"weights": m.weights.path, "sha256": m.weights.sha256.lower()} if m.weights else {})
+            | {"identity": plan.find("train", model=m.name).spec["model"]}
+            for m in self.suite.models
+            if m.recipe is None
+        }
+        if external:  # models brought by the user, with their weights' digests
+            run_dir.manifest["external_models"] = external
         try:
-            self._run_cells(run_dir, render, t0)
+            self._run_cells(run_dir, render, t0, on_cell)
         except BaseException as exc:
             # never leave a manifest saying 'running' (or 'complete') for a run that stopped
             run_dir.manifest["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -117,7 +129,9 @@ class Runner:
             raise
         return run_dir
 
-    def _run_cells(self, run_dir: RunDir, render: Renderer | None, t0: float) -> None:
+    def _run_cells(
+        self, run_dir: RunDir, render: Renderer | None, t0: float, on_cell: Callable[[CellReport], None] | None
+    ) -> None:
         ctx, plan = self.ctx, self.ctx.plan
         log.info("run folder %s; %d cells; cache %s", run_dir.path, len(plan.cells), ctx.cache.root)
         ctx.cache.sweep_tmp()
@@ -142,7 +156,12 @@ class Runner:
             failures.append({"cell": report.label, "kind": report.kind, "status": report.status, "error": report.error})
             run_dir.record_failure(report.label, report.kind, key, status=report.status, error=report.error)
 
-        reports = executor.execute(plan, ctx, store, record)
+        def on_report(report: CellReport) -> None:
+            record(report)
+            if on_cell is not None:
+                on_cell(report)
+
+        reports = executor.execute(plan, ctx, store, on_report)
         if executor.info:
             run_dir.manifest[self.opt.executor] = executor.info
         t_collect = time.perf_counter()

@@ -453,4 +453,9 @@ def _acc(sums: dict[str, float], key: str, value: float) -> None:
 
 
 def _fmt(record: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch")
+    """``key=value`` pairs of an epoch record, without the terms the model does not have (NaN)."""
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in record.items()
+        if k != "epoch" and not (isinstance(v, float) and math.isnan(v))
+    )

@@ -14,6 +14,7 @@ from advbench.config import Suite
 from advbench.data import DATASETS, dataset_sizes
 from advbench.errors import UnknownNameError
 from advbench.evaluation.claims import CLAIMS
+from advbench.io import suite_path_problems
 from advbench.models import MODELS, declared_hidden_layers
 from advbench.suite.validate.keywords import (
     RESERVED_DATASET,
@@ -83,6 +84,8 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
                         f"given {name!r}, already used by models[{seen[name]}]; expected a distinct name per model",
                     )
                 seen.setdefault(name, i)
+            if m.get("architecture") is None and m.get("builder") is not None:
+                continue  # a user's builder takes its own params
             arch = lookup(MODELS, m.get("architecture"), ("models", i, "architecture"))
             report_params(
                 report, arch, m.get("params", {}), ("models", i, "params"), RESERVED_MODEL, check_missing=True
@@ -253,6 +256,11 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
     given_models = raw.get("models")
     models: list[Any] = given_models if isinstance(given_models, list) else []
     for i, m in enumerate(suite.models):
+        if m.weights is not None:
+            for problem in suite_path_problems(m.weights.path, field="weights.path", allowed_roots=["."]):
+                report.add(("models", i, "weights", "path"), problem)
+        if m.recipe is None:
+            continue  # brought by the user: no recipe to check
         recipe = models[i].get("recipe") if i < len(models) and isinstance(models[i], dict) else None
         given: dict[str, Any] = recipe if isinstance(recipe, dict) else {}
         if "momentum" in given and m.recipe.optimizer != "sgd":
@@ -280,11 +288,12 @@ def layer_problems(suite: Suite, report: Problems) -> None:
     """
     declared: dict[str, tuple[str, ...]] = {}  # model name -> hidden layers
     for i, m in enumerate(suite.models):
-        hidden = declared_hidden_layers(m.architecture, m.params) if m.architecture in MODELS else None
+        known = m.architecture is not None and m.architecture in MODELS
+        hidden = declared_hidden_layers(m.architecture, m.params) if known and m.architecture else None
         if hidden is None:
             continue
         declared[m.name] = hidden
-        for j, layer in enumerate(m.recipe.snnl.layers or ()):
+        for j, layer in enumerate((m.recipe.snnl.layers if m.recipe else None) or ()):
             if layer not in hidden:
                 why = " (the SNNL shapes hidden layers, never the logits)" if layer == "logits" else ""
                 report.add(
@@ -292,7 +301,7 @@ def layer_problems(suite: Suite, report: Problems) -> None:
                     f"given {layer!r}{why}; expected a hidden layer of {m.architecture!r}: "
                     f"{', '.join(hidden)}{_close(layer, hidden)}",
                 )
-        for j, r in enumerate(m.recipe.regularisers):
+        for j, r in enumerate(m.recipe.regularisers if m.recipe else ()):
             for k, layer in enumerate(r.layers or ()):
                 if layer not in hidden:
                     why = " (regularisers shape hidden layers, never the logits)" if layer == "logits" else ""

@@ -1,0 +1,234 @@
+"""Two runs side by side: every metric both runs have, its difference (B − A) and a seed-level interval.
+
+The unit is the seed (a trained network), as everywhere in advbench's inference. A metric is matched
+across the runs by what identifies it: the section (clean accuracy, transfer, DkNN), the model names,
+the attack label, eps (compared as ``%g`` text) and the metric's name; the suites may differ. For each
+matched metric the per-seed values of each run give the difference ``mean_B − mean_A`` and its interval:
+
+* **paired by seed** when both runs have the same seeds (at least two): the Student-t interval of the
+  per-seed differences ``B_s − A_s`` (``n − 1`` df; :func:`~advbench.evaluation.inference.paired_t`).
+  Same seed means the same initialisation and data order, so pairing removes that variation;
+* **Welch** otherwise: the unpaired t interval with Welch–Satterthwaite df, from each run's seed mean
+  and variance (each run needs at least two seeds).
+
+What only one run has is listed as unmatched. The intervals are per metric, not simultaneous.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _st
+
+from advbench.evaluation.inference import paired_t
+
+__all__ = ["KEY_COLUMNS", "PAIRED", "WELCH", "Comparison", "compare_runs", "per_seed_metrics", "welch_interval"]
+
+#: What identifies one metric across runs (``""`` where not applicable).
+KEY_COLUMNS: tuple[str, ...] = ("section", "source", "model", "attack", "eps", "input_set", "metric")
+PAIRED = "paired by seed (t interval of per-seed differences)"
+WELCH = "unpaired Welch t interval across the two runs' seeds"
+
+_SECTIONS = ("clean", "transfer", "dknn")
+
+
+def _eps_text(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return ""
+    return "" if math.isnan(f) else f"{f:g}"
+
+
+def per_seed_metrics(results: Any) -> pd.DataFrame:
+    """One row per (metric, seed) of a run: :data:`KEY_COLUMNS`, ``seed``, ``value``.
+
+    Sections: ``clean`` (test accuracy per model), ``transfer`` (every transfer metric per source,
+    target = ``model``, attack and eps), ``dknn`` (every DkNN metric per model and input set, standard
+    errors left out).
+    """
+    frames = []
+    clean = results.clean
+    if clean is not None and not clean.empty:
+        frames.append(
+            pd.DataFrame(
+                {
+                    "section": "clean",
+                    "source": "",
+                    "model": clean["model"].astype(str),
+                    "attack": "",
+                    "eps": "",
+                    "input_set": "",
+                    "metric": "test_accuracy",
+                    "seed": clean["seed"].astype(int),
+                    "value": clean["test_accuracy"].astype(float),
+                }
+            )
+        )
+    tm = results.metrics
+    if tm is not None and not tm.empty:
+        frames.append(
+            pd.DataFrame(
+                {
+                    "section": "transfer",
+                    "source": tm["source"].astype(str),
+                    "model": tm["target"].astype(str),
+                    "attack": tm["attack"].astype(str),
+                    "eps": tm["eps"].map(_eps_text),
+                    "input_set": "",
+                    "metric": tm["metric"].astype(str),
+                    "seed": tm["seed"].astype(int),
+                    "value": tm["value"].astype(float),
+                }
+            )
+        )
+    dk = results.dknn
+    if dk is not None and not dk.empty:
+        dk = dk[~dk["metric"].astype(str).str.endswith("_se")]
+        col = lambda c: dk[c].fillna("").astype(str) if c in dk else ""  # noqa: E731
+        frames.append(
+            pd.DataFrame(
+                {
+                    "section": "dknn",
+                    "source": col("source"),
+                    "model": dk["model"].astype(str),
+                    "attack": col("attack"),
+                    "eps": dk["eps"].map(_eps_text) if "eps" in dk else "",
+                    "input_set": dk["input_set"].astype(str),
+                    "metric": dk["metric"].astype(str),
+                    "seed": dk["seed"].astype(int),
+                    "value": pd.to_numeric(dk["value"], errors="coerce").astype(float),
+                }
+            )
+        )
+    if not frames:
+        return pd.DataFrame(columns=[*KEY_COLUMNS, "seed", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def welch_interval(a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """``mean(b) − mean(a)``, its Welch t interval and the Welch–Satterthwaite df (NaN bounds below 2 values each)."""
+    a = a[np.isfinite(a)]
+    b = b[np.isfinite(b)]
+    if a.size == 0 or b.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    d = float(b.mean() - a.mean())
+    if a.size < 2 or b.size < 2:
+        return d, math.nan, math.nan, math.nan
+    va, vb = float(a.var(ddof=1)) / a.size, float(b.var(ddof=1)) / b.size
+    se2 = va + vb
+    if se2 == 0.0:
+        return d, d, d, math.inf
+    df = se2**2 / ((va**2 / (a.size - 1) if va else 0.0) + (vb**2 / (b.size - 1) if vb else 0.0))
+    q = float(_st.t.ppf(0.5 + confidence / 2, df))
+    se = math.sqrt(se2)
+    return d, d - q * se, d + q * se, df
+
+
+@dataclass
+class Comparison:
+    """The matched metrics and what could not be matched.
+
+    ``table``: :data:`KEY_COLUMNS`, ``mean_a``, ``mean_b``, ``n_seeds_a``, ``n_seeds_b``, ``diff``
+    (B − A), ``ci_low``, ``ci_high``, ``n_pairs`` (seeds paired; 0 for Welch).
+    ``only_a`` / ``only_b``: the key columns of metrics one run has and the other does not.
+    ``method``: :data:`PAIRED` or :data:`WELCH`; ``seeds_a`` / ``seeds_b``: each run's seeds.
+    """
+
+    table: pd.DataFrame
+    only_a: pd.DataFrame
+    only_b: pd.DataFrame
+    method: str
+    seeds_a: list[int]
+    seeds_b: list[int]
+    confidence: float
+    #: per section and metric, what a per-seed value is a fraction of, in each run
+    denominators: dict[tuple[str, str], str]
+
+
+def compare_runs(a: Any, b: Any, *, confidence: float = 0.95) -> Comparison:
+    """Compare run ``b`` with run ``a`` (both :class:`~advbench.evaluation.results.Results`) metric by metric."""
+    la, lb = per_seed_metrics(a), per_seed_metrics(b)
+    seeds_a, seeds_b = sorted(set(la["seed"].astype(int))), sorted(set(lb["seed"].astype(int)))
+    paired = seeds_a == seeds_b and len(seeds_a) >= 2
+    keys = list(KEY_COLUMNS)
+    ka = {tuple(k) for k in la[keys].itertuples(index=False)}
+    kb = {tuple(k) for k in lb[keys].itertuples(index=False)}
+    ga = {k: g for k, g in la.groupby(keys, sort=False)}
+    gb = {k: g for k, g in lb.groupby(keys, sort=False)}
+    rows = []
+    for key in sorted(ka & kb, key=_sort_key):
+        va = ga[key].set_index("seed")["value"]
+        vb = gb[key].set_index("seed")["value"]
+        if paired:
+            shared = sorted(set(va.index) & set(vb.index))
+            d = vb.loc[shared].to_numpy(float) - va.loc[shared].to_numpy(float)
+            res = paired_t(d, confidence=confidence)
+            diff, lo, hi, n_pairs = res.estimate, res.low, res.high, res.n
+        else:
+            diff, lo, hi, _ = welch_interval(va.to_numpy(float), vb.to_numpy(float), confidence=confidence)
+            n_pairs = 0
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "mean_a": float(np.nanmean(va.to_numpy(float))) if len(va) else math.nan,
+                "mean_b": float(np.nanmean(vb.to_numpy(float))) if len(vb) else math.nan,
+                "n_seeds_a": int(va.notna().sum()),
+                "n_seeds_b": int(vb.notna().sum()),
+                "diff": diff,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_pairs": n_pairs,
+            }
+        )
+    cols = [*keys, "mean_a", "mean_b", "n_seeds_a", "n_seeds_b", "diff", "ci_low", "ci_high", "n_pairs"]
+
+    def only(ks: set[tuple[Any, ...]]) -> pd.DataFrame:
+        ordered: list[tuple[Any, ...]] = sorted(ks, key=_sort_key)
+        return pd.DataFrame([list(k) for k in ordered], columns=keys)
+
+    return Comparison(
+        table=pd.DataFrame(rows, columns=cols),
+        only_a=only(ka - kb),
+        only_b=only(kb - ka),
+        method=PAIRED if paired else WELCH,
+        seeds_a=seeds_a,
+        seeds_b=seeds_b,
+        confidence=confidence,
+        denominators=_denominators(a, b),
+    )
+
+
+def _ns(values: Any) -> str:
+    vals = sorted({int(v) for v in pd.to_numeric(pd.Series(values), errors="coerce").dropna()})
+    return "/".join(map(str, vals)) if vals else "?"
+
+
+def _denominators(a: Any, b: Any) -> dict[tuple[str, str], str]:
+    """What each metric's per-seed value is a fraction of, with the example counts of A and B."""
+    out: dict[tuple[str, str], str] = {}
+    for name, run in (("A", a), ("B", b)):
+        parts: dict[tuple[str, str], str] = {}
+        if run.clean is not None and not run.clean.empty and "n" in run.clean:
+            parts[("clean", "test_accuracy")] = f"test examples (n={_ns(run.clean['n'])})"
+        tm = run.metrics
+        if tm is not None and not tm.empty:
+            for metric, g in tm.groupby("metric", sort=False):
+                desc = str(g["denominator_desc"].iloc[0]) if "denominator_desc" in g else "examples"
+                parts[("transfer", str(metric))] = f"{desc} (n attacked={_ns(g['n'])})"
+        dk = run.dknn
+        if dk is not None and not dk.empty:
+            for metric, g in dk.groupby("metric", sort=False):
+                parts[("dknn", str(metric))] = f"queries per input set (n={_ns(g['n'])})"
+        for k, v in parts.items():
+            out[k] = f"{out[k]}; {name}: {v}" if k in out else f"{name}: {v}"
+    return out
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    section = _SECTIONS.index(key[0]) if key[0] in _SECTIONS else len(_SECTIONS)
+    return (section, *(str(k) for k in key[1:]))

@@ -1,0 +1,155 @@
+"""Bring your own model: a network from a package outside advbench, and registered-architecture
+weights, both loaded from checksummed safetensors files, take part in transfer and the DkNN."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from advbench.cli.main import main
+from advbench.config import ModelConfig
+from advbench.hashing import sha256_file
+
+PACKAGE = '''
+"""A user's model package: builds a plain nn.Module and names its hidden layers."""
+from torch import nn
+
+
+def small_mlp(*, num_classes, input_shape, width=32):
+    c, h, w = input_shape
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(c * h * w, width),
+        nn.ReLU(),
+        nn.Linear(width, num_classes),
+    )
+    return net, ["2"]  # the ReLU's output is the hidden layer
+'''
+
+
+def _write_package(root: Path) -> None:
+    pkg = root / "site" / "usermodels"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent(PACKAGE))
+
+
+def _train(net: torch.nn.Module, steps: int = 150) -> torch.nn.Module:
+    from advbench.data import load_dataset
+
+    raw = load_dataset("digits")
+    x = torch.from_numpy(raw.x_train[:800]).float() / float(raw.max_value)
+    y = torch.from_numpy(raw.y_train[:800]).long()
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval()
+
+
+def test_recipe_none_needs_weights_or_builder():
+    with pytest.raises(ValueError, match="recipe: none"):
+        ModelConfig(name="m", architecture="cnn-digits", recipe="none")
+    with pytest.raises(ValueError, match="architecture: required but missing"):
+        ModelConfig(name="m", recipe="none", weights={"path": "w.safetensors", "sha256": "sha256:" + "0" * 64})
+    with pytest.raises(ValueError, match="sha256"):
+        ModelConfig(name="m", architecture="cnn-digits", recipe="none", weights={"path": "w", "sha256": "abc"})
+    m = ModelConfig(name="m", builder="pkg.mod:fn", recipe="none")
+    assert m.external and m.recipe is None
+
+
+@pytest.mark.integration
+def test_brought_models_are_transfer_sources_and_targets(tmp_path, monkeypatch):
+    _write_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("usermodels", None)
+    import usermodels  # the test package, outside advbench
+
+    from advbench.models import create_model
+
+    # (a) a user's own network: weights saved by the user, built by their entry point
+    net, _ = usermodels.small_mlp(num_classes=10, input_shape=(1, 8, 8))
+    _train(net)
+    (tmp_path / "weights").mkdir()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, "weights/mine.safetensors")
+    # (b) a registered architecture trained elsewhere
+    cnn = create_model("cnn-digits", num_classes=10, input_shape=(1, 8, 8))
+    _train(cnn, steps=60)
+    save_file({k: v.contiguous() for k, v in cnn.state_dict().items()}, "weights/cnn.safetensors")
+
+    def digest(p: str) -> str:
+        return "sha256:" + sha256_file(p)
+
+    suite = {
+        "name": "byo",
+        "dataset": {"name": "digits", "splits": {"train": 600, "test": 200}},
+        "models": [
+            {"name": "baseline", "architecture": "cnn-digits", "recipe": {"epochs": 2, "batch_size": 64}},
+            {
+                "name": "mine",
+                "builder": "usermodels:small_mlp",
+                "recipe": "none",
+                "weights": {"path": "weights/mine.safetensors", "sha256": digest("weights/mine.safetensors")},
+            },
+            {
+                "name": "imported",
+                "architecture": "cnn-digits",
+                "recipe": "none",
+                "weights": {"path": "weights/cnn.safetensors", "sha256": digest("weights/cnn.safetensors")},
+            },
+        ],
+        "seeds": [0],
+        "attacks": [{"name": "fgsm", "eps": [0.1]}],
+        "evaluations": {"transfer": {"n_examples": 100}, "dknn": {"k": 10, "calibration_size": 100, "n_examples": 100}},
+        "report": {"output": "reports/byo.md", "plots": False},
+    }
+    Path("byo.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    assert main(["validate", "byo.yaml"]) == 0
+    rc = main(["run", "byo.yaml", "--cache-dir", "cache", "--runs-dir", "runs", "--threads", "1"])
+    assert rc == 0
+    run = sorted(Path("runs").iterdir())[-1]
+    metrics = pd.read_csv(run / "results" / "transfer_metrics.csv")
+    pairs = set(zip(metrics["source"], metrics["target"], strict=True))
+    for brought in ("mine", "imported"):
+        assert (brought, "baseline") in pairs and ("baseline", brought) in pairs and (brought, brought) in pairs
+    clean = pd.read_csv(run / "results" / "clean.csv").set_index("model")["test_accuracy"]
+    assert clean["mine"] > 0.7 and clean["imported"] > 0.5  # the loaded weights, not a fresh init
+    dknn = pd.read_csv(run / "results" / "dknn.csv")
+    assert {"mine", "imported"} <= set(dknn["model"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    ext = manifest["external_models"]
+    assert ext["mine"]["sha256"] == digest("weights/mine.safetensors")
+    assert ext["mine"]["builder"] == "usermodels:small_mlp"
+    assert "mine" in Path("reports/byo.md").read_text()
+
+    # a changed file is refused, with the digest it now has
+    save_file({k: torch.zeros_like(v) for k, v in net.state_dict().items()}, "weights/mine.safetensors")
+    assert main(["run", "byo.yaml", "--cache-dir", "cache2", "--runs-dir", "runs", "--threads", "1"]) != 0
+
+
+def test_weights_path_outside_the_project_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = {
+        "name": "byo",
+        "dataset": {"name": "digits"},
+        "models": [
+            {
+                "name": "m",
+                "architecture": "cnn-digits",
+                "recipe": "none",
+                "weights": {"path": "../elsewhere.safetensors", "sha256": "sha256:" + "0" * 64},
+            }
+        ],
+    }
+    Path("s.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["validate", "s.yaml"]) != 0

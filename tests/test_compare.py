@@ -1,0 +1,136 @@
+"""advbench compare: numbers checked against the two runs' saved CSVs; paired vs Welch; unmatched rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from advbench.cli.main import main
+from advbench.evaluation.compare import PAIRED, WELCH, compare_runs, welch_interval
+from advbench.evaluation.results import Results
+
+
+def _outcomes(models: list[str], seeds: list[int], shift: float, n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(int(shift * 1000) + len(models))
+    rows = []
+    for seed in seeds:
+        for src in models:
+            for tgt in models:
+                p = 0.3 + shift + 0.05 * seed + (0.2 if src != tgt else 0.0)
+                for ex in range(n):
+                    cc = bool(rng.random() < 0.95)
+                    rows.append(
+                        {
+                            "seed": seed,
+                            "source": src,
+                            "attack": "pgd",
+                            "eps": 0.1,
+                            "target": tgt,
+                            "example": ex,
+                            "y": ex % 10,
+                            "clean_correct": cc,
+                            "adv_correct": bool(cc and rng.random() < p),
+                            "source_success": bool(rng.random() < 0.7),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def _run(folder: Path, models: list[str], seeds: list[int], shift: float) -> Path:
+    clean = pd.DataFrame(
+        [
+            {"model": m, "seed": s, "test_accuracy": 0.9 + shift / 10 + 0.01 * s + 0.003 * i, "n": 400}
+            for i, m in enumerate(models)
+            for s in seeds
+        ]
+    )
+    dknn = pd.DataFrame(
+        [
+            {
+                "model": m,
+                "seed": s,
+                "input_set": "clean",
+                "kind": "clean",
+                "metric": "mean_credibility",
+                "value": 0.6 + shift + 0.02 * s,
+                "n": 100,
+            }
+            for m in models
+            for s in seeds
+        ]
+    )
+    empty = pd.DataFrame()
+    res = Results.from_parts(
+        suite={"name": folder.name, "models": [{"name": m} for m in models], "report": {"output": "r.md"}},
+        outcomes=_outcomes(models, seeds, shift),
+        training=empty,
+        clean=clean,
+        dknn=dknn,
+        dknn_examples=empty,
+        gradient_flags=empty,
+    )
+    res.save(folder / "results")
+    (folder / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    return folder
+
+
+def _value(md: str, first_cells: list[str]) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[: len(first_cells)] == first_cells:
+            return cells
+    raise AssertionError(f"no row {first_cells} in\n{md}")
+
+
+def test_compare_paired_matches_the_csvs(tmp_path, capsys):
+    a = _run(tmp_path / "run-a", ["baseline", "entangled"], [0, 1, 2], 0.0)
+    b = _run(tmp_path / "run-b", ["baseline", "entangled", "extra"], [0, 1, 2], 0.1)
+    assert main(["compare", str(a), str(b)]) == 0
+    md = capsys.readouterr().out
+    assert "paired by seed" in md
+    ca = pd.read_csv(a / "results" / "clean.csv").query("model == 'entangled'").set_index("seed")["test_accuracy"]
+    cb = pd.read_csv(b / "results" / "clean.csv").query("model == 'entangled'").set_index("seed")["test_accuracy"]
+    d = (cb - ca).to_numpy()
+    q = stats.t.ppf(0.975, len(d) - 1)
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    row = _value(md, ["entangled"])
+    assert row[1:4] == [f"{ca.mean():.3f}", f"{cb.mean():.3f}", f"{d.mean():+.3f}"]
+    assert row[4] == f"[{d.mean() - q * se:+.3f}, {d.mean() + q * se:+.3f}]"
+    # a transfer metric, from the saved transfer_metrics.csv
+    ma = pd.read_csv(a / "results" / "transfer_metrics.csv")
+    mb = pd.read_csv(b / "results" / "transfer_metrics.csv")
+    sel = "source == 'baseline' and target == 'entangled' and metric == 'adv_accuracy'"
+    va, vb = ma.query(sel).set_index("seed")["value"], mb.query(sel).set_index("seed")["value"]
+    row = _value(md, ["baseline", "entangled", "pgd", "0.1", "adv_accuracy"])
+    assert row[5:8] == [f"{va.mean():.3f}", f"{vb.mean():.3f}", f"{(vb - va).mean():+.3f}"]
+    # what only B has is listed, not silently dropped
+    assert "Only in run-b" in md and "extra" in md
+    assert "Denominators" in md
+
+
+def test_compare_welch_when_seeds_differ(tmp_path):
+    a = _run(tmp_path / "a", ["baseline"], [0, 1, 2], 0.0)
+    b = _run(tmp_path / "b", ["baseline"], [3, 4], 0.05)
+    c = compare_runs(Results.load(a / "results"), Results.load(b / "results"))
+    assert c.method == WELCH
+    row = c.table.query("section == 'clean'").iloc[0]
+    xa = pd.read_csv(a / "results" / "clean.csv")["test_accuracy"].to_numpy()
+    xb = pd.read_csv(b / "results" / "clean.csv")["test_accuracy"].to_numpy()
+    ref = stats.ttest_ind(xb, xa, equal_var=False).confidence_interval(0.95)
+    assert row["diff"] == pytest.approx(xb.mean() - xa.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ref.low, ref.high))
+    same = compare_runs(Results.load(a / "results"), Results.load(a / "results"))
+    assert same.method == PAIRED and (same.table["diff"].abs() < 1e-12).all()
+
+
+def test_welch_interval_edge_cases():
+    d, lo, hi, _ = welch_interval(np.array([0.5]), np.array([0.6, 0.7]))
+    assert d == pytest.approx(0.15) and math.isnan(lo) and math.isnan(hi)
+    d, lo, hi, _ = welch_interval(np.array([0.5, 0.5]), np.array([0.7, 0.7]))
+    assert (d, lo, hi) == pytest.approx((0.2, 0.2, 0.2))
