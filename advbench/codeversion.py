@@ -44,16 +44,18 @@ _MODEL = ("models/*.py",)
 _DATA = ("data/*.py",)
 #: Every kind after training reads checkpoints.
 _LOAD = ("training/checkpoint.py",)
+#: The evaluation code, with the attacks it reads (evaluation/flags.py asks the attack registry for properties).
+_EVAL = ("evaluation/*.py", "attacks/*.py")
 
 #: For each cell kind, globs (relative to the advbench package) of the code that computes it.
 #: A cell's key includes :func:`code_version` of its kind, so editing any of these files recomputes it.
 KIND_SOURCES: dict[str, tuple[str, ...]] = {
     "train": (*_CELLS, *_MODEL, *_DATA, "training/*.py"),
-    "clean-eval": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py"),
-    "attack": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "attacks/*.py", "evaluation/*.py"),
-    "transfer": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py"),
-    "dknn-index": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py"),
-    "dknn-score": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py", "attacks/*.py", "suite/execute.py"),
+    "clean-eval": (*_CELLS, *_MODEL, *_DATA, *_LOAD, *_EVAL),
+    "attack": (*_CELLS, *_MODEL, *_DATA, *_LOAD, *_EVAL),
+    "transfer": (*_CELLS, *_MODEL, *_DATA, *_LOAD, *_EVAL),
+    "dknn-index": (*_CELLS, *_MODEL, *_DATA, *_LOAD, *_EVAL),
+    "dknn-score": (*_CELLS, *_MODEL, *_DATA, *_LOAD, *_EVAL, "suite/execute.py"),
 }
 
 #: The report renderer (Markdown, plots, the results reader).

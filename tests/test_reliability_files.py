@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from advbench.data import load_dataset
@@ -362,7 +363,10 @@ _UNSAFE = {
     r"\bpickle\.loads?\(": "pickle.load runs code from the file",
     r"\bcloudpickle\b|\bdill\b|\bjoblib\.load\(": "these unpickle",
     r"allow_pickle\s*=\s*True": "np.load(allow_pickle=True) unpickles object arrays",
-    r"\byaml\.(load|unsafe_load|full_load)\(|yaml\.Loader\b|UnsafeLoader|FullLoader": "use yaml.safe_load",
+    # yaml.load only with the suite loader, a yaml.SafeLoader (checked below)
+    r"\byaml\.(unsafe_load|full_load)\(|\byaml\.load\((?![^)]*Loader=SuiteLoader\))|yaml\.Loader\b|UnsafeLoader|FullLoader": (
+        "use yaml.safe_load"
+    ),
     r"\bpd\.read_pickle\(|\bread_pickle\(": "pandas.read_pickle unpickles",
     r"(?<![\w.])eval\(|(?<![\w.])exec\(": "eval/exec run text as code",
 }
@@ -377,6 +381,9 @@ def test_no_code_path_unpickles_or_evaluates():
                 if re.search(pattern, code):
                     found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()} ({why})")
     assert not found, "\n".join(found)
+    from advbench.suite.validate.yaml_lines import SuiteLoader
+
+    assert issubclass(SuiteLoader, yaml.SafeLoader)  # the one yaml.load allowed above builds no objects
 
 
 def test_torch_load_with_weights_only_would_also_refuse(tmp_path):

@@ -112,7 +112,7 @@ def test_negative_seeds_are_refused(tmp_path, in_project):
 
 
 def test_largest_seed_passes(tmp_path, in_project):
-    assert load_suite(_write(tmp_path, _suite_text(seeds=f"[{2**63 - 1}]"))).seeds == [2**63 - 1]
+    assert load_suite(_write(tmp_path, _suite_text(seeds=f"[0, {2**63 - 1}]"))).seeds == [0, 2**63 - 1]
 
 
 @pytest.mark.parametrize(

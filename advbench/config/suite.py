@@ -85,9 +85,12 @@ Float = Annotated[float, BeforeValidator(_no_bool)]
 Eps = Annotated[float, BeforeValidator(parse_eps)]
 
 
-def parse_radius(value: Any, info: ValidationInfo | None = None) -> float:
-    """:func:`parse_eps`, without its upper bound of 1 when the entry's ``norm`` is ``l2``."""
-    l2 = info is not None and isinstance(info.data, dict) and info.data.get("norm") == "l2"
+def parse_radius(value: Any, info: ValidationInfo) -> float:
+    """:func:`parse_eps`, without its upper bound of 1 when the entry's ``norm`` is ``l2``.
+
+    ``info`` must not have a default: pydantic passes it only to validators that require it.
+    """
+    l2 = isinstance(info.data, dict) and info.data.get("norm") == "l2"
     if l2 and isinstance(value, int | float) and not isinstance(value, bool) and 1.0 < float(value) < float("inf"):
         return float(value)
     return parse_eps(value)

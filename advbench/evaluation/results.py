@@ -188,7 +188,7 @@ class Results:
         key = ("__seed_level__", ())
         if key not in self.paired_memo:
             order = [m["name"] for m in self.suite["models"]]
-            ref = self.reference_model()
+            ref = self.reference_model() if order else ""
             variants = [m for m in order if m != ref]
             m = self.shared_metrics()
             if m.empty or not variants or ref not in set(m["source"]) | set(m["target"]):
