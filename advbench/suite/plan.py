@@ -163,7 +163,8 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     "n_ood": n_ood,
                     "versions": ispec["versions"],
                 }
-                n_sets = 1 + len(adv) + (1 if ood else 0)
+                ocfg = suite.evaluations.ood
+                n_sets = 1 + len(adv) + (int(ocfg.dataset is not None) + len(ocfg.shifts) if ocfg else 0)
                 cells.append(
                     Cell(
                         "dknn-score",
