@@ -87,7 +87,9 @@ class CellContext:
         dk = suite.evaluations.dknn
         n_dknn = min(dk.n_examples or len(transfer), len(transfer)) if dk is not None else 0
         ood = suite.evaluations.ood
-        plan = build_plan(suite, splits, n_transfer=len(transfer), n_dknn=n_dknn, n_ood=ood.n_examples if ood and ood.dataset else 0)
+        plan = build_plan(
+            suite, splits, n_transfer=len(transfer), n_dknn=n_dknn, n_ood=ood.n_examples if ood and ood.dataset else 0
+        )
         return cls(
             suite=suite,
             options=opt,

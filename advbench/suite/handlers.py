@@ -420,7 +420,9 @@ def run_dknn_score(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     for source, akey, eps in attacks:
         adv = _adv(ctx, store, seed, source, akey, eps)
         frame = examples(adv["x_adv"][:n], y_np, ids, clean_correct=clean_correct)
-        add(frame, f"{akey}@{eps:g} from {source}", "adversarial", {"source": source, "attack": akey, "eps": eps}, clean)
+        add(
+            frame, f"{akey}@{eps:g} from {source}", "adversarial", {"source": source, "attack": akey, "eps": eps}, clean
+        )
     ood_cfg = ctx.suite.evaluations.ood
     ood = _ood_set(ctx)
     if ood is not None and ood_cfg is not None:

@@ -60,7 +60,12 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
         if ood.get("dataset") is not None:
             loader = lookup(DATASETS, ood.get("dataset"), ("evaluations", "ood", "dataset"))
             report_params(
-                report, loader, ood.get("params", {}), ("evaluations", "ood", "params"), RESERVED_OOD, check_missing=True
+                report,
+                loader,
+                ood.get("params", {}),
+                ("evaluations", "ood", "params"),
+                RESERVED_OOD,
+                check_missing=True,
             )
         shifts = ood.get("shifts")
         for i, name in enumerate(shifts if isinstance(shifts, list) else []):
