@@ -24,7 +24,9 @@ from advbench.attacks import (
     register_attack,
 )
 from advbench.attacks.base import FLOAT_ATOL, batch_generator
+from advbench.attacks.dknn_adaptive import DkNNKnowledge
 from advbench.errors import ThreatModelError, UnknownNameError
+from advbench.evaluation.dknn import DkNN
 
 EPS = 0.1
 THREAT = ThreatModel(eps=EPS)
@@ -69,9 +71,25 @@ def batch(digits_splits):
     return digits_splits.test.x[:32], digits_splits.test.y[:32]
 
 
+#: what a white-box attacker of the DkNN knows, for attacks that declare ``adaptive-dknn``
+KNOWLEDGE: list[DkNNKnowledge] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dknn_knowledge(digits_model, digits_splits):
+    s = digits_splits
+    dknn = DkNN(digits_model, k=25).fit(s.train.x, s.train.y).calibrate(s.calibration.x, s.calibration.y)
+    KNOWLEDGE[:] = [DkNNKnowledge.from_dknn(dknn, s.train.x, s.train.y)]
+    yield
+    KNOWLEDGE.clear()
+
+
 def _make(name: str, params: dict) -> Attack:
     params = dict(params)
-    return create_attack(name, backend=params.pop("backend", None), **params)
+    attack = create_attack(name, backend=params.pop("backend", None), **params)
+    if "adaptive-dknn" in attack.properties and KNOWLEDGE:
+        attack.set_knowledge(KNOWLEDGE[0])  # type: ignore[attr-defined]
+    return attack
 
 
 def test_registry_holds_builtins_and_both_libraries():

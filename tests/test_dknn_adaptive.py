@@ -1,16 +1,19 @@
-"""The adaptive feature-space attack on the DkNN."""
+"""The adaptive attack on the DkNN: contract, knowledge, and strength against the other attacks."""
 
 from __future__ import annotations
 
 import faiss
+import numpy as np
 import pytest
 import torch
 
-import advbench.attacks.dknn_adaptive  # noqa: F401  (registers "dknn-adaptive" until builtin imports it)
-from advbench.attacks import ThreatModel, create_attack, list_attacks
+import advbench.attacks.builtin  # noqa: F401  (registers the built-ins)
+from advbench.attacks import ThreatModel, create_attack, generate, list_attacks
 from advbench.attacks.base import AttackParamsError
-from advbench.attacks.dknn_adaptive import DkNNAdaptive
+from advbench.attacks.dknn_adaptive import DkNNAdaptive, DkNNKnowledge, dknn_badness
+from advbench.data import Splits
 from advbench.evaluation.dknn import DkNN
+from advbench.models import Classifier
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -21,58 +24,119 @@ def _one_faiss_thread():
     faiss.omp_set_num_threads(before)
 
 
-def test_registered_and_validated() -> None:
+@pytest.fixture(scope="module")
+def dknn(digits_model: Classifier, digits_splits: Splits) -> DkNN:
+    s = digits_splits
+    return DkNN(digits_model, k=25).fit(s.train.x, s.train.y).calibrate(s.calibration.x, s.calibration.y)
+
+
+def test_registered_validated_and_costed() -> None:
     assert "dknn-adaptive" in list_attacks()
     attack = create_attack("dknn-adaptive", steps=5)
     assert isinstance(attack, DkNNAdaptive)
-    assert repr(attack) == (
-        "DkNNAdaptive(steps=5, step_size=None, random_start=True, layers=None, guide='batch', "
-        "n_neighbors=0, reference_size=100)"
-    )
-    with pytest.raises(AttackParamsError, match="steps"):
-        create_attack("dknn-adaptive", steps=0)
+    assert "adaptive-dknn" in attack.properties and "iterative" in attack.properties
+    assert repr(attack).startswith("DkNNAdaptive(steps=5, step_size=None, n_targets=2, restarts=2")
+    assert DkNNAdaptive.passes_per_example({"steps": 5}) == 2 * 2 * 5
+    assert DkNNAdaptive.passes_per_example({"steps": 7, "n_targets": 3, "restarts": 1}) == 21
+    for bad in ({"steps": 0}, {"n_targets": 0}, {"restarts": 0}, {"n_guides": 0}, {"temperature": 0.0}):
+        with pytest.raises(AttackParamsError, match=next(iter(bad))):
+            create_attack("dknn-adaptive", **bad)
     with pytest.raises(AttackParamsError, match="guide"):
-        create_attack("dknn-adaptive", guide="train")
-    with pytest.raises(AttackParamsError, match="n_neighbors"):
-        DkNNAdaptive(n_neighbors=-1)
-    with pytest.raises(AttackParamsError, match="layers"):
-        DkNNAdaptive(layers=[])
+        create_attack("dknn-adaptive", guide="batch")
 
 
-def test_stays_in_ball_and_is_reproducible(digits_model, digits_splits) -> None:
-    x, y = digits_splits.test.x[:40], digits_splits.test.y[:40]
+def test_needs_knowledge(digits_model, digits_splits) -> None:
+    x, y = digits_splits.test.x[:4], digits_splits.test.y[:4]
+    with pytest.raises(RuntimeError, match="set_knowledge"):
+        DkNNAdaptive(steps=1)(digits_model, x, y, ThreatModel(eps=0.1))
+
+
+def test_knowledge_from_dknn_checks_the_training_set(dknn, digits_splits) -> None:
+    s = digits_splits
+    know = DkNNKnowledge.from_dknn(dknn, s.train.x, s.train.y)
+    assert know.layers == dknn.layers and know.k == 25 and know.num_classes == 10
+    np.testing.assert_array_equal(know.p_values(s.test.x[:5]), dknn.predict(s.test.x[:5]).p_values)
+    with pytest.raises(ValueError, match="training set"):
+        DkNNKnowledge.from_dknn(dknn, s.test.x, s.test.y)
+    with pytest.raises(ValueError, match="calibrated"):
+        DkNNKnowledge.from_dknn(DkNN(dknn.model, k=25).fit(s.train.x, s.train.y), s.train.x, s.train.y)
+
+
+def test_badness_orders_wrong_before_correct() -> None:
+    p = np.array([[0.9, 0.1], [0.2, 0.1], [0.1, 0.3], [0.1, 0.8]])
+    bad = dknn_badness(p, np.array([0, 0, 0, 0]))
+    # correct with p_y 0.9 < correct with p_y 0.2 < wrong with credibility 0.3 < wrong with 0.8
+    assert list(np.argsort(bad)) == [0, 1, 2, 3]
+
+
+def test_stays_in_ball_reproducible_and_never_worse_than_clean(dknn, digits_model, digits_splits) -> None:
+    s = digits_splits
+    x, y = s.test.x[:40], s.test.y[:40]
     threat = ThreatModel(eps=0.1)
-    attack = DkNNAdaptive(steps=5)
+    attack = DkNNAdaptive(steps=3).set_knowledge(DkNNKnowledge.from_dknn(dknn, s.train.x, s.train.y))
     a = attack(digits_model, x, y, threat, generator=torch.Generator().manual_seed(1))
     b = attack(digits_model, x, y, threat, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a.x_adv, b.x_adv)
     assert float(a.linf.max()) <= 0.1 + 1e-6 and a.x_adv.min() >= 0 and a.x_adv.max() <= 1
-    # one class only in the batch: no target class, falls back to untargeted PGD on the loss
-    same = y == y[0]
-    c = attack(digits_model, x[same], y[same], threat, generator=torch.Generator().manual_seed(1))
-    assert c.x_adv.shape == x[same].shape
+    # the clean input is a candidate: no example is scored better by the real DkNN than when clean
+    clean = dknn_badness(dknn.predict(x).p_values, y.numpy())
+    adv = dknn_badness(dknn.predict(a.x_adv).p_values, y.numpy())
+    assert np.all(adv >= clean)
 
 
-def test_fools_the_dknn(digits_model, digits_splits) -> None:
-    s = digits_splits
-    dknn = DkNN(digits_model, k=75).fit(s.train.x, s.train.y).calibrate(s.calibration.x, s.calibration.y)
-    x, y = s.test.x[:60], s.test.y[:60]
-    clean = dknn.predict(x)
-    threat = ThreatModel(eps=0.25)
-    batch = DkNNAdaptive(steps=10)(digits_model, x, y, threat, generator=torch.Generator().manual_seed(0))
-    ref = DkNNAdaptive(steps=10, guide="reference", n_neighbors=10).set_reference(s.train.x, s.train.y)
-    near = ref(digits_model, x, y, threat, generator=torch.Generator().manual_seed(0))
-    for result in (batch, near):
-        adv = dknn.predict(result.x_adv)
-        assert adv.accuracy(y) < clean.accuracy(y) - 0.3
-        # the representations moved to another class: the DkNN is fooled with non-trivial credibility
-        fooled = adv.prediction != y.numpy()
-        assert adv.credibility[fooled].mean() > 0.05
+# -- strength: at most the DkNN accuracy of every other attack ----------------------------------
+
+_OTHERS = (("fgsm", {}), ("bim", {"steps": 10}), ("pgd", {"steps": 10}))
 
 
-def test_reference_guide_needs_a_reference(digits_model, digits_splits) -> None:
-    x, y = digits_splits.test.x[:4], digits_splits.test.y[:4]
-    with pytest.raises(RuntimeError, match="set_reference"):
-        DkNNAdaptive(guide="reference", steps=1)(digits_model, x, y, ThreatModel(eps=0.1))
-    attack = DkNNAdaptive(reference_size=3).set_reference(digits_splits.train.x, digits_splits.train.y)
-    assert attack._reference is not None and len(attack._reference[1]) == 30
+def _dknn_accuracies(splits: Splits, *, seed: int, alpha: float, n: int, eps_grid: tuple[float, ...]) -> dict:
+    """DkNN accuracy of a quick-suite model under every attack, as the quick suite builds it."""
+    from advbench.config import RecipeConfig
+    from advbench.training import init_model, train_model
+
+    snnl = {"alpha": alpha} if alpha == 0 else {"alpha": alpha, "temperature": "learned"}
+    recipe = RecipeConfig(epochs=8, batch_size=64, optimizer="adam", lr=0.003, snnl=snnl)
+    model = init_model(
+        "cnn-digits", params={}, num_classes=10, input_shape=splits.input_shape, seed=seed, x_train=splits.train.x
+    )
+    train_model(model, splits.train.x, splits.train.y, recipe, seed=seed, probe=None)
+    model.eval()
+    dk = DkNN(model, k=25).fit(splits.train.x, splits.train.y).calibrate(splits.calibration.x, splits.calibration.y)
+    know = DkNNKnowledge.from_dknn(dk, splits.train.x, splits.train.y)
+    x, y = splits.test.x[:n], splits.test.y[:n]
+    out = {}
+    for eps in eps_grid:
+        for name, params in (*_OTHERS, ("dknn-adaptive", {"steps": 10})):
+            attack = create_attack(name, **params)
+            if "adaptive-dknn" in attack.properties:
+                attack.set_knowledge(know)
+            res = generate(model, attack, x, y, ThreatModel(eps=eps), seed=seed)
+            out[(name, eps)] = dk.predict(res.x_adv).accuracy(y)
+    return out
+
+
+def _assert_strongest(acc: dict, eps_grid: tuple[float, ...], what: str) -> None:
+    for eps in eps_grid:
+        adaptive = acc[("dknn-adaptive", eps)]
+        for name, _ in _OTHERS:
+            assert adaptive <= acc[(name, eps)], (
+                f"{what} eps={eps}: dknn-adaptive leaves DkNN accuracy {adaptive:.3f}, above {name}'s "
+                f"{acc[(name, eps)]:.3f}"
+            )
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.1], ids=["baseline", "entangled"])
+def test_adaptive_is_the_strongest_on_the_dknn(digits_splits, alpha) -> None:
+    """Quick-suite models (baseline and entangled), one seed, 150 examples, eps 0.1 and 0.2."""
+    eps_grid = (0.1, 0.2)
+    acc = _dknn_accuracies(digits_splits, seed=0, alpha=alpha, n=150, eps_grid=eps_grid)
+    _assert_strongest(acc, eps_grid, f"alpha={alpha} seed=0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("alpha", [0.0, -0.1, 0.1], ids=["baseline", "entangled", "disentangled"])
+def test_adaptive_is_the_strongest_on_the_dknn_more_seeds(digits_splits, alpha, seed) -> None:
+    eps_grid = (0.05, 0.1, 0.2)
+    acc = _dknn_accuracies(digits_splits, seed=seed, alpha=alpha, n=300, eps_grid=eps_grid)
+    _assert_strongest(acc, eps_grid, f"alpha={alpha} seed={seed}")

@@ -46,6 +46,7 @@ from advbench.errors import AdvbenchError, ThreatModelError
 from advbench.params import ParamSpec, check_params
 
 __all__ = [
+    "ATTACK_PROPERTIES",
     "FLOAT_ATOL",
     "Attack",
     "AttackParamsError",
@@ -66,6 +67,11 @@ FLOAT_ATOL = 1e-6
 Backend = Literal["torchattacks", "foolbox"]
 
 log = logging.getLogger(__name__)
+
+#: The vocabulary of :attr:`Attack.properties`.
+ATTACK_PROPERTIES: frozenset[str] = frozenset(
+    {"single-step", "iterative", "gradient-based", "score-based", "decision-based", "adaptive-dknn", "ensemble"}
+)
 
 
 class AttackParamsError(AdvbenchError, ValueError):
@@ -271,9 +277,17 @@ class Attack(abc.ABC):
 
     norm: ClassVar[str] = "linf"
     supports_targeted: ClassVar[bool] = False
+    #: What the attack is, for the evaluation flags and the worst case (never inferred from names):
+    #: a subset of :data:`ATTACK_PROPERTIES`. Empty = undeclared (the flags then skip the attack).
+    properties: ClassVar[frozenset[str]] = frozenset()
     #: True only for attacks whose own threat model is not the L-inf ball: their output is projected
     #: onto the ball and the box before validation. An L-inf attack is validated, never clipped.
     project_output: bool = False
+
+    @classmethod
+    def passes_per_example(cls, params: dict[str, Any]) -> int:
+        """Forward+backward passes per example under ``params`` (for ``--plan``); default ``steps`` or 1."""
+        return int(params.get("steps", 1))
 
     # -- to write ----------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -9,7 +9,7 @@ close to it). There is no random start; BIM is deterministic.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,8 @@ __all__ = ["BIM"]
 @register_attack("bim", norm="linf", targeted=False, package="advbench")
 class BIM(Attack):
     """Basic Iterative Method, L-inf. ``backend``: ``"torchattacks"`` (default) or ``"foolbox"``."""
+
+    properties: ClassVar[frozenset[str]] = frozenset({"iterative", "gradient-based"})
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, backend: Backend = "torchattacks") -> None:
         self.steps = steps

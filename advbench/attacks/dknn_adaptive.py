@@ -1,118 +1,206 @@
-"""An adaptive attack on the DkNN: L-inf PGD in feature space toward another class's representations.
+"""An adaptive white-box attack on the DkNN, after Sitawarin & Wagner (2019; 2020).
 
-The DkNN (:mod:`advbench.evaluation.dknn`) votes with the training neighbours of an input in every
-layer, so an attack that only flips the logits can leave the hidden representations among the true
-class's neighbours and be caught by a low credibility. This attack instead moves the representations
-of ``x`` in *every indexed layer* toward guide representations of a target class (the feature
-adversaries of Sabour et al. 2016, in the form used against the DkNN by Sitawarin & Wagner 2019)::
+The DkNN (:mod:`advbench.evaluation.dknn`) votes with the ``k`` training neighbours of an input in
+each indexed layer. Its vote is not differentiable, so the attack optimises a surrogate of it and
+checks every candidate against the *real* DkNN (Sitawarin & Wagner, "On the Robustness of Deep
+K-Nearest Neighbors", 2019; "Minimum-Norm Adversarial Examples on KNN and KNN-Based Models", 2020).
 
-    t_i   = argmin_{c != y_i} sum_l ||h_l(x_i) - g_l(c)||^2 / s_l            (the closest other class)
-    loss  = sum_i sum_l ||h_l(x'_i) - g_{l,i}||^2 / s_l
-    x'_0  = clip(x + U(-eps, eps))  (random_start),  x'_{t+1} = Proj_{x, eps}( x'_t - step_size * sign(grad loss) )
+For each example ``x`` (label ``y``), each of ``n_targets`` target classes ``t`` (the wrong classes
+the real DkNN finds most credible on the clean input, ties broken by the classifier's softmax) and
+each of ``restarts`` starts, L-inf PGD minimises::
 
-``g_l(c)`` is the mean representation of class ``c`` in layer ``l`` over the guide set; with
-``n_neighbors = m > 0`` the guide of example ``i`` is instead the mean of the ``m`` guide points of
-class ``t_i`` closest to ``x_i`` (the training neighbours a DkNN would find). ``s_l`` is the mean
-squared norm of the guide set's representations in layer ``l``, so a 6,272-wide conv layer does not
-drown the logits. ``layers=None`` attacks every hidden layer and the logits (the DkNN's default).
+    loss(x') = sum_l [ mean_{g in G_l(y)} s(x', g) - mean_{g in G_l(t)} s(x', g) ]
+               + logit_weight * max(z_y(x') - z_t(x'), -kappa)
+    s(x', g) = sigmoid( (r_l - ||h_l(x') - h_l(g)||) / (temperature * r_l) )
 
-Where the guide comes from (``guide``):
+``h_l`` is the representation in layer ``l``; ``G_l(c)`` are the ``n_guides`` (default ``k``)
+training points of class ``c`` nearest to the clean ``x`` in layer ``l``; ``r_l`` is the distance of
+``x``'s k-th training neighbour in layer ``l`` (the DkNN's neighbourhood radius), so ``s`` is a soft
+"is inside the neighbourhood" count: the loss pulls every layer toward the target class's training
+neighbours and pushes the true class's out, while the CW-style margin (Carlini & Wagner 2017) moves the
+logits. Restart 0 starts at ``x`` (like BIM), later restarts at a uniform point of the eps-ball;
+steps are ``step_size * sign(grad)`` followed by projection onto the eps-ball and [0, 1].
 
-* ``"batch"`` (default): the clean batch being attacked, labelled by ``y``. Needs nothing beyond the
-  suite's parameters, so the attack can be built and run like any other; its knowledge of the
-  training distribution is limited to the batch. An example whose batch holds no other class (a
-  batch of one class) falls back to untargeted PGD on the cross-entropy.
-* ``"reference"``: a reference set given once with :meth:`DkNNAdaptive.set_reference` (the runner
-  passes the DkNN's training set, the white-box attacker's knowledge), subsampled to
-  ``reference_size`` points per class with a fixed seed.
+Every final iterate is scored by the real DkNN; per example the attack keeps the candidate it scores
+worst (the clean input counts as a candidate): a wrong prediction first, ranked by the credibility of
+the wrong label (higher is worse for the defender); then, among correct predictions, the lowest
+p-value of the true label.
 
-Like every attack it only sees pixels in [0, 1] and the model's ``features(x, layers)``; it never
-queries the faiss index (the kNN vote is not differentiable).
+The attacker's knowledge (white-box): the DkNN's training inputs and labels, its layers and ``k``,
+and a scoring function, given as a :class:`DkNNKnowledge` through :meth:`DkNNAdaptive.set_knowledge`.
+The runner builds it from the DkNN it evaluates::
+
+    attack = create_attack("dknn-adaptive", **params)
+    if "adaptive-dknn" in attack.properties:
+        attack.set_knowledge(DkNNKnowledge.from_dknn(dknn, splits.train.x, splits.train.y))
+    generate(model, attack, x, y, threat, ...)
+
+``dknn`` must be the fitted *and calibrated* DkNN of the same model (the one the DkNN cell scores).
+Without knowledge the attack refuses to run (there is no honest knowledge-free fallback).
+
+Cost per example: ``n_targets * restarts * steps`` forward+backward passes
+(:meth:`DkNNAdaptive.passes_per_example`), plus ``n_targets * restarts + 1`` DkNN queries and, once
+per batch, the distances from the batch to every training point in every indexed layer.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advbench.attacks import register_attack
 from advbench.attacks.base import Attack, ThreatModel, check_steps
+from advbench.params import ParamSpec
 
-__all__ = ["DkNNAdaptive"]
+if TYPE_CHECKING:
+    from advbench.evaluation.dknn import DkNN
+
+__all__ = ["DkNNAdaptive", "DkNNKnowledge", "dknn_badness"]
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 500
 
 
+@dataclass(frozen=True)
+class DkNNKnowledge:
+    """What a white-box attacker knows about the DkNN it attacks.
+
+    Attributes:
+        x_train: the DkNN's training inputs (N, ...) in [0, 1], in the order given to ``DkNN.fit``.
+        y_train: their labels (N,).
+        layers: the indexed layers.
+        k: neighbours per layer.
+        num_classes: number of classes.
+        p_values: scores candidates with the real DkNN: inputs (B, ...) -> p-values (B, C) as a numpy
+            array (prediction = argmax, ties to the smaller class; credibility = the max).
+    """
+
+    x_train: Tensor
+    y_train: Tensor
+    layers: tuple[str, ...]
+    k: int
+    num_classes: int
+    p_values: Callable[[Tensor], np.ndarray] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.x_train.ndim < 2 or self.y_train.shape != (self.x_train.shape[0],) or self.x_train.shape[0] == 0:
+            raise ValueError(
+                f"expected non-empty x_train (N, ...) and y_train (N,), got {tuple(self.x_train.shape)} and "
+                f"{tuple(self.y_train.shape)}"
+            )
+        if not self.layers:
+            raise ValueError("expected at least one layer; pass the DkNN's layers")
+        if not 1 <= self.k <= self.x_train.shape[0]:
+            raise ValueError(f"expected 1 <= k <= {self.x_train.shape[0]} (training points), got k={self.k}")
+
+    @classmethod
+    def from_dknn(cls, dknn: DkNN, x_train: Tensor, y_train: Tensor) -> DkNNKnowledge:
+        """The knowledge of a fitted, calibrated ``dknn`` whose training set was ``(x_train, y_train)``."""
+        if not (dknn.is_fitted and dknn.is_calibrated):
+            raise ValueError("expected a fitted and calibrated DkNN; call dknn.fit(...).calibrate(...) first")
+        y = torch.as_tensor(y_train).long()
+        assert dknn.y_train is not None
+        if len(y) != len(dknn.y_train) or not np.array_equal(y.cpu().numpy(), dknn.y_train):
+            raise ValueError(
+                f"y_train ({len(y)} labels) is not the DkNN's training set ({len(dknn.y_train)} labels); "
+                f"pass the inputs and labels given to DkNN.fit"
+            )
+        return cls(
+            x_train=torch.as_tensor(x_train),
+            y_train=y,
+            layers=tuple(dknn.layers),
+            k=int(dknn.k),
+            num_classes=int(dknn.num_classes),
+            p_values=lambda x: dknn.predict(x).p_values,
+        )
+
+
+def dknn_badness(p_values: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """How bad the DkNN's answer is for the defender, per example: higher = a stronger adversarial.
+
+    A wrong prediction scores ``1 + credibility`` (in [1, 2]); a correct one ``1 - p_y`` (in [0, 1]).
+    """
+    pred = np.argmax(p_values, axis=1)
+    rows = np.arange(len(pred))
+    return np.where(pred != y, 1.0 + p_values[rows, pred], 1.0 - p_values[rows, y])
+
+
 @register_attack("dknn-adaptive", norm="linf", targeted=False, package="advbench")
 class DkNNAdaptive(Attack):
-    """Feature-space L-inf PGD toward the closest other class's representations (see the module doc).
+    """Adaptive L-inf attack on the DkNN (see the module doc); needs :meth:`set_knowledge` before running.
 
     Args:
-        steps: PGD iterations.
+        steps: PGD iterations per (target, restart).
         step_size: pixel units per step; ``None`` means ``2.5 * eps / steps``.
-        random_start: start from a uniform point in the eps-ball (drawn from the call's generator).
-        layers: layers whose representations are pushed; ``None`` = every hidden layer and the logits.
-        guide: ``"batch"`` (class means of the attacked batch) or ``"reference"`` (of the set given to
-            :meth:`set_reference`).
-        n_neighbors: 0 = guide toward the target class mean; m > 0 = toward the mean of the m guide
-            points of the target class nearest to the input.
-        reference_size: points per class kept by :meth:`set_reference`.
+        n_targets: target classes tried (the most credible wrong classes of the clean input).
+        restarts: starts per target (0 = the clean input, then uniform random points in the ball).
+        n_guides: training neighbours of each class that guide each layer; ``None`` = the DkNN's k.
+        temperature: sigmoid temperature, relative to the k-th-neighbour radius.
+        logit_weight: weight of the CW margin term (the kNN term is at most 1 per layer).
+        kappa: the margin is clamped at ``-kappa`` (logit units).
     """
+
+    properties: ClassVar[frozenset[str]] = frozenset({"iterative", "gradient-based", "adaptive-dknn"})
 
     def __init__(
         self,
         *,
         steps: int = 40,
         step_size: float | None = None,
-        random_start: bool = True,
-        layers: list[str] | None = None,
-        guide: Literal["batch", "reference"] = "batch",
-        n_neighbors: int = 0,
-        reference_size: int = 100,
+        n_targets: int = 2,
+        restarts: int = 2,
+        n_guides: int | None = None,
+        temperature: float = 0.1,
+        logit_weight: float = 0.1,
+        kappa: float = 5.0,
     ) -> None:
         self.steps = steps
         self.step_size = step_size
-        self.random_start = random_start
-        self.layers = None if layers is None else list(layers)
-        self.guide = guide
-        self.n_neighbors = n_neighbors
-        self.reference_size = reference_size
-        self._reference: tuple[Tensor, Tensor] | None = None
+        self.n_targets = n_targets
+        self.restarts = restarts
+        self.n_guides = n_guides
+        self.temperature = temperature
+        self.logit_weight = logit_weight
+        self.kappa = kappa
+        self._knowledge: DkNNKnowledge | None = None
+        self._train_cache: tuple[int, int, dict[str, Tensor]] | None = None
         self._validate()
 
     @classmethod
     def _check_values(cls, params: dict[str, Any]) -> list[str]:
         out = check_steps(params, default_step="2.5*eps/steps")
-        if params["n_neighbors"] < 0:
-            out.append(f"n_neighbors: expected an integer >= 0 (0 = class mean), got {params['n_neighbors']!r}")
-        if params["reference_size"] < 1:
-            out.append(f"reference_size: expected an integer >= 1, got {params['reference_size']!r}")
-        layers = params["layers"]
-        if layers is not None and (
-            not isinstance(layers, list | tuple) or not layers or not all(isinstance(n, str) for n in layers)
-        ):
-            out.append(f"layers: expected a non-empty list of layer names or null for all, got {layers!r}")
+        for name in ("n_targets", "restarts"):
+            if params[name] < 1:
+                out.append(f"{name}: expected an integer >= 1, got {params[name]!r}")
+        if params["n_guides"] is not None and params["n_guides"] < 1:
+            out.append(f"n_guides: expected an integer >= 1 or null for the DkNN's k, got {params['n_guides']!r}")
+        if not params["temperature"] > 0:
+            out.append(f"temperature: expected a number > 0, got {params['temperature']!r}")
+        if not params["logit_weight"] >= 0:
+            out.append(f"logit_weight: expected a number >= 0, got {params['logit_weight']!r}")
+        if not params["kappa"] >= 0:
+            out.append(f"kappa: expected a number >= 0, got {params['kappa']!r}")
         return out
 
-    def set_reference(self, x: Tensor, y: Tensor) -> DkNNAdaptive:
-        """Keep up to ``reference_size`` points per class of ``(x, y)`` (seeded) as the guide set."""
-        y_np = torch.as_tensor(y).detach().cpu().numpy()
-        if y_np.ndim != 1 or len(y_np) != len(x) or len(y_np) == 0:
-            raise ValueError(
-                f"expected a non-empty x (N, ...) and y (N,) of equal length, "
-                f"got {tuple(x.shape)} and {tuple(y_np.shape)}"
-            )
-        rng = np.random.default_rng(0)
-        keep = []
-        for c in np.unique(y_np):
-            idx = np.flatnonzero(y_np == c)
-            keep.append(np.sort(rng.choice(idx, size=min(len(idx), self.reference_size), replace=False)))
-        sel = torch.from_numpy(np.sort(np.concatenate(keep)))
-        self._reference = (x.detach()[sel].cpu(), torch.as_tensor(y).detach()[sel].cpu().long())
+    @classmethod
+    def passes_per_example(cls, params: dict[str, Any]) -> int:
+        """Forward+backward passes per example: ``n_targets * restarts * steps``."""
+        full = {n: p.default for n, p in ParamSpec.of(cls, keyword_only=True).params.items()} | dict(params)
+        return int(full["n_targets"]) * int(full["restarts"]) * int(full["steps"])
+
+    def set_knowledge(self, knowledge: DkNNKnowledge) -> DkNNAdaptive:
+        """Give the attacker the DkNN's training set, layers, k and scorer; returns ``self``."""
+        if not isinstance(knowledge, DkNNKnowledge):
+            raise TypeError(f"expected a DkNNKnowledge, got {type(knowledge).__name__}")
+        self._knowledge = knowledge
+        self._train_cache = None
         return self
 
     # -- the attack -------------------------------------------------------------------------------
@@ -123,84 +211,114 @@ class DkNNAdaptive(Attack):
             raise TypeError(
                 f"dknn-adaptive needs an advbench Classifier (with features(x, layers)), got {type(model).__name__}"
             )
-        clf: Any = model  # an advbench Classifier (checked above)
-        layers = self.layers or list(clf.layer_names)
-        if self.guide == "reference":
-            if self._reference is None:
-                raise RuntimeError("guide='reference' needs a guide set: call attack.set_reference(x_train, y_train)")
-            ref_x, ref_y = self._reference[0].to(x.device), self._reference[1].to(x.device)
-        else:
-            ref_x, ref_y = x, y
+        know = self._knowledge
+        if know is None:
+            raise RuntimeError(
+                "dknn-adaptive has no knowledge of the DkNN it attacks; call "
+                "attack.set_knowledge(DkNNKnowledge.from_dknn(dknn, x_train, y_train)) before running it"
+            )
+        clf: Any = model
         if x.shape[0] == 0 or threat.eps == 0:
             return x.clone()
+        layers = list(know.layers)
+        train = self._train_features(clf, know, x.device)
+        y_train = know.y_train.to(x.device)
+        m = min(self.n_guides or know.k, int(torch.bincount(y_train, minlength=know.num_classes).min().clamp_min(1)))
 
+        y_np = y.cpu().numpy()
+        p_clean = know.p_values(x)
+        best, best_bad = x.clone(), dknn_badness(p_clean, y_np)
         with torch.no_grad():
-            ref = _flat_features(clf, ref_x, layers)
-            scale = {n: f.pow(2).sum(1).mean().clamp_min(1e-12) for n, f in ref.items()}
             clean = _flat_features(clf, x, layers)
-            guides, has_guide = self._guides(clean, y, ref, ref_y, scale, int(clf.num_classes))
+            radius = {n: _kth_distance(clean[n], train[n], know.k) for n in layers}
+            own = {n: _guides(clean[n], train[n], y_train, y, m) for n in layers}
+            soft = torch.softmax(clf(x), 1).cpu().numpy()
+        ranking = p_clean + 1e-6 * soft  # credible wrong classes first; the softmax breaks ties
+        ranking[np.arange(len(y_np)), y_np] = -np.inf
+        targets = np.argsort(-ranking, axis=1, kind="stable")[:, : min(self.n_targets, know.num_classes - 1)]
 
         step = 2.5 * threat.eps / self.steps if self.step_size is None else self.step_size
-        x_adv = x.clone()
-        if self.random_start:
-            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            x_adv = threat.project(x + (2 * noise - 1) * threat.eps, x)
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                x_adv.requires_grad_(True)
-                feats = clf.features(x_adv, layers)
-                per_example = _total([(feats[n].flatten(1) - guides[n]).pow(2).sum(1) / scale[n] for n in layers])
-                ce = F.cross_entropy(model(x_adv), y, reduction="none") if not bool(has_guide.all()) else 0.0
-                loss = torch.where(has_guide, per_example, -ce).sum()
-                (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = threat.project(x_adv.detach() - step * grad.sign(), x)
-        return x_adv.detach()
+        for r in range(targets.shape[1]):
+            t = torch.from_numpy(targets[:, r]).to(x.device)
+            with torch.no_grad():
+                pull = {n: _guides(clean[n], train[n], y_train, t, m) for n in layers}
+            for s in range(self.restarts):
+                x_adv = x.clone()
+                if s > 0:
+                    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+                    x_adv = threat.project(x + (2 * noise - 1) * threat.eps, x)
+                for _ in range(self.steps):
+                    with torch.enable_grad():
+                        x_adv.requires_grad_(True)
+                        loss = self._loss(clf, x_adv, y, t, layers, radius, own, pull)
+                        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+                    x_adv = threat.project(x_adv.detach() - step * grad.sign(), x)
+                bad = dknn_badness(know.p_values(x_adv), y_np)
+                better = torch.from_numpy(bad > best_bad).to(x.device)
+                best = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_adv, best)
+                best_bad = np.maximum(best_bad, bad)
+        return best
 
-    def _guides(
+    def _loss(
         self,
-        clean: dict[str, Tensor],
+        clf: Any,
+        x_adv: Tensor,
         y: Tensor,
-        ref: dict[str, Tensor],
-        ref_y: Tensor,
-        scale: dict[str, Tensor],
-        num_classes: int,
-    ) -> tuple[dict[str, Tensor], Tensor]:
-        """Per example: the guide representation in each layer and whether a target class exists."""
-        b = y.shape[0]
-        present = torch.zeros(num_classes, dtype=torch.bool, device=y.device)
-        present[ref_y.unique()] = True
-        onehot = F.one_hot(ref_y, num_classes).to(next(iter(ref.values())).dtype)  # (R, C)
-        counts = onehot.sum(0).clamp_min(1)
-        means = {n: (onehot.T @ f) / counts[:, None] for n, f in ref.items()}  # (C, D)
-        dist = _total([torch.cdist(clean[n], means[n]).pow(2) / scale[n] for n in clean])  # (B, C)
-        allowed = present[None, :].expand(b, -1).clone()
-        allowed[torch.arange(b), y] = False
-        dist = dist.masked_fill(~allowed, float("inf"))
-        target = dist.argmin(1)
-        has_guide = allowed.any(1)
-        if self.n_neighbors == 0:
-            return {n: means[n][target] for n in clean}, has_guide
-        # the mean of the n_neighbors guide points of the target class nearest to each input
-        d_ref = _total([torch.cdist(clean[n], ref[n]).pow(2) / scale[n] for n in clean])  # (B, R)
-        d_ref = d_ref.masked_fill(ref_y[None, :] != target[:, None], float("inf"))
-        m = min(self.n_neighbors, d_ref.shape[1])
-        near_d, near = d_ref.topk(m, dim=1, largest=False)
-        weight = torch.isfinite(near_d).to(d_ref.dtype)
-        weight = weight / weight.sum(1, keepdim=True).clamp_min(1)
-        return {n: torch.einsum("bm,bmd->bd", weight, ref[n][near]) for n in clean}, has_guide
+        t: Tensor,
+        layers: list[str],
+        radius: dict[str, Tensor],
+        own: dict[str, Tensor],
+        pull: dict[str, Tensor],
+    ) -> Tensor:
+        """The per-example surrogate loss (to minimise)."""
+        feats = clf.features(x_adv, list(dict.fromkeys([*layers, *clf.layer_names[-1:]])))
+        loss = x_adv.new_zeros(x_adv.shape[0])
+        for n in layers:
+            h = feats[n].flatten(1)[:, None, :]
+            r = radius[n][:, None]
+            scale = self.temperature * r.clamp_min(1e-12)
+            inside_own = torch.sigmoid((r - (h - own[n]).norm(dim=2)) / scale).mean(1)
+            inside_target = torch.sigmoid((r - (h - pull[n]).norm(dim=2)) / scale).mean(1)
+            loss = loss + inside_own - inside_target
+        if self.logit_weight > 0:
+            z = feats[clf.layer_names[-1]]
+            margin = z.gather(1, y[:, None])[:, 0] - z.gather(1, t[:, None])[:, 0]
+            loss = loss + self.logit_weight * margin.clamp_min(-self.kappa)
+        return loss
+
+    def _train_features(self, clf: Any, know: DkNNKnowledge, device: torch.device) -> dict[str, Tensor]:
+        """The training set's flattened representations, computed once per (model, knowledge)."""
+        key = (id(clf), id(know))
+        if self._train_cache is None or self._train_cache[:2] != key:
+            with torch.no_grad():
+                feats = _flat_features(clf, know.x_train.to(device), list(know.layers))
+            self._train_cache = (*key, feats)
+        return self._train_cache[2]
 
 
-def _total(terms: list[Tensor]) -> Tensor:
-    out = terms[0]
-    for t in terms[1:]:
-        out = out + t
-    return out
+def _kth_distance(q: Tensor, ref: Tensor, k: int) -> Tensor:
+    """The L2 distance from each query to its k-th nearest reference point (exact, chunked)."""
+    out = []
+    for start in range(0, q.shape[0], _CHUNK):
+        d = torch.cdist(q[start : start + _CHUNK], ref)
+        out.append(d.topk(k, dim=1, largest=False).values[:, -1])
+    return torch.cat(out)
 
 
-def _flat_features(model: Any, x: Tensor, layers: list[str]) -> dict[str, Tensor]:
+def _guides(q: Tensor, ref: Tensor, ref_y: Tensor, cls: Tensor, m: int) -> Tensor:
+    """(B, m, D): per query, the m reference points of class ``cls[i]`` nearest to it."""
+    out = []
+    for start in range(0, q.shape[0], _CHUNK):
+        qc, cc = q[start : start + _CHUNK], cls[start : start + _CHUNK]
+        d = torch.cdist(qc, ref).masked_fill(ref_y[None, :] != cc[:, None], float("inf"))
+        out.append(ref[d.topk(m, dim=1, largest=False).indices])
+    return torch.cat(out)
+
+
+def _flat_features(model: Any, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
     parts: dict[str, list[Tensor]] = {n: [] for n in layers}
     for start in range(0, x.shape[0], _CHUNK):
-        feats = model.features(x[start : start + _CHUNK], layers)
+        feats = model.features(x[start : start + _CHUNK], list(layers))
         for n in layers:
             parts[n].append(feats[n].flatten(1))
     return {n: torch.cat(p) for n, p in parts.items()}

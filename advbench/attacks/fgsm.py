@@ -7,6 +7,8 @@ Both backends compute exactly this, so their examples are identical on the same 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -20,6 +22,8 @@ __all__ = ["FGSM"]
 @register_attack("fgsm", norm="linf", targeted=False, package="advbench")
 class FGSM(Attack):
     """Fast Gradient Sign Method, L-inf. ``backend``: ``"torchattacks"`` (default) or ``"foolbox"``."""
+
+    properties: ClassVar[frozenset[str]] = frozenset({"single-step", "gradient-based"})
 
     def __init__(self, *, backend: Backend = "torchattacks") -> None:
         self.backend = backend

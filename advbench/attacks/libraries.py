@@ -19,6 +19,13 @@ How a library attack meets the L-inf threat model:
   (an Lp ball of radius eps, p >= 1, lies inside the L-inf ball of radius eps).
 * Randomness: both libraries draw from torch's global RNG; it is forked and seeded from the attack's
   generator around the call (:func:`~advbench.attacks.base.seeded_global_rng`).
+* AutoAttack (Croce & Hein 2020), the reference ensemble, is ``torchattacks.AutoAttack``: ``eps``,
+  ``n_classes`` and ``seed`` come from the threat model, the model and the generator, so it matches
+  calling torchattacks directly with those values (``tests/test_autoattack.py``). Pick ``version``
+  (``"standard"``: APGD-CE, APGD-T, FAB-T, Square; ``"plus"``; ``"rand"``) in the suite's params.
+* Each wrapper declares :attr:`~advbench.attacks.base.Attack.properties` from the library's class
+  name (:data:`TORCHATTACKS_PROPERTIES`, :func:`foolbox_properties`), e.g. AutoAttack is
+  ``iterative + gradient-based + ensemble`` and Square ``score-based``.
 * The library's wrapper classes (torchattacks' ``MultiAttack`` and ``LGV``, which wrap other attacks
   or need a training loader) are not attacks on their own and are not registered.
 """
@@ -48,11 +55,13 @@ from advbench.attacks.base import (
 from advbench.params import ParamSpec, check_params
 
 __all__ = [
+    "TORCHATTACKS_PROPERTIES",
     "FoolboxAttack",
     "LibraryAttack",
     "TorchattacksAttack",
     "discover_foolbox",
     "discover_torchattacks",
+    "foolbox_properties",
     "register_library_attacks",
     "run_foolbox",
     "run_torchattacks",
@@ -183,6 +192,74 @@ def discover_foolbox() -> list[dict[str, Any]]:
         {"name": n, "module": "foolbox.attacks", "norm": _foolbox_norm(cls), "targeted": None, "class": cls}
         for n, cls in names.items()
     ]
+
+
+# -- what each library attack is ---------------------------------------------------------------
+
+_SINGLE = frozenset({"single-step", "gradient-based"})
+_ITERATIVE = frozenset({"iterative", "gradient-based"})
+_SCORE = frozenset({"iterative", "score-based"})
+_DECISION = frozenset({"decision-based"})
+
+#: torchattacks class name -> :attr:`~advbench.attacks.base.Attack.properties` (every attack it exports).
+TORCHATTACKS_PROPERTIES: dict[str, frozenset[str]] = {
+    "VANILA": frozenset(),  # returns its input: no attack
+    "GN": frozenset(),  # Gaussian noise: reads neither gradients, scores nor decisions
+    **dict.fromkeys(("FGSM", "RFGSM", "FFGSM"), _SINGLE),
+    **dict.fromkeys(
+        (
+            "BIM",
+            "PGD",
+            "EOTPGD",
+            "TPGD",
+            "MIFGSM",
+            "UPGD",
+            "APGD",
+            "APGDT",
+            "DIFGSM",
+            "TIFGSM",
+            "Jitter",
+            "NIFGSM",
+            "PGDRS",
+            "SINIFGSM",
+            "VMIFGSM",
+            "VNIFGSM",
+            "PIFGSM",
+            "PIFGSMPP",
+            "CW",
+            "PGDL2",
+            "PGDRSL2",
+            "DeepFool",
+            "EADEN",
+            "EADL1",
+            "SparseFool",
+            "JSMA",
+            "FAB",
+        ),
+        _ITERATIVE,
+    ),
+    **dict.fromkeys(("SPSA", "OnePixel", "Pixle", "Square"), _SCORE),
+    # APGD-CE, APGD-T, FAB-T and Square, each example's worst case kept (Croce & Hein 2020)
+    "AutoAttack": frozenset({"iterative", "gradient-based", "ensemble"}),
+}
+
+_FB_SCORE = ("GenAttack",)
+_FB_DECISION = (
+    "Boundary", "HopSkipJump", "Noise", "Blur", "Contrast", "Inversion", "Pointwise", "Dataset", "Spatial",
+    "BinarizationRefinement",
+)  # fmt: skip
+_FB_SINGLE = ("FastGradient", "VirtualAdversarial")
+
+
+def foolbox_properties(class_name: str) -> frozenset[str]:
+    """The properties of a foolbox attack class, from the method its name names."""
+    if any(k in class_name for k in _FB_SCORE):
+        return _SCORE
+    if any(k in class_name for k in _FB_DECISION):
+        return _DECISION
+    if any(k in class_name for k in _FB_SINGLE):
+        return _SINGLE
+    return _ITERATIVE  # PGD, BIM, MI-FGSM, DeepFool, CW, DDN, EAD, FMN, Brendel-Bethge, NewtonFool, ...
 
 
 # -- the wrapper classes ------------------------------------------------------------------------
@@ -355,6 +432,11 @@ def register_library_attacks(registry: Any) -> None:
                     "library_module": rec["module"],
                     "norm": rec["norm"],
                     "supports_targeted": bool(rec["targeted"]),
+                    "properties": (
+                        TORCHATTACKS_PROPERTIES.get(rec["name"], frozenset())
+                        if base is TorchattacksAttack
+                        else foolbox_properties(rec["class"])
+                    ),
                     "__module__": __name__,
                     "__qualname__": name,
                     "__doc__": f"{base.package}'s {rec['name']} behind advbench's attack contract.",

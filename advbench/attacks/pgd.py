@@ -13,7 +13,7 @@ libraries they claim to run.)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,8 @@ __all__ = ["PGD"]
 @register_attack("pgd", norm="linf", targeted=False, package="advbench")
 class PGD(Attack):
     """Projected Gradient Descent, L-inf. ``backend``: ``"torchattacks"`` (default) or ``"foolbox"``."""
+
+    properties: ClassVar[frozenset[str]] = frozenset({"iterative", "gradient-based"})
 
     def __init__(
         self,

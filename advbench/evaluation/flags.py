@@ -1,36 +1,47 @@
-"""Evaluation-quality flags: signs of gradient masking or a broken attack, after AutoAttack's and ART's checks.
+"""Evaluation-quality checks: signs of gradient masking or a broken attack, on every metric and attack.
 
-A flag annotates numbers; it never removes one. Each check returns :class:`Flag` records;
-:func:`flags_frame` turns them into a DataFrame (columns :data:`FLAG_COLUMNS`) and :func:`annotate`
-adds a ``flags`` column to a metrics or summary table without dropping or changing any row.
+After Carlini et al. 2019, Tramèr et al. 2020 and AutoAttack's own checks. Every check returns one
+:class:`Check` per comparison it made, passed or flagged, so a report lists what was checked with the
+numbers compared, not only "no flag raised". A check annotates numbers; it never removes one.
 
-Table checks read the tidy table of :func:`advbench.evaluation.transfer.transfer_metrics` and use
-``adv_accuracy`` (denominator: all n examples, so every cell of a seed is on the same footing);
-attack success below means ``1 - adv_accuracy``. Tolerances are absolute, in accuracy units.
+Inputs
+    * ``metrics``: the tidy table of :func:`advbench.evaluation.transfer.transfer_metrics` (columns
+      ``source, target, attack, eps, seed, metric, value``); its ``adv_accuracy`` rows are the
+      classifier's accuracy under attack (denominator: all n examples).
+    * ``dknn``: the DkNN metrics table (columns ``model, seed, kind, metric, value, source, attack,
+      eps``); its ``dknn_accuracy`` rows of ``kind == "adversarial"`` are the DkNN's accuracy under attack.
+    * ``properties``: attack label -> :attr:`advbench.attacks.base.Attack.properties`. Labels not in it
+      are looked up as registered attack names (:func:`registry_properties`); an attack with no declared
+      properties takes part only in the checks that need none (eps monotonicity, transfer).
 
-========================  ==========================================================================
-flag                      raised when
-========================  ==========================================================================
-iterative_weaker_than_fgsm  white-box: an iterative attack (label starting with ``bim``/``pgd``) leaves
-                          a higher accuracy than FGSM at the same (model, eps, seed)
-success_not_increasing    white-box: accuracy at a larger eps exceeds the accuracy at a smaller eps
-                          (same model, attack, seed); equal accuracy (e.g. both 0) is not flagged
-transfer_stronger_than_white_box  accuracy of a target on examples transferred from another source is
-                          lower than under the white-box attack on the target itself (same attack,
-                          eps, seed)
-above_chance_at_full_range  white-box accuracy at eps >= 1 (the whole [0, 1] box is reachable) above
-                          chance = 1 / num_classes + tolerance
-zero_gradients            a fraction of examples whose input gradient of the CE loss is exactly zero
-nonfinite_gradients       a fraction of examples whose input gradient has a NaN or infinite entry
-========================  ==========================================================================
+Attack strength is compared through accuracy (lower = stronger). A check is ``"flagged"`` when its
+``gap`` (how far the numbers go the wrong way, in accuracy units) exceeds ``threshold``; severity is
+``"error"`` above ``error_above``, else ``"warning"``.
+
+=================================  =================================================================
+check                              compares (same model, seed, eps unless said)
+=================================  =================================================================
+adaptive_weaker_than_non_adaptive  DkNN accuracy under each ``adaptive-dknn`` attack vs each other
+                                   attack (white-box); gap = acc(adaptive) - acc(other)
+iterative_weaker_than_single_step  each ``iterative`` gradient-based attack (not adaptive) vs each
+                                   ``single-step`` one, classifier and DkNN; gap = acc(iter) - acc(single)
+success_not_increasing             the same attack at consecutive eps; gap = acc(larger) - acc(smaller)
+transfer_stronger_than_white_box   S -> T vs T -> T (same attack); gap = acc(T->T) - acc(S->T)
+score_based_stronger               each gradient-free (``score-based``/``decision-based``) attack vs
+                                   the strongest gradient-based one; gap = acc(best grad) - acc(score)
+above_chance_at_full_range         white-box accuracy at eps >= 1 vs chance; gap = acc - chance
+zero_gradients                     fraction of examples with an all-zero input gradient vs 0
+nonfinite_gradients                fraction of examples with a NaN/inf input gradient vs 0
+=================================  =================================================================
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -38,247 +49,407 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CHECK_COLUMNS",
     "FLAG_COLUMNS",
-    "Flag",
+    "Check",
     "above_chance_at_full_range",
+    "accuracy_table",
+    "adaptive_weaker_than_non_adaptive",
     "annotate",
     "evaluation_flags",
     "flags_frame",
     "gradient_flags",
-    "iterative_weaker_than_fgsm",
+    "iterative_weaker_than_single_step",
+    "raised",
+    "registry_properties",
+    "score_based_stronger",
     "success_not_increasing",
     "transfer_stronger_than_white_box",
 ]
 
-#: Columns of :func:`flags_frame`.
-FLAG_COLUMNS: tuple[str, ...] = ("flag", "model", "source", "attack", "eps", "seed", "severity", "value", "detail")
+log = logging.getLogger(__name__)
+
+#: Columns of :func:`flags_frame` (one row per check run).
+CHECK_COLUMNS: tuple[str, ...] = (
+    "check",
+    "quantity",
+    "model",
+    "source",
+    "attack",
+    "reference",
+    "eps",
+    "seed",
+    "value",
+    "reference_value",
+    "gap",
+    "threshold",
+    "outcome",
+    "severity",
+    "detail",
+)
+FLAG_COLUMNS = CHECK_COLUMNS  # the name the runner's gradient_flags.csv uses
 
 
 @dataclass(frozen=True)
-class Flag:
-    """One raised flag.
+class Check:
+    """One comparison made by a check.
 
-    ``model`` is the model the flag is about (the target of the annotated cell); ``source`` is the
-    source of the annotated cell (equal to ``model`` for white-box flags, None when the flag is about
-    the model alone, e.g. its gradients). ``attack``/``eps``/``seed`` are None when they do not apply.
-    ``value`` is the number that raised the flag (an accuracy gap, a fraction of examples); ``severity``
-    is ``"warning"`` or ``"error"``.
+    ``model`` is the model the check is about (the target); ``source`` the model the attack was
+    crafted on (None for model-level checks such as gradients); ``attack`` the attack checked and
+    ``reference`` what it was compared with (another attack, an eps, chance). ``value`` and
+    ``reference_value`` are the numbers compared, ``gap`` how far they go the wrong way, ``threshold``
+    the tolerance; ``outcome`` is ``"passed"`` or ``"flagged"`` and ``severity`` ``""``, ``"warning"`` or
+    ``"error"``.
     """
 
-    flag: str
+    check: str
+    quantity: str
     model: str
     source: str | None
     attack: str | None
+    reference: str | None
     eps: float | None
     seed: int | None
-    severity: str
     value: float
+    reference_value: float
+    gap: float
+    threshold: float
+    outcome: str
+    severity: str
     detail: str
 
 
-def flags_frame(flags: Iterable[Flag]) -> pd.DataFrame:
-    """Flags as a DataFrame with columns :data:`FLAG_COLUMNS` (``eps``/``value`` float64; missing = NaN/None)."""
-    df = pd.DataFrame([asdict(f) for f in flags], columns=list(FLAG_COLUMNS))
-    return df.astype({"eps": "float64", "value": "float64"})
-
-
-def _accuracy(metrics_df: pd.DataFrame, *, white_box: bool | None) -> pd.DataFrame:
-    need = {"source", "target", "attack", "eps", "seed", "metric", "value"}
-    missing = sorted(need - set(metrics_df.columns))
-    if missing:
-        raise ValueError(f"metrics_df lacks columns {missing}; pass the output of transfer_metrics()")
-    acc = metrics_df[metrics_df["metric"] == "adv_accuracy"]
-    if white_box is not None:
-        acc = acc[(acc["source"] == acc["target"]) == white_box]
-    return acc
-
-
-class _Cell(NamedTuple):
-    """One accuracy row of the tidy table, with its columns as Python types."""
-
-    source: str
-    target: str
-    attack: str
-    eps: float
-    seed: int
-    value: float
-
-
-def _cells(acc: pd.DataFrame) -> Iterator[_Cell]:
-    """The rows of an :func:`_accuracy` table as typed :class:`_Cell` records."""
-    cols = ["source", "target", "attack", "eps", "seed", "value"]
-    for source, target, attack, eps, seed, value in acc[cols].itertuples(index=False, name=None):
-        yield _Cell(str(source), str(target), str(attack), float(eps), int(seed), float(value))
-
-
-def _reference(table: pd.Series, key: tuple[object, ...]) -> float | None:
-    """``table[key]`` as a float, or None when the key is absent."""
-    ref = table.get(key)
-    return None if ref is None else float(ref)
-
-
-def _severity(gap: float, error_above: float) -> str:
-    return "error" if gap > error_above else "warning"
-
-
-def _matches(label: str, prefixes: Sequence[str]) -> bool:
-    low = label.lower()
-    return any(low.startswith(p.lower()) for p in prefixes)
-
-
-def iterative_weaker_than_fgsm(
-    metrics_df: pd.DataFrame,
+def _check(
+    check: str,
     *,
-    fgsm: str = "fgsm",
-    iterative: Sequence[str] = ("bim", "pgd"),
-    tolerance: float = 0.0,
-    error_above: float = 0.05,
-) -> list[Flag]:
-    """Flag white-box cells where an iterative attack leaves more accuracy than FGSM at the same eps.
+    quantity: Any,
+    model: Any,
+    source: Any,
+    attack: Any,
+    reference: Any,
+    eps: Any,
+    seed: Any,
+    value: Any,
+    reference_value: Any,
+    gap: Any,
+    threshold: float,
+    error_above: float,
+    detail: str,
+) -> Check:
+    """One check's row; the keys and numbers may come straight from pandas (they are converted here)."""
+    gap = float(gap)
+    flagged = bool(np.isfinite(gap) and gap > threshold)
+    return Check(
+        check,
+        str(quantity),
+        str(model),
+        None if source is None else str(source),
+        None if attack is None else str(attack),
+        None if reference is None else str(reference),
+        None if eps is None else float(eps),
+        None if seed is None else int(seed),
+        float(value),
+        float(reference_value),
+        gap,
+        float(threshold),
+        "flagged" if flagged else "passed",
+        ("error" if gap > error_above else "warning") if flagged else "",
+        detail,
+    )
 
-    Attacks are matched by label: ``fgsm`` exactly, iterative ones by prefix (``"pgd-40"`` counts as
-    PGD). Raised when ``acc(iterative) > acc(fgsm) + tolerance``; ``value`` is the gap.
-    """
-    acc = _accuracy(metrics_df, white_box=True)
-    base = acc[acc["attack"] == fgsm].set_index(["target", "eps", "seed"])["value"]
-    out = []
-    for r in _cells(acc[acc["attack"].map(lambda a: a != fgsm and _matches(a, iterative))]):
-        ref = _reference(base, (r.target, r.eps, r.seed))
-        if ref is None or not (math.isfinite(r.value) and math.isfinite(ref)):
+
+def flags_frame(checks: Iterable[Check]) -> pd.DataFrame:
+    """Checks as a DataFrame with columns :data:`CHECK_COLUMNS`."""
+    df = pd.DataFrame([asdict(c) for c in checks], columns=list(CHECK_COLUMNS))
+    return df.astype({c: "float64" for c in ("eps", "value", "reference_value", "gap", "threshold")})
+
+
+def raised(frame: pd.DataFrame) -> pd.DataFrame:
+    """Only the flagged rows of a :func:`flags_frame`."""
+    return frame[frame["outcome"] == "flagged"].reset_index(drop=True)
+
+
+def registry_properties(labels: Iterable[str]) -> dict[str, frozenset[str]]:
+    """``label -> properties`` of the labels that are registered attack names (others are left out)."""
+    from advbench.attacks import ATTACKS
+
+    out = {}
+    for label in labels:
+        try:
+            cls = ATTACKS.get(label)
+        except Exception as exc:  # not a registered name (a suite label, a removed plugin)
+            log.debug("no registered attack %r (%s); its properties are unknown", label, exc)
             continue
-        gap = r.value - ref
-        if gap > tolerance:
-            out.append(
-                Flag(
-                    "iterative_weaker_than_fgsm",
-                    r.target,
-                    r.target,
-                    r.attack,
-                    r.eps,
-                    r.seed,
-                    _severity(gap, error_above),
-                    gap,
-                    f"white-box accuracy under {r.attack} is {r.value:.4f}, above {ref:.4f} under "
-                    f"{fgsm} at eps={r.eps:g}: the iterative attack is weaker than its first step "
-                    f"(broken step size/iterations, or gradient masking)",
-                )
-            )
+        out[label] = frozenset(getattr(cls, "properties", frozenset()))
     return out
 
 
-def success_not_increasing(
-    metrics_df: pd.DataFrame,
+def accuracy_table(metrics: pd.DataFrame | None = None, dknn: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Accuracy under attack in one long form: ``quantity, source, target, attack, eps, seed, value``.
+
+    ``quantity`` is ``"classifier"`` (``adv_accuracy`` of the transfer metrics) or ``"dknn"``
+    (``dknn_accuracy`` of the adversarial sets of the DkNN metrics).
+    """
+    cols = ["quantity", "source", "target", "attack", "eps", "seed", "value"]
+    frames = []
+    if metrics is not None and len(metrics):
+        need = {"source", "target", "attack", "eps", "seed", "metric", "value"}
+        missing = sorted(need - set(metrics.columns))
+        if missing:
+            raise ValueError(f"metrics lacks columns {missing}; pass the output of transfer_metrics()")
+        acc = metrics[metrics["metric"] == "adv_accuracy"]
+        frames.append(acc.assign(quantity="classifier")[cols])
+    if dknn is not None and len(dknn):
+        need = {"model", "seed", "metric", "value", "source", "attack", "eps"}
+        missing = sorted(need - set(dknn.columns))
+        if missing:
+            raise ValueError(f"dknn lacks columns {missing}; pass the DkNN metrics table (dknn.csv)")
+        d = dknn[(dknn["metric"] == "dknn_accuracy") & dknn["attack"].notna()]
+        if "kind" in d.columns:
+            d = d[d["kind"] == "adversarial"]
+        frames.append(d.assign(quantity="dknn", target=d["model"])[cols])
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, ignore_index=True)
+    return out.astype({"eps": "float64", "seed": "int64", "value": "float64"})
+
+
+def _white_box(acc: pd.DataFrame) -> pd.DataFrame:
+    return acc[acc["source"] == acc["target"]]
+
+
+def _props(properties: Mapping[str, frozenset[str]], label: str) -> frozenset[str]:
+    return frozenset(properties.get(label, frozenset()))
+
+
+def adaptive_weaker_than_non_adaptive(
+    acc: pd.DataFrame,
+    properties: Mapping[str, frozenset[str]],
     *,
     tolerance: float = 0.0,
-    white_box_only: bool = True,
     error_above: float = 0.05,
-) -> list[Flag]:
-    """Flag cells where attack success drops as eps grows (same source, target, attack, seed).
-
-    Compares each eps with the previous (smaller) one: raised when
-    ``acc(larger eps) > acc(smaller eps) + tolerance``; ``value`` is the gap. White-box cells only by
-    default (transfer success is not guaranteed to be monotone).
-    """
-    acc = _accuracy(metrics_df, white_box=True if white_box_only else None)
+) -> list[Check]:
+    """An attack adaptive to the DkNN must leave at most the DkNN accuracy of every other attack."""
+    wb = _white_box(acc[acc["quantity"] == "dknn"])
     out = []
-    for _, g in acc.groupby(["source", "target", "attack", "seed"], sort=True):
-        g = g.sort_values("eps")
-        first = next(_cells(g))
-        eps, val = g["eps"].to_numpy(float), g["value"].to_numpy(float)
-        for i in range(1, len(g)):
-            gap = val[i] - val[i - 1]
-            if np.isfinite(gap) and gap > tolerance:
+    for (model, seed, eps), g in wb.groupby(["target", "seed", "eps"], sort=True):
+        vals = g.set_index("attack")["value"]
+        adaptive = [a for a in vals.index if "adaptive-dknn" in _props(properties, a)]
+        for a in adaptive:
+            for b in vals.index:
+                if b in adaptive:
+                    continue
+                gap = float(vals[a] - vals[b])
                 out.append(
-                    Flag(
-                        "success_not_increasing",
-                        first.target,
-                        first.source,
-                        first.attack,
-                        float(eps[i]),
-                        first.seed,
-                        _severity(float(gap), error_above),
-                        float(gap),
-                        f"accuracy {val[i]:.4f} at eps={eps[i]:g} is above {val[i - 1]:.4f} at "
-                        f"eps={eps[i - 1]:g}: a larger budget should never make the attack weaker",
+                    _check(
+                        "adaptive_weaker_than_non_adaptive",
+                        quantity="dknn",
+                        model=model,
+                        source=model,
+                        attack=a,
+                        reference=b,
+                        eps=eps,
+                        seed=seed,
+                        value=vals[a],
+                        reference_value=vals[b],
+                        gap=gap,
+                        threshold=tolerance,
+                        error_above=error_above,
+                        detail=f"DkNN accuracy under {a} {vals[a]:.4f} vs {vals[b]:.4f} under {b}: an attack "
+                        f"adaptive to the DkNN must be at least as strong on it as any other",
                     )
                 )
     return out
 
 
-def transfer_stronger_than_white_box(
-    metrics_df: pd.DataFrame,
+def iterative_weaker_than_single_step(
+    acc: pd.DataFrame,
+    properties: Mapping[str, frozenset[str]],
     *,
     tolerance: float = 0.0,
     error_above: float = 0.05,
-) -> list[Flag]:
-    """Flag targets that a transferred attack fools more than the white-box attack on themselves.
-
-    For every cell S -> T with S != T: raised when ``acc(S -> T) < acc(T -> T) - tolerance`` for the
-    same attack, eps and seed; ``value`` is the gap ``acc(T -> T) - acc(S -> T)``. A black-box attack
-    beating the white-box one is AutoAttack's classic sign of gradient masking on T.
-    """
-    acc = _accuracy(metrics_df, white_box=None)
-    wb = acc[acc["source"] == acc["target"]].set_index(["target", "attack", "eps", "seed"])["value"]
+) -> list[Check]:
+    """An iterative gradient attack must be at least as strong as a single-step one, on every quantity."""
+    wb = _white_box(acc)
     out = []
-    for r in _cells(acc[acc["source"] != acc["target"]]):
-        ref = _reference(wb, (r.target, r.attack, r.eps, r.seed))
-        if ref is None or not (math.isfinite(r.value) and math.isfinite(ref)):
-            continue
-        gap = ref - r.value
-        if gap > tolerance:
+    for (quantity, model, seed, eps), g in wb.groupby(["quantity", "target", "seed", "eps"], sort=True):
+        vals = g.set_index("attack")["value"]
+        single = [a for a in vals.index if "single-step" in _props(properties, a)]
+        # attacks adaptive to the DkNN optimise another objective; their own check compares them
+        iterative = [
+            a
+            for a in vals.index
+            if {"iterative", "gradient-based"} <= _props(properties, a)
+            and not _props(properties, a) & {"single-step", "adaptive-dknn"}
+        ]
+        for a in iterative:
+            for b in single:
+                gap = float(vals[a] - vals[b])
+                out.append(
+                    _check(
+                        "iterative_weaker_than_single_step",
+                        quantity=quantity,
+                        model=model,
+                        source=model,
+                        attack=a,
+                        reference=b,
+                        eps=eps,
+                        seed=seed,
+                        value=vals[a],
+                        reference_value=vals[b],
+                        gap=gap,
+                        threshold=tolerance,
+                        error_above=error_above,
+                        detail=f"{quantity} accuracy under iterative {a} {vals[a]:.4f} vs {vals[b]:.4f} under "
+                        f"single-step {b} (broken step size/iterations, or gradient masking)",
+                    )
+                )
+    return out
+
+
+def success_not_increasing(
+    acc: pd.DataFrame, *, tolerance: float = 0.0, white_box_only: bool = True, error_above: float = 0.05
+) -> list[Check]:
+    """A larger eps must never leave a higher accuracy (same quantity, source, target, attack, seed)."""
+    data = _white_box(acc) if white_box_only else acc
+    out = []
+    for (quantity, src, tgt, att, seed), g in data.groupby(
+        ["quantity", "source", "target", "attack", "seed"], sort=True
+    ):
+        g = g.sort_values("eps")
+        eps, val = g["eps"].to_numpy(float), g["value"].to_numpy(float)
+        for i in range(1, len(g)):
+            gap = float(val[i] - val[i - 1])
             out.append(
-                Flag(
-                    "transfer_stronger_than_white_box",
-                    r.target,
-                    r.source,
-                    r.attack,
-                    r.eps,
-                    r.seed,
-                    _severity(gap, error_above),
-                    gap,
-                    f"{r.attack} at eps={r.eps:g} crafted on {r.source} leaves {r.target} at accuracy "
-                    f"{r.value:.4f}, below {ref:.4f} under the white-box attack on {r.target}: "
-                    f"the white-box attack underperforms (gradient masking?)",
+                _check(
+                    "success_not_increasing",
+                    quantity=quantity,
+                    model=tgt,
+                    source=src,
+                    attack=att,
+                    reference=f"eps={eps[i - 1]:g}",
+                    eps=eps[i],
+                    seed=seed,
+                    value=val[i],
+                    reference_value=val[i - 1],
+                    gap=gap,
+                    threshold=tolerance,
+                    error_above=error_above,
+                    detail=f"{quantity} accuracy {val[i]:.4f} at eps={eps[i]:g} vs {val[i - 1]:.4f} at "
+                    f"eps={eps[i - 1]:g}: a larger budget must never make the attack weaker",
+                )
+            )
+    return out
+
+
+def transfer_stronger_than_white_box(
+    acc: pd.DataFrame, *, tolerance: float = 0.0, error_above: float = 0.05
+) -> list[Check]:
+    """Examples transferred from another source must not fool a target more than the white-box attack."""
+    wb = _white_box(acc).set_index(["quantity", "target", "attack", "eps", "seed"])["value"]
+    out = []
+    for r in acc[acc["source"] != acc["target"]].itertuples(index=False):
+        ref = wb.get((r.quantity, r.target, r.attack, r.eps, r.seed))
+        if ref is None:
+            continue
+        gap = float(ref - r.value)
+        out.append(
+            _check(
+                "transfer_stronger_than_white_box",
+                quantity=r.quantity,
+                model=r.target,
+                source=r.source,
+                attack=r.attack,
+                reference=f"{r.attack} white-box",
+                eps=r.eps,
+                seed=r.seed,
+                value=r.value,
+                reference_value=ref,
+                gap=gap,
+                threshold=tolerance,
+                error_above=error_above,
+                detail=f"{r.quantity} accuracy of {r.target} under {r.attack} from {r.source} {r.value:.4f} vs "
+                f"{ref:.4f} white-box: a transferred attack beating the white-box one suggests gradient masking",
+            )
+        )
+    return out
+
+
+def score_based_stronger(
+    acc: pd.DataFrame,
+    properties: Mapping[str, frozenset[str]],
+    *,
+    tolerance: float = 0.0,
+    error_above: float = 0.05,
+) -> list[Check]:
+    """A gradient-free attack must not beat the strongest gradient-based one (white-box, every quantity)."""
+    wb = _white_box(acc)
+    out = []
+    for (quantity, model, seed, eps), g in wb.groupby(["quantity", "target", "seed", "eps"], sort=True):
+        vals = g.set_index("attack")["value"]
+        grad = vals[[("gradient-based" in _props(properties, a)) for a in vals.index]]
+        free = [
+            a
+            for a in vals.index
+            if _props(properties, a) & {"score-based", "decision-based"}
+            and "gradient-based" not in _props(properties, a)
+        ]
+        if grad.empty:
+            continue
+        best = str(grad.idxmin())
+        for a in free:
+            gap = float(grad[best] - vals[a])
+            out.append(
+                _check(
+                    "score_based_stronger",
+                    quantity=quantity,
+                    model=model,
+                    source=model,
+                    attack=a,
+                    reference=best,
+                    eps=eps,
+                    seed=seed,
+                    value=vals[a],
+                    reference_value=grad[best],
+                    gap=gap,
+                    threshold=tolerance,
+                    error_above=error_above,
+                    detail=f"{quantity} accuracy under gradient-free {a} {vals[a]:.4f} vs {grad[best]:.4f} under "
+                    f"the strongest gradient-based attack {best}: the gradients mislead (masking)",
                 )
             )
     return out
 
 
 def above_chance_at_full_range(
-    metrics_df: pd.DataFrame,
-    *,
-    num_classes: int,
-    full_range: float = 1.0,
-    tolerance: float = 0.05,
-) -> list[Flag]:
-    """Flag white-box cells at eps >= ``full_range`` whose accuracy exceeds ``1/num_classes + tolerance``.
-
-    At eps = 1 any image in the box is reachable, so a working attack drives accuracy to (about) 0;
-    accuracy above chance means the attack cannot follow the model. Always an ``"error"``;
-    ``value`` is the accuracy minus chance.
-    """
+    acc: pd.DataFrame, *, num_classes: int, full_range: float = 1.0, tolerance: float = 0.05
+) -> list[Check]:
+    """At eps >= ``full_range`` any image is reachable: white-box accuracy must be at most chance + tolerance."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     chance = 1.0 / num_classes
-    acc = _accuracy(metrics_df, white_box=True)
-    acc = acc[acc["eps"] >= full_range - 1e-9]
+    wb = _white_box(acc)
     out = []
-    for r in _cells(acc):
-        if math.isfinite(r.value) and r.value > chance + tolerance:
-            out.append(
-                Flag(
-                    "above_chance_at_full_range",
-                    r.target,
-                    r.source,
-                    r.attack,
-                    r.eps,
-                    r.seed,
-                    "error",
-                    r.value - chance,
-                    f"white-box accuracy {r.value:.4f} at eps={r.eps:g} (the full [0, 1] range) is above "
-                    f"chance {chance:.4f} + {tolerance:g}: the attack is broken or gradients are masked",
-                )
+    for r in wb[wb["eps"] >= full_range - 1e-9].itertuples(index=False):
+        out.append(
+            _check(
+                "above_chance_at_full_range",
+                quantity=r.quantity,
+                model=r.target,
+                source=r.source,
+                attack=r.attack,
+                reference="chance",
+                eps=r.eps,
+                seed=r.seed,
+                value=r.value,
+                reference_value=chance,
+                gap=float(cast(float, r.value)) - chance,
+                threshold=tolerance,
+                error_above=-math.inf,  # always an error when raised
+                detail=f"white-box {r.quantity} accuracy {r.value:.4f} at eps={r.eps:g} (the whole [0, 1] box) vs "
+                f"chance {chance:.4f}: the attack is broken or gradients are masked",
             )
+        )
     return out
 
 
@@ -292,14 +463,12 @@ def gradient_flags(
     batch_size: int = 500,
     threshold: float = 0.0,
     error_above: float = 0.1,
-) -> list[Flag]:
-    """Flag a model whose cross-entropy input gradients are exactly zero or non-finite on some examples.
+) -> list[Check]:
+    """Fractions of examples whose cross-entropy input gradient is all zero, or has a NaN/inf entry.
 
     Gradients are taken per example (the loss is summed over the batch, so no 1/batch scaling can
-    underflow), in eval mode. ``zero_gradients`` counts examples whose whole gradient is 0;
-    ``nonfinite_gradients`` those with a NaN or infinite entry. Each is raised when its fraction
-    exceeds ``threshold`` (default: any example, as AutoAttack does); ``value`` is the fraction and
-    severity is ``"error"`` above ``error_above``. The model's train/eval mode is restored.
+    underflow), in eval mode (restored afterwards). Each fraction is flagged above ``threshold``
+    (default: any example, as AutoAttack does).
     """
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
@@ -314,8 +483,11 @@ def gradient_flags(
             xb = x[i : i + batch_size].detach().to(device).clone().requires_grad_(True)
             yb = y[i : i + batch_size].to(device)
             loss = nn.functional.cross_entropy(model(xb), yb, reduction="sum")
-            (g,) = torch.autograd.grad(loss, xb, allow_unused=True)
-            if g is None:  # the output does not depend on the input at all
+            if loss.requires_grad:
+                (g,) = torch.autograd.grad(loss, xb, allow_unused=True)
+            else:  # nothing differentiable between the input and the loss
+                g = None
+            if g is None:
                 g = torch.zeros_like(xb)
             g = g.reshape(len(xb), -1)
             bad = ~torch.isfinite(g).all(1)
@@ -324,66 +496,73 @@ def gradient_flags(
     finally:
         model.train(was_training)
     n = len(x)
-    out = []
-    for flag, count, what in (
-        ("zero_gradients", zero, "exactly zero"),
-        ("nonfinite_gradients", nonfinite, "NaN or infinite"),
-    ):
-        frac = count / n
-        if frac > threshold:
-            out.append(
-                Flag(
-                    flag,
-                    name,
-                    None,
-                    None,
-                    None,
-                    seed,
-                    _severity(frac, error_above),
-                    frac,
-                    f"{count} of {n} examples ({frac:.1%}) have {what} input gradients of the "
-                    f"cross-entropy loss: gradient-based attacks cannot be trusted on {name}",
-                )
-            )
-    return out
+    return [
+        _check(
+            check,
+            quantity="classifier",
+            model=name,
+            source=None,
+            attack=None,
+            reference=None,
+            eps=None,
+            seed=seed,
+            value=count / n,
+            reference_value=0.0,
+            gap=count / n,
+            threshold=threshold,
+            error_above=error_above,
+            detail=f"{count} of {n} examples ({count / n:.1%}) have {what} input gradients of the "
+            f"cross-entropy loss" + (f": gradient-based attacks cannot be trusted on {name}" if count else ""),
+        )
+        for check, count, what in (
+            ("zero_gradients", zero, "exactly zero"),
+            ("nonfinite_gradients", nonfinite, "NaN or infinite"),
+        )
+    ]
 
 
 def evaluation_flags(
-    metrics_df: pd.DataFrame,
+    metrics: pd.DataFrame | None = None,
     *,
-    num_classes: int,
-    fgsm: str = "fgsm",
-    iterative: Sequence[str] = ("bim", "pgd"),
+    dknn: pd.DataFrame | None = None,
+    properties: Mapping[str, frozenset[str]] | None = None,
+    num_classes: int = 10,
     tolerance: float = 0.0,
     chance_tolerance: float = 0.05,
+    error_above: float = 0.05,
 ) -> pd.DataFrame:
-    """Every table check on one transfer table, as a DataFrame (columns :data:`FLAG_COLUMNS`).
+    """Every table check on the classifier and DkNN metrics: one row per comparison (:data:`CHECK_COLUMNS`).
 
-    Gradient flags need the models: run :func:`gradient_flags` per model and concatenate
-    (``flags_frame(table_flags + gradient_flags(...))``).
+    ``properties`` maps attack labels to their properties; labels missing from it are looked up as
+    registered attack names. Gradient checks need the models: run :func:`gradient_flags` per model
+    and concatenate (the runner writes them to ``gradient_flags.csv``).
     """
-    flags = [
-        *iterative_weaker_than_fgsm(metrics_df, fgsm=fgsm, iterative=iterative, tolerance=tolerance),
-        *success_not_increasing(metrics_df, tolerance=tolerance),
-        *transfer_stronger_than_white_box(metrics_df, tolerance=tolerance),
-        *above_chance_at_full_range(metrics_df, num_classes=num_classes, tolerance=chance_tolerance),
+    acc = accuracy_table(metrics, dknn)
+    props = dict(registry_properties(sorted(set(acc["attack"])))) | dict(properties or {})
+    tol, err = tolerance, error_above
+    checks = [
+        *adaptive_weaker_than_non_adaptive(acc, props, tolerance=tol, error_above=err),
+        *iterative_weaker_than_single_step(acc, props, tolerance=tol, error_above=err),
+        *success_not_increasing(acc, tolerance=tol, error_above=err),
+        *transfer_stronger_than_white_box(acc, tolerance=tol, error_above=err),
+        *score_based_stronger(acc, props, tolerance=tol, error_above=err),
+        *above_chance_at_full_range(acc, num_classes=num_classes, tolerance=chance_tolerance),
     ]
-    return flags_frame(flags)
+    return flags_frame(checks)
 
 
-def annotate(table: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``table`` (metrics or summary rows) with a ``flags`` column naming the flags on each row.
+def annotate(table: pd.DataFrame, checks: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` with a ``flags`` column naming the *flagged* checks on each row.
 
-    A flag applies to a row when ``flag.model == row.target`` and each of the flag's ``source``,
+    A check applies to a row when ``check.model == row.target`` and each of the check's ``source``,
     ``attack``, ``eps`` and ``seed`` that is set equals the row's (rows without a ``seed`` column,
-    e.g. a summary across seeds, collect the flags of every seed). ``flags`` is the sorted,
-    ``";"``-joined flag names, ``""`` when none. No row is dropped or changed.
+    e.g. a summary across seeds, collect every seed's). ``flags`` is the sorted, ``";"``-joined check
+    names, ``""`` when none. No row is dropped or changed.
     """
     out = table.copy()
+    fl = raised(checks).to_dict("records") if len(checks) else []
     names: list[str] = []
-    rows = out.to_dict("records")
-    fl = flags.to_dict("records")
-    for row in rows:
+    for row in out.to_dict("records"):
         hit = set()
         for f in fl:
             if f["model"] != row.get("target"):
@@ -396,7 +575,7 @@ def annotate(table: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
                 continue
             if not pd.isna(f["seed"]) and "seed" in row and int(f["seed"]) != int(row["seed"]):
                 continue
-            hit.add(f["flag"])
+            hit.add(f["check"])
         names.append(";".join(sorted(hit)))
     out["flags"] = names
     return out
