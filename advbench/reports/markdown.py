@@ -77,6 +77,7 @@ def render_report(
     out += _transfer_sections(results, figures_dir, link_prefix)
     out += _paired_section(results)
     out += _dknn_section(results, figures_dir, link_prefix)
+    out += _worst_case_section(results)
     out += _flags_section(results)
     out += _provenance_section(manifest)
     return "\n".join(out) + "\n"
@@ -99,6 +100,12 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
         results.metrics.to_csv(fig_dir / "transfer_metrics.csv", index=False)
     if len(results.dknn):
         results.dknn.to_csv(fig_dir / "dknn_metrics.csv", index=False)
+    worst = results.worst_case()
+    if len(worst):
+        worst.to_csv(fig_dir / "worst_case.csv", index=False)
+    checks = _checks(results)
+    if len(checks):
+        checks.to_csv(fig_dir / "evaluation_checks.csv", index=False)
     if len(results.outcomes):
         order = [m["name"] for m in results.suite["models"]]
         ref = "baseline" if "baseline" in order else order[0]
@@ -516,33 +523,125 @@ def _ood_table(dk: pd.DataFrame) -> list[str]:
     ]
 
 
-def _flags_section(results: Results) -> list[str]:
-    frames = (
-        [evaluation_flags(results.metrics, num_classes=_num_classes(results), tolerance=FLAG_TOLERANCE)]
-        if not results.metrics.empty
-        else []
-    )
-    if not results.gradient_flags.empty:
-        frames.append(results.gradient_flags)
-    flags = (
-        pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
-    )
-    out = ["## Evaluation-quality flags", ""]
-    if flags.empty:
-        return out + [
-            f"No flag raised (gaps above {100 * FLAG_TOLERANCE:g} points): iterative attacks at least as strong as "
-            "FGSM, success increasing with eps, no transfer attack stronger than the white-box one, input gradients "
-            "finite and non-zero.",
-            "",
-        ]
-    return out + [
-        "Signs of gradient masking or a broken attack (after AutoAttack's and ART's checks), per seed, raised "
-        f"when a gap exceeds {100 * FLAG_TOLERANCE:g} points (a smaller gap is within a few examples' noise). "
-        "The numbers above are shown as measured.",
+def _worst_case_section(results: Results) -> list[str]:
+    worst = results.worst_case()
+    if worst.empty:
+        return []
+    rows = []
+    for (quantity, model, eps), g in worst.groupby(["quantity", "model", "eps"], sort=False):
+        strongest = g["strongest_attack"].value_counts()
+        rows.append(
+            {
+                "defended": "DkNN" if quantity == "dknn" else "classifier",
+                "model": model,
+                "eps": f"{eps:g}",
+                "ensemble robust accuracy (%)": f"{_pct(g['robust_accuracy'].mean())} "
+                f"({_pct(g['robust_accuracy'].min())}–{_pct(g['robust_accuracy'].max())})",
+                "best single attack (%)": f"{_pct(g['strongest_accuracy'].mean())}",
+                "strongest attack (seeds)": ", ".join(f"{a} ({n})" for a, n in strongest.items()),
+                "ensemble gain (points)": f"{100 * g['ensemble_gain'].mean():.1f}",
+                "attacks": g["attacks"].iloc[0].replace(";", ", "),
+                "n per seed": int(g["n"].max()),
+                "seeds": int(g["seed"].nunique()),
+            }
+        )
+    order = {m: i for i, m in enumerate(_model_order(results))}
+    tab = pd.DataFrame(rows)
+    tab = tab.sort_values(["defended", "model", "eps"], key=lambda c: c.map(order) if c.name == "model" else c)
+    return [
+        "## Worst case over attacks",
         "",
-        _table(flags),
+        "Robust accuracy under the attack ensemble (as AutoAttack reports it): an example counts as robust at eps "
+        "only if it is classified correctly when clean and under every white-box attack at that eps; per defended "
+        "quantity (the classifier's prediction, the DkNN's prediction). Mean over seeds (range in brackets); best "
+        "single attack: the lowest accuracy of one attack, counted the same way; ensemble gain: how many points the "
+        "per-example worst case removes beyond it (never negative). Denominator: the attacked test examples of each "
+        "seed (n per seed; the DkNN scores the first n of them). Per seed: `worst_case.csv`.",
+        "",
+        _table(tab),
         "",
     ]
+
+
+def _attack_properties(results: Results) -> dict[str, frozenset[str]]:
+    """Each suite attack's label -> its registered properties (labels need not be registered names)."""
+    from advbench.evaluation.flags import registry_properties
+
+    attacks = results.suite.get("attacks", [])
+    props = registry_properties(sorted({a["name"] for a in attacks}))
+    return {a.get("label") or a["name"]: props[a["name"]] for a in attacks if a["name"] in props}
+
+
+def _checks(results: Results) -> pd.DataFrame:
+    """Every check run on this run's tables and models (table checks and input-gradient checks)."""
+    frames = []
+    if not results.metrics.empty or not results.dknn.empty:
+        frames.append(
+            evaluation_flags(
+                results.metrics if not results.metrics.empty else None,
+                dknn=results.dknn if not results.dknn.empty and "attack" in results.dknn.columns else None,
+                properties=_attack_properties(results),
+                num_classes=_num_classes(results),
+                tolerance=FLAG_TOLERANCE,
+            )
+        )
+    if not results.gradient_flags.empty:
+        frames.append(results.gradient_flags)
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _flags_section(results: Results) -> list[str]:
+    checks = _checks(results)
+    out = ["## Evaluation-quality flags", ""]
+    if checks.empty:
+        return out + ["No check could run (no attack results).", ""]
+    rows = []
+    for (check, quantity), g in checks.groupby(["check", "quantity"], sort=False):
+        worst = g.loc[g["gap"].fillna(-np.inf).idxmax()]
+        flagged = int((g["outcome"] == "flagged").sum())
+        what = " ".join(
+            str(v)
+            for v in (
+                worst["model"],
+                f"seed={int(worst['seed'])}" if pd.notna(worst["seed"]) else "",
+                f"eps={worst['eps']:g}" if pd.notna(worst["eps"]) else "",
+                f"{worst['attack']}" if pd.notna(worst["attack"]) else "",
+                f"vs {worst['reference']}" if pd.notna(worst["reference"]) else "",
+            )
+            if v
+        )
+        rows.append(
+            {
+                "check": check,
+                "quantity": quantity,
+                "comparisons": len(g),
+                "flagged": flagged,
+                "outcome": "⚠ flagged" if flagged else "passed",
+                "largest gap at": what,
+                "value / reference": f"{worst['value']:.3f} / {worst['reference_value']:.3f}",
+                "gap": f"{worst['gap']:+.3f}",
+                "threshold": f"{worst['threshold']:.3f}",
+            }
+        )
+    out += [
+        "Signs of gradient masking or a broken attack (after Carlini et al. 2019, Tramèr et al. 2020 and AutoAttack's "
+        "checks), on the classifier's and the DkNN's accuracy, by the attacks' declared properties. One row per "
+        "check and quantity: how many comparisons it made (per model, seed, eps and attack pair), how many were "
+        "flagged (gap above the threshold), and the comparison with the largest gap: its two numbers (accuracy, or "
+        "the gradient fraction) and the gap in the wrong direction. Every comparison: `evaluation_checks.csv`.",
+        "",
+        _table(pd.DataFrame(rows)),
+        "",
+    ]
+    flagged = checks[checks["outcome"] == "flagged"]
+    if len(flagged):
+        cols = ["check", "quantity", "model", "source", "attack", "reference", "eps", "seed", "value",
+                "reference_value", "gap", "severity"]  # fmt: skip
+        out += [f"Flagged comparisons ({len(flagged)} of {len(checks)}):", "", _table(flagged[cols].head(40)), ""]
+        if len(flagged) > 40:
+            out += [f"... and {len(flagged) - 40} more in `evaluation_checks.csv`.", ""]
+    return out
 
 
 def _num_classes(results: Results) -> int:

@@ -231,6 +231,8 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     idx = torch.from_numpy(ctx.transfer_indices)
     x, y = test.x[idx].to(ctx.device), test.y[idx].to(ctx.device)
     attack = create_attack(acfg.name, backend=acfg.backend, **acfg.params)
+    if "adaptive-dknn" in getattr(attack, "properties", frozenset()):
+        _give_dknn_knowledge(ctx, store, attack, source, seed, model)
     t0 = time.perf_counter()
     res = generate(
         model, attack, x, y, ThreatModel(eps=eps), batch_size=acfg.batch_size, seed=seed, progress=ctx.options.progress
@@ -245,6 +247,26 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         save_file(tensors, str(folder / "adv.safetensors"), metadata={"attack": repr(attack), "eps": str(eps)})
     store.adversarial[(seed, source, akey, eps)] = tensors
     return False
+
+
+def _give_dknn_knowledge(
+    ctx: CellContext, store: ArtefactStore, attack: Any, name: str, seed: int, model: Classifier
+) -> None:
+    """Give an ``adaptive-dknn`` attack the white-box attacker's knowledge of the DkNN it attacks.
+
+    The DkNN index cell of the same model (a dependency of this attack cell in the plan): its training
+    inputs and labels, layers, ``k`` and the real DkNN as the scorer of candidates.
+    """
+    from advbench.attacks.dknn_adaptive import DkNNKnowledge
+
+    if not callable(getattr(attack, "set_knowledge", None)):
+        raise AdvbenchError(
+            f"attack {type(attack).__name__} declares the 'adaptive-dknn' property but has no set_knowledge"
+            f"(knowledge) method; an attack on the DkNN must accept a DkNNKnowledge"
+        )
+    dknn = _dknn_index(ctx, store, name, seed, model)
+    train = ctx.splits.train
+    attack.set_knowledge(DkNNKnowledge.from_dknn(dknn, train.x, train.y))
 
 
 # -- transfer ----------------------------------------------------------------------------------
