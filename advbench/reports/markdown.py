@@ -598,7 +598,7 @@ def _flags_section(results: Results) -> list[str]:
         return out + ["No check could run (no attack results).", ""]
     rows = []
     for (check, quantity), g in checks.groupby(["check", "quantity"], sort=False):
-        worst = g.loc[g["gap"].fillna(-np.inf).idxmax()]
+        worst = g.iloc[int(np.argmax(g["gap"].fillna(-np.inf).to_numpy(float)))]
         flagged = int((g["outcome"] == "flagged").sum())
         what = " ".join(
             str(v)
@@ -634,13 +634,13 @@ def _flags_section(results: Results) -> list[str]:
         _table(pd.DataFrame(rows)),
         "",
     ]
-    flagged = checks[checks["outcome"] == "flagged"]
-    if len(flagged):
+    raised = checks[checks["outcome"] == "flagged"]
+    if len(raised):
         cols = ["check", "quantity", "model", "source", "attack", "reference", "eps", "seed", "value",
                 "reference_value", "gap", "severity"]  # fmt: skip
-        out += [f"Flagged comparisons ({len(flagged)} of {len(checks)}):", "", _table(flagged[cols].head(40)), ""]
-        if len(flagged) > 40:
-            out += [f"... and {len(flagged) - 40} more in `evaluation_checks.csv`.", ""]
+        out += [f"Flagged comparisons ({len(raised)} of {len(checks)}):", "", _table(raised[cols].head(40)), ""]
+        if len(raised) > 40:
+            out += [f"... and {len(raised) - 40} more in `evaluation_checks.csv`.", ""]
     return out
 
 
