@@ -45,14 +45,16 @@ _DATA = ("data/*.py",)
 #: Every kind after training reads checkpoints.
 _LOAD = ("training/checkpoint.py",)
 
+#: evaluation/flags.py reads attack properties from the registry, so every kind that runs evaluation
+#: code also lists attacks/*.py.
 #: For each cell kind, globs (relative to the advbench package) of the code that computes it.
 #: A cell's key includes :func:`code_version` of its kind, so editing any of these files recomputes it.
 KIND_SOURCES: dict[str, tuple[str, ...]] = {
     "train": (*_CELLS, *_MODEL, *_DATA, "training/*.py"),
-    "clean-eval": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py"),
+    "clean-eval": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py", "attacks/*.py"),
     "attack": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "attacks/*.py", "evaluation/*.py"),
-    "transfer": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py"),
-    "dknn-index": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py"),
+    "transfer": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py", "attacks/*.py"),
+    "dknn-index": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py", "attacks/*.py"),
     "dknn-score": (*_CELLS, *_MODEL, *_DATA, *_LOAD, "evaluation/*.py", "attacks/*.py", "suite/execute.py"),
 }
 

@@ -199,8 +199,13 @@ class Registry(Generic[T]):
                 obj = ep.load()
             except DuplicateNameError:
                 raise  # a module plugin registering a taken name: a clash, not a broken plugin
-            except Exception as exc:  # a broken plugin must not take advbench down
+            except (
+                Exception,
+                SystemExit,
+            ) as exc:  # a broken plugin (even one calling sys.exit) must not take advbench down
                 msg = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, SystemExit):
+                    msg = f"it called sys.exit({exc.code!r}) while being imported"
                 self.failed_plugins[f"{ep.name} ({dist})"] = msg
                 warnings.warn(
                     f"advbench could not load the {self.kind} plugin {ep.name!r} = {ep.value!r} "

@@ -118,6 +118,36 @@ def test_worst_case_never_weaker_than_any_single_attack(uninterrupted):
     assert (wide["dknn-adaptive"] <= others + 0.01).all(), wide  # 0.01: the flags' tolerance (3 of 300)
 
 
+def test_report_opens_with_claims_and_paired_intervals_agree_with_tests(uninterrupted):
+    """Issue 14's done-when on the quick run: the Claims table first, all 7 built-ins with a verdict; no
+    paired row whose interval and test disagree; the cross-seed control reaches claim (f) and `advbench power`."""
+    tmp, results = uninterrupted
+    text = (tmp / "report-a.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Claims"
+    claims = pd.read_csv(results / "claims.csv")
+    builtin = [n for n in claims["name"] if n[:2] in {f"{c}-" for c in "abcdefg"}]
+    assert len(builtin) == 7
+    table = text.split("## Claims", 1)[1].split("\n## ", 1)[0]
+    for name, verdict, reason in claims[["name", "verdict", "reason"]].itertuples(index=False):
+        assert verdict in ("supported", "contradicted", "inconclusive", "not applicable")
+        assert f"| {name} " in table and f"**{verdict}**" in table
+        assert verdict != "not applicable" or reason.startswith("not applicable: ")
+    f = claims.set_index("name").loc["f-less-transfer-to-entangled-than-independent-baseline"]
+    assert f["verdict"] != "not applicable", f["reason"]  # the cross-seed cells exist and are read
+    paired = pd.read_csv(results / "paired_comparisons.csv")
+    finite = paired[paired["ci_low"].notna() & paired["ci_high"].notna()]
+    excludes = (finite["ci_low"] > 0) | (finite["ci_high"] < 0)
+    assert len(finite) > 0 and int(((finite["p_t"] < 0.05) != excludes).sum()) == 0
+    assert paired.loc[paired["saturated"], "ci_low"].isna().all()
+    metrics = pd.read_csv(results / "transfer_metrics.csv")
+    assert (metrics["target_seed"] != metrics["seed"]).any() and (metrics["target_seed"] == metrics["seed"]).any()
+    assert "## Independent transfer (cross-seed control)" in text and "## Power" in text
+    power = _cli("power", str(results.parent), cwd=tmp, env=_env(tmp / "cache"))
+    assert power.returncode == 0, power.stderr
+    assert "mdd_80 (pp)" in power.stdout and "paired comparisons" in power.stdout
+
+
 def test_killed_run_resumes_to_identical_results(uninterrupted, tmp_path):
     _, whole = uninterrupted
     env = _env(tmp_path / "cache")
@@ -177,4 +207,5 @@ def test_plan_lists_cells_and_computes_nothing(uninterrupted, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "train baseline seed=0" in proc.stdout and "0 to compute" in proc.stdout
+    assert "from baseline seed=0 to seed=1" in proc.stdout  # the cross-seed (ring) transfer cells
     assert not (tmp_path / "runs").exists()

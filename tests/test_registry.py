@@ -214,3 +214,27 @@ def test_builtin_architectures_declare_the_layers_they_build():
     wide = create_model("mlp", num_classes=10, input_shape=(1, 8, 8), hidden=(8, 8, 8))
     assert declared_hidden_layers("mlp", {"hidden": [8, 8, 8]}) == wide.hidden_layers == ("fc1", "fc2", "fc3")
     assert MODELS.metadata("cnn")["layers"] == ("conv1", "conv2", "fc1")
+
+
+@pytest.mark.parametrize(
+    "code", ["import sys\nsys.exit(0)\n", "raise SystemExit(3)\n", "import sys\nsys.exit('bye')\n"]
+)
+def test_a_plugin_that_exits_at_import_is_a_broken_plugin(site, code):
+    folder, group, hub, uid = site
+    make_dist(
+        folder,
+        "exiting-plugin",
+        f"""
+        [{group}]
+        quitter = quit_{uid}
+        fine = ok2_{uid}:fine
+        """,
+        {f"quit_{uid}": code, f"ok2_{uid}": "def fine():\n    return 1\n"},
+    )
+    reg = __import__(hub).REG
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert reg.list() == ["fine"]  # no SystemExit escapes: `advbench list` and `validate` live on
+    messages = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+    assert len(messages) == 1 and "'quitter'" in messages[0] and "sys.exit" in messages[0]
+    assert "'exiting-plugin'" in messages[0]

@@ -125,7 +125,8 @@ def test_white_box_diagonal_equals_independent_computation(digits_model, centroi
     x_adv = fgsm(digits_model, x, y, eps)
     targets = {"cnn": digits_model, "centroid": centroid_model}
     out = outcomes_for(seed=3, source="cnn", attack="fgsm", eps=eps, x_adv=x_adv, x_clean=x, y=y, targets=targets)
-    assert list(out.columns) == list(OUTCOME_COLUMNS) and len(out) == 2 * len(y)
+    assert list(out.columns) == [*OUTCOME_COLUMNS, "norm"] and len(out) == 2 * len(y)
+    assert set(out["norm"]) == {"linf"}
     table = transfer_metrics(out).set_index(["target", "metric"])
 
     # independent computation straight from the models' logits

@@ -48,6 +48,7 @@ from advbench.params import ParamSpec, check_params
 __all__ = [
     "ATTACK_PROPERTIES",
     "FLOAT_ATOL",
+    "NORM_LABELS",
     "Attack",
     "AttackParamsError",
     "AttackResult",
@@ -83,29 +84,63 @@ class AttackParamsError(AdvbenchError, ValueError):
         super().__init__(f"attack {attack!r}: {body}")
 
 
+Norm = Literal["linf", "l2"]
+#: how a norm is written in reports
+NORM_LABELS: dict[str, str] = {"linf": "L-inf", "l2": "L2"}
+
+
 @dataclass(frozen=True)
 class ThreatModel:
-    """What the adversary may do: an L-inf ball of radius ``eps`` (pixel units) inside ``bounds``."""
+    """What the adversary may do: an L-inf or L2 ball of radius ``eps`` (pixel units) inside ``bounds``.
+
+    ``norm="linf"``: every pixel moves by at most ``eps``; ``norm="l2"``: the per-example Euclidean
+    norm of the perturbation (over all pixels and channels) is at most ``eps``.
+    """
 
     eps: float
-    norm: Literal["linf"] = "linf"
+    norm: Norm = "linf"
     bounds: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.norm != "linf":
-            raise ValueError(f"expected norm 'linf', got {self.norm!r}; advbench's threat model is L-inf")
+        if self.norm not in NORM_LABELS:
+            raise ValueError(f"expected norm 'linf' or 'l2', got {self.norm!r}")
         lo, hi = self.bounds
         if not lo < hi:
             raise ValueError(f"expected bounds (low, high) with low < high, got {self.bounds}")
-        if not (isinstance(self.eps, int | float) and 0.0 <= self.eps <= hi - lo):
+        if self.norm == "l2":
+            if not (isinstance(self.eps, int | float) and 0.0 <= self.eps < float("inf")):
+                raise ValueError(f"expected a finite L2 radius eps >= 0 (pixel units), got {self.eps!r}")
+        elif not (isinstance(self.eps, int | float) and 0.0 <= self.eps <= hi - lo):
             raise ValueError(
                 f"expected eps in [0, {hi - lo}] (pixel units of inputs scaled to {self.bounds}), got {self.eps!r}; "
                 f"write 8/255, not 8"
             )
 
+    @property
+    def label(self) -> str:
+        """``"L-inf eps 0.1"``, ``"L2 eps 0.5"``."""
+        return f"{NORM_LABELS[self.norm]} eps {self.eps:g}"
+
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Per-example distance ``||x_adv - x||`` in this threat model's norm, shape (N,)."""
+        delta = (x_adv - x).flatten(1)
+        if delta.shape[0] == 0:
+            return delta.new_zeros(0)
+        return delta.abs().amax(1) if self.norm == "linf" else delta.norm(p=2, dim=1)
+
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        """The closest point to ``x_adv`` in the eps-ball around ``x`` and in the box."""
-        delta = (x_adv - x).clamp(-self.eps, self.eps)
+        """The closest point to ``x_adv`` in the eps-ball around ``x`` and in the box.
+
+        L2: the perturbation is scaled onto the ball, then clamped to the box (clamping moves each
+        coordinate towards ``x``, so the result stays in the ball).
+        """
+        if self.norm == "linf":
+            delta = (x_adv - x).clamp(-self.eps, self.eps)
+        else:
+            delta = x_adv - x
+            norms = delta.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+            factor = (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
+            delta = delta * factor
         return (x + delta).clamp(*self.bounds)
 
 
@@ -117,6 +152,10 @@ class AttackResult:
     success: Tensor  # bool, (N,)
     linf: Tensor  # float, (N,): ||x_adv - x||_inf
     seconds: float
+    l2: Tensor | None = None  # float, (N,): ||x_adv - x||_2
+    #: minimum-norm attacks only: the norm of each example's own (unfiltered) perturbation where it
+    #: fooled the model, NaN where it did not; see :attr:`Attack.minimum_norm`
+    raw_norm: Tensor | None = None
 
     @property
     def success_rate(self) -> float:
@@ -129,8 +168,9 @@ def check_adversarial(
     """Raise :class:`ThreatModelError` unless ``x_adv`` is a valid adversarial batch for ``x``.
 
     Valid: same shape and dtype as ``x``, finite, inside ``threat.bounds`` and within
-    ``threat.eps + atol`` of ``x`` in L-inf. The message names the attack, the batch and the worst
-    offending example (its index in the batch and the offending value). Nothing is ever clipped.
+    ``threat.eps + atol`` of ``x`` in the threat model's norm (L-inf, or the per-example L2 norm).
+    The message names the attack, the batch and the worst offending example (its index in the
+    batch and the offending value). Nothing is ever clipped.
     """
     where = f"attack {attack} produced an invalid adversarial batch {batch}"
     if not isinstance(x_adv, Tensor):
@@ -157,11 +197,12 @@ def check_adversarial(
             f"{where}: example {i} leaves the box {threat.bounds} (value {value:.6g}); "
             f"{int((out > atol).sum())} example(s) are outside it. The attack must keep inputs in bounds"
         )
-    dist = (flat - x.detach().flatten(1)).abs().amax(1)
+    dist = threat.distance(x_adv.detach(), x.detach())
     i = int(dist.argmax())
     if dist[i] > threat.eps + atol:
         raise ThreatModelError(
-            f"{where}: example {i} is at L-inf distance {float(dist[i]):.6g} from its clean input, "
+            f"{where}: example {i} is at {NORM_LABELS[threat.norm]} distance {float(dist[i]):.6g} from its clean "
+            f"input, "
             f"more than eps={threat.eps:.6g} (+ tolerance {atol:g}); {int((dist > threat.eps + atol).sum())} "
             f"example(s) leave the eps-ball. The attack must project onto the ball"
         )
@@ -283,6 +324,12 @@ class Attack(abc.ABC):
     #: True only for attacks whose own threat model is not the L-inf ball: their output is projected
     #: onto the ball and the box before validation. An L-inf attack is validated, never clipped.
     project_output: bool = False
+    #: True for minimum-norm attacks (Carlini-Wagner, DeepFool, foolbox's minimisation attacks): they
+    #: look for the smallest perturbation that fools the model and take no eps. Under a threat model
+    #: of their own norm (L2), an example counts at radius eps only if its perturbation is within eps:
+    #: the others are replaced by the clean input (filtered, never rescaled), and the norms of the
+    #: successful unfiltered perturbations are kept (``AttackResult.raw_norm``) for their median.
+    minimum_norm: bool = False
 
     @classmethod
     def passes_per_example(cls, params: dict[str, Any]) -> int:
@@ -330,15 +377,25 @@ class Attack(abc.ABC):
             seconds = time.perf_counter() - start
             check_unchanged(x, x_arg, what="input x", attack=name, batch=batch)
             check_unchanged(y, y_arg, what="labels y", attack=name, batch=batch)
+            raw_norm = None
             if isinstance(x_adv, Tensor):
                 x_adv = x_adv.detach()
-                if self.project_output:
+                if threat.norm != "linf" and self.norm == threat.norm and self.minimum_norm:
+                    x_adv, raw_norm = _filter_minimum_norm(model, x, y, x_adv.to(x.dtype), threat)
+                elif threat.norm != "linf" and self.norm != threat.norm:
+                    raise ThreatModelError(
+                        f"attack {name} is an {NORM_LABELS.get(self.norm, self.norm)} attack and the threat model "
+                        f"is {threat.label}; choose an attack of that norm (`advbench list attacks` shows each "
+                        f"attack's norm) or set the suite entry's norm to {self.norm!r}"
+                    )
+                elif self.project_output and threat.norm == "linf":
                     x_adv = threat.project(x_adv.to(x.dtype), x)
             check_adversarial(x, x_adv, threat, attack=name, batch=batch)
             with torch.no_grad():
                 success = model(x_adv).argmax(1) != y
         linf = (x_adv - x).flatten(1).abs().amax(1) if x.shape[0] else x.new_zeros(0)
-        return AttackResult(x_adv=x_adv, success=success, linf=linf, seconds=seconds)
+        l2 = (x_adv - x).flatten(1).norm(p=2, dim=1) if x.shape[0] else x.new_zeros(0)
+        return AttackResult(x_adv=x_adv, success=success, linf=linf, seconds=seconds, l2=l2, raw_norm=raw_norm)
 
     # -- parameters --------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -384,6 +441,26 @@ class Attack(abc.ABC):
     @classmethod
     def describe_params(cls) -> str:
         return ", ".join(f"{n}={p.default!r}" for n, p in ParamSpec.of(cls, keyword_only=True).params.items())
+
+
+@torch.no_grad()
+def _filter_minimum_norm(
+    model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, threat: ThreatModel
+) -> tuple[Tensor, Tensor]:
+    """A minimum-norm attack's output at radius ``threat.eps``: examples outside the ball revert to ``x``.
+
+    Returns the filtered batch and, per example, the norm of the attack's own perturbation where it
+    fooled the model (NaN where it did not, or where it left the box or was not finite).
+    """
+    finite = torch.isfinite(x_adv.flatten(1)).all(1)
+    lo, hi = threat.bounds
+    in_box = ((x_adv >= lo - FLOAT_ATOL) & (x_adv <= hi + FLOAT_ATOL)).flatten(1).all(1)
+    safe = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x_adv, x).clamp(lo, hi)
+    fooled = (model(safe).argmax(1) != y) & finite & in_box
+    dist = threat.distance(safe, x)
+    raw = torch.where(fooled, dist, torch.full_like(dist, float("nan")))
+    keep = (fooled & (dist <= threat.eps)).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(keep, safe, x), raw
 
 
 def _check_input(x: Tensor, threat: ThreatModel, *, attack: str, batch: int) -> None:
@@ -478,4 +555,10 @@ def generate(
         success=torch.cat([p.success for p in parts]).to(x.device),
         linf=torch.cat([p.linf for p in parts]).to(x.device),
         seconds=sum(p.seconds for p in parts),
+        l2=torch.cat([p.l2 for p in parts]).to(x.device) if all(p.l2 is not None for p in parts) else None,  # type: ignore[misc]
+        raw_norm=(
+            torch.cat([p.raw_norm for p in parts]).to(x.device)  # type: ignore[misc]
+            if all(p.raw_norm is not None for p in parts)
+            else None
+        ),
     )

@@ -7,9 +7,9 @@ for every attack of torchattacks and foolbox, discovered without importing eithe
 
 from __future__ import annotations
 
-from advbench.attacks import ATTACKS, bim, dknn_adaptive, fgsm, pgd
+from advbench.attacks import ATTACKS, bim, dknn_adaptive, fgsm, pgd, pgd_l2
 from advbench.attacks.libraries import register_library_attacks
 
-__all__ = ["bim", "dknn_adaptive", "fgsm", "pgd"]
+__all__ = ["bim", "dknn_adaptive", "fgsm", "pgd", "pgd_l2"]
 
 register_library_attacks(ATTACKS)

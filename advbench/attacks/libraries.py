@@ -7,7 +7,15 @@ import: torchattacks and foolbox take about a second each to import); the librar
 first time one of its attacks is checked, described or run, and its parameters are then read from the
 attack's own signature.
 
-How a library attack meets the L-inf threat model:
+How a library attack meets the threat model (see also :class:`~advbench.attacks.base.ThreatModel`):
+
+* Under an L2 threat model, an L2 attack with an eps (torchattacks ``PGDL2``, foolbox ``L2PGD``)
+  gets the radius and is validated against the L2 ball; a minimum-norm L2 attack (``CW``,
+  ``DeepFool``, foolbox's ``L2CarliniWagnerAttack``, ``L2DeepFoolAttack``) runs with its own
+  parameters and its examples outside the ball revert to the clean input
+  (:attr:`~advbench.attacks.base.Attack.minimum_norm`); an attack of another norm is refused.
+
+Under the L-inf threat model:
 
 * ``eps`` (torchattacks) or ``epsilons`` (foolbox) is set from the threat model and cannot be given;
   so are ``model`` and a ``seed`` parameter (drawn from the attack's generator). ``n_classes``
@@ -355,6 +363,11 @@ class TorchattacksAttack(LibraryAttack):
         norm = str(self._params.get("norm", "Linf")).lower()
         return not self._sets_eps() or norm != "linf"
 
+    @property
+    def minimum_norm(self) -> bool:  # type: ignore[override]
+        """Attacks without an ``eps`` (CW, DeepFool, ...) search for the smallest perturbation."""
+        return "eps" not in _library_params(self.library_class(), frozenset())
+
     def run(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator | None
     ) -> Tensor:
@@ -377,6 +390,12 @@ class FoolboxAttack(LibraryAttack):
         import foolbox as fb
 
         return self.norm != "linf" or issubclass(self.library_class(), fb.attacks.base.MinimizationAttack)
+
+    @property
+    def minimum_norm(self) -> bool:  # type: ignore[override]
+        import foolbox as fb
+
+        return issubclass(self.library_class(), fb.attacks.base.MinimizationAttack)
 
     def run(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator | None

@@ -1,4 +1,4 @@
-"""``advbench list {attacks,models,datasets}``: what the registries hold."""
+"""``advbench list {attacks,models,datasets,regularisers,claims}``: what the registries hold."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ EXAMPLE = """examples:
   advbench list attacks            # every attack, built-in, wrapped or from a plugin
   advbench list attacks 'torchattacks.*PGD*'
   advbench list models
-  advbench list datasets"""
+  advbench list datasets
+  advbench list regularisers       # representation regularisers for recipe.regularisers
+  advbench list claims             # pre-registered claims a suite's `claims:` may name"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "list",
-        help="list registered attacks, models or datasets",
+        help="list registered attacks, models, datasets regularisers or claims",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("kind", choices=["attacks", "models", "datasets"])
+    p.add_argument("kind", choices=["attacks", "models", "datasets", "regularisers", "claims"])
     p.add_argument("pattern", nargs="?", default="*", help="glob pattern on the name (default: all)")
     p.set_defaults(func=main)
 
@@ -33,10 +35,18 @@ def _registry(kind: str) -> Any:
         from advbench.attacks import ATTACKS
 
         return ATTACKS
+    if kind == "claims":
+        from advbench.evaluation.claims import CLAIMS
+
+        return CLAIMS
     if kind == "models":
         from advbench.models import MODELS
 
         return MODELS
+    if kind == "regularisers":
+        from advbench.training import REGULARISERS
+
+        return REGULARISERS
     from advbench.data import DATASETS
 
     return DATASETS
@@ -47,7 +57,7 @@ def _params(obj: Any) -> str:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return ""
-    skip = {"self", "model", "num_classes", "input_shape", "data_dir"}
+    skip = {"self", "model", "num_classes", "input_shape", "data_dir", "ctx"}
     return ", ".join(
         n if p.default is inspect.Parameter.empty else f"{n}={p.default!r}"
         for n, p in sig.parameters.items()
@@ -63,7 +73,17 @@ def rows(kind: str, pattern: str = "*") -> list[dict[str, Any]]:
         if kind == "attacks":
             row["norm"] = e.meta.get("norm", getattr(e.obj, "norm", ""))
             row["targeted"] = e.meta.get("targeted", getattr(e.obj, "supports_targeted", ""))
+        if kind == "regularisers":
+            row["default layers"] = getattr(e.obj, "default_layers", "")
         row["source"] = e.meta.get("package", e.source)
+        if kind == "datasets":
+            lookup = e.meta.get("lookup")
+            row["looked for in"] = (lookup() if callable(lookup) else lookup) or "(no files: built in or generated)"
+        if kind == "claims":
+            row["statement"] = e.obj.statement
+            row["direction"] = e.obj.direction
+            out.append(row)
+            continue
         describe = getattr(e.obj, "describe_params", None)
         row["parameters"] = describe() if callable(describe) else _params(e.obj)
         out.append(row)

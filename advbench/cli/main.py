@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from advbench import __version__
-from advbench.cli import list_cmd, report_cmd, run_cmd, validate_cmd
+from advbench.cli import list_cmd, power_cmd, report_cmd, run_cmd, validate_cmd
 from advbench.errors import AdvbenchError
 
-SUBCOMMANDS = (run_cmd, validate_cmd, list_cmd, report_cmd)
+SUBCOMMANDS = (run_cmd, validate_cmd, list_cmd, report_cmd, power_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

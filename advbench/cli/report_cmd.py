@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from advbench.errors import AdvbenchError
 from advbench.evaluation.results import Results
-from advbench.reports.markdown import write_report
+from advbench.io import project_root, relative_to_project, suite_path_problems
+from advbench.reports.markdown import check_report_path, write_report
+from advbench.suite.paths import report_template_problems
 
 EXAMPLE = """example:
   advbench report runs/transfer-20261123-101500
@@ -33,10 +36,43 @@ def main(args: argparse.Namespace) -> int:
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise AdvbenchError(f"{run_dir}: no manifest.json; expected a folder written by `advbench run`")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdvbenchError(
+            f"{manifest_path}: damaged ({exc}); expected the JSON manifest `advbench run` writes. "
+            f"Re-run the suite with `advbench run SUITE` to make a new run folder"
+        ) from exc
+    if not isinstance(manifest, dict):
+        raise AdvbenchError(f"{manifest_path}: damaged (not a JSON object); re-run the suite with `advbench run SUITE`")
+    status = manifest.get("status")
+    if status != "complete":
+        # an incomplete run's results miss whole sections; a report of them would look like a full one
+        why = f": {manifest['error']}" if manifest.get("error") else ""
+        raise AdvbenchError(
+            f"{run_dir}: the run is not complete (status {status!r}{why}); its results lack the cells it did not "
+            f"finish, so no report is written. Run `advbench run {manifest.get('suite_file', 'SUITE')}` again: it "
+            f"resumes from the cache and writes the report"
+        )
     results = Results.load(run_dir / "results")
-    out = Path(args.output or results.suite["report"]["output"].format(name=results.suite["name"]))
-    manifest["run_dir"] = str(run_dir)
-    write_report(results, out, manifest=manifest, plots=results.suite["report"].get("plots", True))
+    out = Path(args.output) if args.output else check_report_path(_suite_output(results.suite))
+    manifest["run_dir"] = relative_to_project(run_dir)
+    write_report(results, out, manifest=manifest, plots=bool(results.suite["report"].get("plots", True)))
     sys.stdout.write(f"report written to {out}\n")
+    failed = int(manifest.get("failed_cells") or 0)
+    if failed:
+        sys.stderr.write(f"{failed} cells of this run failed or were skipped; the report's 'Failed cells' lists them\n")
+        return 1
     return 0
+
+
+def _suite_output(suite: dict[str, Any]) -> Path:
+    """The report path the run's suite names, checked like a suite file's (inside reports/, {name} only)."""
+    problems = report_template_problems(suite["report"].get("output"))
+    if problems:
+        raise AdvbenchError("; ".join(problems))
+    value = str(suite["report"]["output"]).format(name=suite["name"])
+    found = suite_path_problems(value, field="report.output", allowed_roots=[project_root() / "reports"])
+    if found:
+        raise AdvbenchError("; ".join(found) + "; or pass --output")
+    return Path(value)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from tabulate import tabulate
 
 from advbench.config import Suite
 from advbench.errors import ConfigError
 from advbench.evaluation.results import Results
-from advbench.reports.markdown import write_run_report
+from advbench.io import relative_to_project
+from advbench.reports.markdown import check_report_path, write_run_report
 from advbench.suite.context import RunOptions
+from advbench.suite.paths import resolve_report_path
 from advbench.suite.plan import describe_plan
 from advbench.suite.rundir import RunDir
 from advbench.suite.runner import Renderer, Runner
@@ -70,11 +71,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def markdown_renderer(suite: Suite, output: str | None = None) -> Renderer:
-    """A renderer writing the Markdown report to ``output`` (default: the suite's ``report.output``)."""
-    out = Path(output or suite.report.output.format(name=suite.name))
+    """A renderer writing the Markdown report to ``output`` (default: the suite's ``report.output``).
+
+    The path is checked now, before anything runs: the suite's must lie in the project's reports
+    folder, and neither may be a file advbench did not write (:func:`check_report_path`).
+    """
+    out = check_report_path(resolve_report_path(suite, output))
 
     def render(results: Results, run_dir: RunDir) -> None:
-        manifest = dict(run_dir.manifest) | {"run_dir": str(run_dir.path)}
+        manifest = dict(run_dir.manifest) | {"run_dir": relative_to_project(run_dir.path)}
         write_run_report(results, out, results_dir=run_dir.results, manifest=manifest)
 
     return render
@@ -103,6 +108,8 @@ def main(args: argparse.Namespace) -> int:
         time_limit=args.time_limit,
         threads=args.threads,
     )
+    # before any data is loaded or cell run: a refused report path or template fails here
+    render = None if args.plan else markdown_renderer(suite, args.report)
     runner = Runner(suite, source=args.file, options=opts)
     if args.plan:
         rows = describe_plan(runner.plan, runner.ctx.cache)
@@ -114,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
             f"(cache: {runner.ctx.cache.root})\n"
         )
         return 0
-    runner.run(render=markdown_renderer(suite, args.report))
+    runner.run(render=render)
     # 1 when cells failed: the results are partial (the report lists what is missing).
     return 1 if runner.failures else 0
 

@@ -10,7 +10,17 @@ import re
 from fractions import Fraction
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "AttackConfig",
@@ -21,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "OODConfig",
     "RecipeConfig",
+    "RegulariserConfig",
     "ReportConfig",
     "SNNLConfig",
     "SplitSizes",
@@ -37,7 +48,7 @@ class _Strict(BaseModel):
 
 
 def parse_eps(value: Any) -> float:
-    """Parse an eps given as a number (``0.1``) or a fraction string (``"8/255"``) into [0, 1] pixels.
+    """Parse an eps given as a number (``0.1``, ``1e-3``) or a fraction string (``"8/255"``) into [0, 1] pixels.
 
     Fractions are computed exactly, so ``"8/255"`` gives the same float as ``8 / 255``.
     """
@@ -46,7 +57,7 @@ def parse_eps(value: Any) -> float:
         raise ValueError(f"eps {value!r}: {expected}, not a boolean")
     if isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"(\d+(\.\d*)?|\.\d+)(\s*/\s*(\d+(\.\d*)?|\.\d+))?", text):
+        if not re.fullmatch(r"(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(\s*/\s*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)?", text):
             raise ValueError(f"eps {value!r}: {expected}")
         num, _, den = text.partition("/")
         if den and Fraction(den.strip()) == 0:
@@ -73,11 +84,29 @@ Float = Annotated[float, BeforeValidator(_no_bool)]
 Eps = Annotated[float, BeforeValidator(parse_eps)]
 
 
+def parse_radius(value: Any, info: ValidationInfo | None = None) -> float:
+    """:func:`parse_eps`, without its upper bound of 1 when the entry's ``norm`` is ``l2``."""
+    l2 = info is not None and isinstance(info.data, dict) and info.data.get("norm") == "l2"
+    if l2 and isinstance(value, int | float) and not isinstance(value, bool) and 1.0 < float(value) < float("inf"):
+        return float(value)
+    return parse_eps(value)
+
+
+#: a radius: an L-inf eps in [0, 1], or any finite L2 radius >= 0 (``norm`` must precede it)
+Radius = Annotated[float, BeforeValidator(parse_radius)]
+
+
 class SplitSizes(_Strict):
     """Numbers of examples per split; ``null`` takes all that is left."""
 
     train: Int | None = Field(None, ge=1)
     test: Int | None = Field(None, ge=1)
+    validation: Int = Field(
+        0,
+        ge=0,
+        description="examples carved from the training pool, disjoint from train, calibration and test; the "
+        "entanglement probe and hyper-parameter choices read them (0 = none, and no probe)",
+    )
 
 
 class DatasetConfig(_Strict):
@@ -102,6 +131,24 @@ class SNNLConfig(_Strict):
     distance: Literal["euclidean", "cosine"] = "euclidean"
 
 
+class RegulariserConfig(_Strict):
+    """One representation regulariser of the composite objective (docs/regularisers.md)."""
+
+    name: str = Field(description="a registered regulariser: `advbench list regularisers`")
+    weight: Float = Field(description="its factor in the loss; the sign matters (e.g. < 0 entangles with snnl)")
+    layers: list[str] | None = Field(
+        None, description="hidden layers it reads; null = the regulariser's default (snnl: all, others: the last)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the regulariser")
+
+    @field_validator("weight")
+    @classmethod
+    def _nonzero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("given 0; expected a non-zero weight (a zero weight is the baseline): remove the entry")
+        return v
+
+
 class RecipeConfig(_Strict):
     epochs: Int = Field(5, ge=1)
     batch_size: Int = Field(128, ge=2)
@@ -109,7 +156,38 @@ class RecipeConfig(_Strict):
     lr: Float = Field(1e-3, gt=0)
     weight_decay: Float = Field(0.0, ge=0)
     momentum: Float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["constant", "cosine", "step"] = Field(
+        "constant", description="learning-rate schedule, stepped once per epoch: constant, cosine to 0, or step"
+    )
+    milestones: list[Float] = Field(
+        [0.5, 0.75], description="step schedule: fractions of the epochs after which lr is multiplied by gamma"
+    )
+    gamma: Float = Field(0.1, gt=0, le=1, description="step schedule: the lr factor at each milestone")
+    augment: Literal["none", "crop-flip"] = Field(
+        "none",
+        description="training augmentation: crop-flip = random crop after zero padding + horizontal flip (CIFAR); "
+        "drawn from the seed, epoch and step alone, so paired variants see the same augmented batches",
+    )
+    crop_padding: Int = Field(4, ge=0, description="crop-flip: pixels of zero padding on each side before the crop")
     snnl: SNNLConfig = Field(default_factory=SNNLConfig)
+    regularisers: list[RegulariserConfig] = Field(
+        default_factory=list, description="further regularisers, each adding weight * its terms to the loss"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_regularisers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without regularisers the dump (and so every cache key and model card) is what it was before the field.
+        out: dict[str, Any] = handler(self)
+        if not self.regularisers:
+            out.pop("regularisers", None)
+        return out
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in v) or v != sorted(set(v)):
+            raise ValueError(f"milestones {v}: expected increasing, distinct fractions of the epochs in (0, 1)")
+        return v
 
 
 class ModelConfig(_Strict):
@@ -123,7 +201,12 @@ class AttackConfig(_Strict):
     name: str = Field(description="a registered attack: `advbench list attacks`")
     label: str | None = Field(None, pattern=_NAME, description="report label; defaults to the name")
     backend: Literal["torchattacks", "foolbox"] | None = None
-    eps: list[Eps] = Field(min_length=1, description="L-inf radii in [0, 1] pixel units; '8/255' accepted")
+    norm: Literal["linf", "l2"] = Field(
+        "linf", description="the threat model's ball: linf (eps in [0, 1]) or l2 (per-example Euclidean radius)"
+    )
+    eps: list[Radius] = Field(
+        min_length=1, description="radii in [0, 1] pixel units for linf ('8/255' accepted); any radius >= 0 for l2"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     batch_size: Int = Field(250, ge=1)
 
@@ -143,6 +226,11 @@ class AttackConfig(_Strict):
 class TransferConfig(_Strict):
     enabled: bool = True
     n_examples: Int | None = Field(1000, ge=1, description="test examples attacked per source (null = all)")
+    cross_seed: Literal["ring", "all", "none"] = Field(
+        "none",
+        description="independent-training control: adversarial sets of seed s also evaluated on the models of "
+        "other seeds (ring: the next seed in `seeds`, cyclic; all: every other seed; none: same seed only)",
+    )
 
 
 class DknnConfig(_Strict):
@@ -221,6 +309,9 @@ class Suite(_Strict):
     attacks: list[AttackConfig] = Field(default_factory=list)
     evaluations: EvaluationsConfig = Field(default_factory=EvaluationsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    claims: list[str] | None = Field(
+        None, description="pre-registered claims to decide (`advbench list claims`); null = every registered claim"
+    )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     cache_dir: str | None = Field(
         None, description="content-addressed cache; default $ADVBENCH_CACHE or ~/.cache/advbench"

@@ -114,6 +114,27 @@ def dataset_sizes(name: str, params: dict[str, Any] | None = None) -> tuple[int,
         return None
 
 
+def dataset_shape(name: str, params: dict[str, Any] | None = None) -> tuple[int, ...] | None:
+    """The shape of one input ``(C, H, W)`` of a registered dataset, known without loading it.
+
+    A loader declares it with the registry's ``shape`` metadata (a tuple or a function of the
+    loader's parameters); ``None`` when it does not, or its parameters are invalid.
+    """
+    try:
+        shape = DATASETS.entry(name).meta.get("shape")
+    except KeyError:
+        return None
+    try:
+        if callable(shape):
+            shape = shape(dict(params or {}))
+        if shape is None:
+            return None
+        out = tuple(int(s) for s in shape)
+        return out if all(s >= 1 for s in out) and all(isinstance(s, int) for s in shape) else None
+    except Exception:  # bad params are reported by the parameter checks
+        return None
+
+
 def load_dataset(name: str, *, data_dir: str | Path | None = None, **kwargs: Any) -> RawDataset:
     """Load the registered dataset ``name``; ``data_dir`` is passed to loaders that read files.
 
@@ -221,7 +242,8 @@ def _to_split(name: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, max_valu
     ys = np.ascontiguousarray(y[idx]).astype(np.int64)
     h = hashlib.sha256()
     h.update(f"{xs.shape}|{xs.dtype}|{max_value}|".encode())
-    h.update(xs.data.cast("B"))  # the array's own buffer: no copy of the images
+    if xs.size:  # an empty split (no calibration without a DkNN) has no buffer to cast
+        h.update(xs.data.cast("B"))  # the array's own buffer: no copy of the images
     h.update(ys.data.cast("B"))
     # one numpy pass from uint8 to float32 (bit-identical to torch's .float().div_(), about 4x faster)
     xt = torch.from_numpy(np.divide(xs, np.float32(max_value), dtype=np.float32))

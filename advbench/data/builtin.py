@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advbench.data.base import RawDataset, dataset_sizes, load_dataset, register_dataset
+from advbench.data.base import RawDataset, dataset_shape, dataset_sizes, load_dataset, register_dataset
 from advbench.data.idx import download, read_idx, user_cache_dir
 from advbench.data.shift import make_shift_set
 from advbench.errors import DataError
@@ -176,7 +176,21 @@ def _read_idx_folder(name: str, folder: Path, classes: tuple[str, ...]) -> RawDa
     )
 
 
-@register_dataset("fashion-mnist", sizes=(60000, 10000))
+def _idx_lookup(name: str, system_dir: Path | None = None) -> str:
+    """Where the IDX files of ``name`` are looked for (``advbench list datasets``)."""
+    env = os.environ.get("ADVBENCH_DATA")
+    system = f"{system_dir}, " if system_dir is not None else ""
+    envs = f"$ADVBENCH_DATA={env}[/{name}], " if env else f"$ADVBENCH_DATA[/{name}], "
+    return f"data_dir[/{name}], {envs}{system}{download_cache_dir(name)}"
+
+
+@register_dataset(
+    "fashion-mnist",
+    sizes=(60000, 10000),
+    lookup=lambda: _idx_lookup("fashion-mnist", FASHION_MNIST_DEBIAN),
+    files=IDX_FILES,
+    shape=(1, 28, 28),
+)
 def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
     """Zalando's Fashion-MNIST: 60,000 + 10,000 grey 28x28 images of 10 clothing classes."""
     folder = find_idx_dir(
@@ -193,7 +207,9 @@ def fashion_mnist(*, data_dir: str | Path | None = None, download: bool = True) 
     )
 
 
-@register_dataset("mnist", sizes=(60000, 10000))
+@register_dataset(
+    "mnist", sizes=(60000, 10000), shape=(1, 28, 28), lookup=lambda: _idx_lookup("mnist"), files=IDX_FILES
+)
 def mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDataset:
     """LeCun's MNIST handwritten digits (28x28), from the user's files or a verified download."""
     folder = find_idx_dir(
@@ -202,7 +218,7 @@ def mnist(*, data_dir: str | Path | None = None, download: bool = True) -> RawDa
     return read_idx_dataset("mnist", folder, tuple(str(i) for i in range(10)), url=MNIST_URL, sha256=MNIST_SHA256)
 
 
-@register_dataset("digits", sizes=(1797, None))
+@register_dataset("digits", sizes=(1797, None), shape=lambda p: (1, p.get("size", 8), p.get("size", 8)))
 def digits(*, size: int = 8) -> RawDataset:
     """scikit-learn's embedded 8x8 handwritten digits (1,797 images, no download).
 
@@ -257,7 +273,9 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
-@register_dataset("synthetic", sizes=lambda params: (params.get("n", 600), None))
+@register_dataset(
+    "synthetic", sizes=lambda params: (params.get("n", 600), None), shape=lambda p: tuple(p.get("shape", (1, 8, 8)))
+)
 def synthetic(
     *, n: int = 600, num_classes: int = 4, shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0
 ) -> RawDataset:
@@ -295,7 +313,11 @@ def _shift_sizes(params: dict) -> tuple[int, None] | None:
     return (test if test is not None else pool), None
 
 
-@register_dataset("shift", sizes=_shift_sizes)
+@register_dataset(
+    "shift",
+    sizes=_shift_sizes,
+    shape=lambda p: dataset_shape(p.get("base", "fashion-mnist"), p.get("base_params")),
+)
 def shift(
     *,
     base: str = "fashion-mnist",
@@ -331,3 +353,7 @@ def shift(
             f"{'test' if has_test else 'whole pool of'} images; sha256 {shifted.sha256}"
         ),
     )
+
+
+# SVHN and CIFAR-10 live in their own module; importing it registers them with the built-ins.
+from advbench.data import colour as _colour  # noqa: E402,F401

@@ -185,19 +185,22 @@ def registry_properties(labels: Iterable[str]) -> dict[str, frozenset[str]]:
 
 
 def accuracy_table(metrics: pd.DataFrame | None = None, dknn: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Accuracy under attack in one long form: ``quantity, source, target, attack, eps, seed, value``.
+    """Accuracy under attack in one long form: ``quantity, source, target, attack, eps, seed, value, norm``.
 
     ``quantity`` is ``"classifier"`` (``adv_accuracy`` of the transfer metrics) or ``"dknn"``
     (``dknn_accuracy`` of the adversarial sets of the DkNN metrics).
     """
-    cols = ["quantity", "source", "target", "attack", "eps", "seed", "value"]
+    cols = ["quantity", "source", "target", "attack", "eps", "seed", "value", "norm"]
     frames = []
+    norms: dict[str, str] = {}  # attack label -> threat-model norm, from the classifier table
     if metrics is not None and len(metrics):
         need = {"source", "target", "attack", "eps", "seed", "metric", "value"}
         missing = sorted(need - set(metrics.columns))
         if missing:
             raise ValueError(f"metrics lacks columns {missing}; pass the output of transfer_metrics()")
         acc = metrics[metrics["metric"] == "adv_accuracy"]
+        acc = acc if "norm" in acc.columns else acc.assign(norm="linf")  # tables before L2 were all L-inf
+        norms = dict(zip(acc["attack"].astype(str), acc["norm"].astype(str), strict=True))
         frames.append(acc.assign(quantity="classifier")[cols])
     if dknn is not None and len(dknn):
         need = {"model", "seed", "metric", "value", "source", "attack", "eps"}
@@ -207,7 +210,8 @@ def accuracy_table(metrics: pd.DataFrame | None = None, dknn: pd.DataFrame | Non
         d = dknn[(dknn["metric"] == "dknn_accuracy") & dknn["attack"].notna()]
         if "kind" in d.columns:
             d = d[d["kind"] == "adversarial"]
-        frames.append(d.assign(quantity="dknn", target=d["model"])[cols])
+        norm = d["norm"] if "norm" in d.columns else d["attack"].map(lambda a: norms.get(str(a), "linf"))
+        frames.append(d.assign(quantity="dknn", target=d["model"], norm=norm)[cols])
     if not frames:
         return pd.DataFrame(columns=cols)
     out = pd.concat(frames, ignore_index=True)
@@ -540,14 +544,19 @@ def evaluation_flags(
     acc = accuracy_table(metrics, dknn)
     props = dict(registry_properties(sorted(set(acc["attack"])))) | dict(properties or {})
     tol, err = tolerance, error_above
-    checks = [
-        *adaptive_weaker_than_non_adaptive(acc, props, tolerance=tol, error_above=err),
-        *iterative_weaker_than_single_step(acc, props, tolerance=tol, error_above=err),
-        *success_not_increasing(acc, tolerance=tol, error_above=err),
-        *transfer_stronger_than_white_box(acc, tolerance=tol, error_above=err),
-        *score_based_stronger(acc, props, tolerance=tol, error_above=err),
-        *above_chance_at_full_range(acc, num_classes=num_classes, tolerance=chance_tolerance),
-    ]
+    checks: list[Check] = []
+    # attacks are compared only within one threat model: an L2 radius and an L-inf radius are not the same eps
+    for norm, part in acc.groupby("norm", sort=True):
+        part = part.drop(columns="norm")
+        checks += [
+            *adaptive_weaker_than_non_adaptive(part, props, tolerance=tol, error_above=err),
+            *iterative_weaker_than_single_step(part, props, tolerance=tol, error_above=err),
+            *success_not_increasing(part, tolerance=tol, error_above=err),
+            *transfer_stronger_than_white_box(part, tolerance=tol, error_above=err),
+            *score_based_stronger(part, props, tolerance=tol, error_above=err),
+        ]
+        if norm == "linf":  # eps 1 is the whole [0, 1] box only for L-inf
+            checks += above_chance_at_full_range(part, num_classes=num_classes, tolerance=chance_tolerance)
     return flags_frame(checks)
 
 

@@ -9,15 +9,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
 from advbench.errors import AdvbenchError
-from advbench.evaluation.stats import mean_ci, paired_differences, summarize
+from advbench.evaluation.claims import claims_table
+from advbench.evaluation.stats import (
+    PAIRED_COMPARISON_COLUMNS,
+    mean_ci,
+    paired_comparisons,
+    paired_differences,
+    rate_intervals,
+    summarize,
+)
 from advbench.evaluation.transfer import transfer_metrics
+from advbench.io import atomic_path, atomic_write_text
 
-__all__ = ["Results", "seed_summary"]
+__all__ = ["Results", "all_transfer_metrics", "seed_summary"]
 
 _FILES = {
     "outcomes": "outcomes.csv.gz",
@@ -28,7 +37,10 @@ _FILES = {
     "gradient_flags": "gradient_flags.csv",
     "metrics": "transfer_metrics.csv",
     "failures": "failures.csv",
+    "cross_outcomes": "cross_outcomes.csv.gz",
 }
+#: Tables derived from the others when saved (for readers of the folder); :meth:`Results.load` recomputes them.
+_DERIVED = {"paired": "paired_comparisons.csv", "claims": "claims.csv"}
 
 
 @dataclass
@@ -43,6 +55,10 @@ class Results:
     * ``clean``: clean test accuracy per model and seed.
     * ``dknn`` / ``dknn_examples``: DkNN calibration records and per-example credibility.
     * ``gradient_flags``: input-gradient checks per model and seed.
+    * ``cross_outcomes``: the outcomes of the cross-seed transfer cells (the independent-training
+      control): adversarial sets of seed ``seed`` on the models of ``target_seed`` ≠ ``seed``. The
+      ``metrics`` table holds both designs, told apart by its ``target_seed`` column (== ``seed``
+      for the paired, shared-path cells).
     * ``failures``: cells that failed (a faulty attack plugin, say) or were skipped because a cell
       they need failed: ``cell``, ``kind``, ``status``, ``error``. Empty when everything ran.
     """
@@ -56,6 +72,7 @@ class Results:
     dknn_examples: pd.DataFrame
     gradient_flags: pd.DataFrame
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cross_outcomes: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: paired differences per (reference, variants), computed once (the bootstrap is not free)
     paired_memo: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -65,21 +82,34 @@ class Results:
 
     @classmethod
     def from_parts(cls, *, suite: dict[str, Any], outcomes: pd.DataFrame, **tables: pd.DataFrame) -> Results:
-        """The results with the transfer metrics derived from ``outcomes``."""
-        metrics = transfer_metrics(outcomes) if len(outcomes) else pd.DataFrame()
-        return cls(suite=suite, outcomes=outcomes, metrics=metrics, **tables)
+        """The results with the transfer metrics derived from ``outcomes`` (and ``cross_outcomes``)."""
+        return cls(
+            suite=suite,
+            outcomes=outcomes,
+            metrics=all_transfer_metrics(outcomes, tables.get("cross_outcomes")),
+            **tables,
+        )
 
     def save(self, folder: str | Path) -> None:
+        """Write every table, then ``suite.json`` (its presence marks complete results), each atomically.
+
+        A full or read-only disk raises :class:`~advbench.io.DiskFullError` or
+        :class:`~advbench.io.FileWriteError` naming the file and leaves no partial file behind.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "suite.json").write_text(json.dumps(self.suite, indent=1))
         for f in fields(self):
             if f.name in _FILES:
                 # fast, reproducible gzip (no timestamp in the header)
                 compression = (
                     {"method": "gzip", "compresslevel": 1, "mtime": 0} if _FILES[f.name].endswith(".gz") else None
                 )
-                getattr(self, f.name).to_csv(folder / _FILES[f.name], index=False, compression=compression)
+                with atomic_path(folder / _FILES[f.name], what="a results table") as tmp:
+                    getattr(self, f.name).to_csv(tmp, index=False, compression=compression)
+        atomic_write_text(folder / "suite.json", json.dumps(self.suite, indent=1), what="the results' suite")
+        for name, table in (("paired", self.paired()), ("claims", self.claims())):
+            with atomic_path(folder / _DERIVED[name], what="a derived results table") as tmp:
+                table.to_csv(tmp, index=False)
 
     @classmethod
     def load(cls, folder: str | Path) -> Results:
@@ -96,7 +126,24 @@ class Results:
                 tables[name] = pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
             except pd.errors.EmptyDataError:
                 tables[name] = pd.DataFrame()
-        return cls(suite=json.loads((folder / "suite.json").read_text()), **tables)
+            except Exception as exc:  # truncated gzip (zlib.error), binary junk, bad encodings: all damage
+                raise AdvbenchError(
+                    f"{path}: the saved results are damaged "
+                    f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                    f"re-run `advbench run` on the suite to write them again (cached cells are not recomputed)"
+                ) from exc
+        try:
+            suite = json.loads((folder / "suite.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise AdvbenchError(
+                f"{folder / 'suite.json'}: the saved results are damaged ({exc}); re-run `advbench run` on the suite"
+            ) from exc
+        if not isinstance(suite, dict) or not isinstance(suite.get("report"), dict) or "name" not in suite:
+            raise AdvbenchError(f"{folder / 'suite.json'}: expected the suite of a run, got something else; re-run it")
+        out = cls(suite=suite, **tables)
+        if len(out.metrics) and "target_seed" not in out.metrics.columns:  # a run saved before cross-seed cells
+            out.metrics = out.metrics.assign(target_seed=out.metrics["seed"])
+        return out
 
     def paired_differences(self, reference: str, variants: list[str]) -> pd.DataFrame:
         """Paired differences of each variant against ``reference`` (:func:`~.stats.paired_differences`)."""
@@ -105,9 +152,60 @@ class Results:
             self.paired_memo[key] = paired_differences(self.outcomes, reference=reference, variants=variants)
         return self.paired_memo[key]
 
+    def shared_metrics(self) -> pd.DataFrame:
+        """The transfer metrics of the paired design: source and target trained from the same seed."""
+        m = self.metrics
+        if m.empty or "target_seed" not in m.columns:
+            return m
+        return m[m["target_seed"] == m["seed"]].reset_index(drop=True)
+
+    def independent_metrics(self) -> pd.DataFrame:
+        """The transfer metrics of the cross-seed cells (target trained from another seed); empty without them."""
+        m = self.metrics
+        if m.empty or "target_seed" not in m.columns:
+            return m.iloc[0:0]
+        return m[m["target_seed"] != m["seed"]].reset_index(drop=True)
+
     def transfer_summary(self) -> pd.DataFrame:
-        """Per (source, target, attack, eps, metric): the mean over seeds and its 95% CI."""
-        return summarize(self.metrics, outcomes=self.outcomes)
+        """Per (source, target, attack, eps, metric) of the same-seed cells: the mean over seeds and its 95% CI."""
+        return summarize(self.shared_metrics(), outcomes=self.outcomes)
+
+    def transfer_rate_intervals(self, *, independent: bool = False) -> pd.DataFrame:
+        """Per (source, target, attack, eps, metric): the mean rate over seeds with a logit-scale 95% interval
+        (:func:`~.stats.rate_intervals`; saturated cells flagged, never clipped). ``independent``: the
+        cross-seed cells (one replicate per source seed and target seed) instead of the same-seed ones."""
+        m = self.independent_metrics() if independent else self.shared_metrics()
+        if m.empty:
+            return pd.DataFrame()
+        return rate_intervals(m, ["source", "target", "attack", "eps", "metric"])
+
+    def reference_model(self) -> str:
+        """The reference of the paired comparisons: ``baseline`` if present, else the first model."""
+        order = [m["name"] for m in self.suite["models"]]
+        return "baseline" if "baseline" in order else order[0]
+
+    def paired(self) -> pd.DataFrame:
+        """Seed-level paired comparisons of every model against :meth:`reference_model`
+        (:func:`~.stats.paired_comparisons`, the per-example McNemar kept as a conditional column)."""
+        key = ("__seed_level__", ())
+        if key not in self.paired_memo:
+            order = [m["name"] for m in self.suite["models"]]
+            ref = self.reference_model()
+            variants = [m for m in order if m != ref]
+            m = self.shared_metrics()
+            if m.empty or not variants or ref not in set(m["source"]) | set(m["target"]):
+                self.paired_memo[key] = pd.DataFrame(columns=list(PAIRED_COMPARISON_COLUMNS))
+            else:
+                present = set(m["source"]) | set(m["target"])
+                self.paired_memo[key] = paired_comparisons(
+                    m, ref, [v for v in variants if v in present], outcomes=self.outcomes
+                )
+        return self.paired_memo[key]
+
+    def claims(self) -> pd.DataFrame:
+        """The verdicts of the suite's claims (``claims:``; all registered when absent), columns
+        :data:`~.claims.CLAIM_COLUMNS`."""
+        return claims_table(self, self.suite.get("claims") or None)
 
     def worst_case(self) -> pd.DataFrame:
         """Robust accuracy under the ensemble of every white-box attack, per quantity, model, seed and eps.
@@ -147,6 +245,20 @@ class Results:
                 m, lo, hi = mean_ci(g[c].to_numpy(dtype=float))
                 rows.append({"model": model, "layer": c.split("/", 1)[1], "mean": m, "ci_low": lo, "ci_high": hi})
         return pd.DataFrame(rows)
+
+
+def all_transfer_metrics(outcomes: pd.DataFrame, cross_outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """:func:`~.transfer.transfer_metrics` of the same-seed outcomes and of the cross-seed outcomes, with a
+    ``target_seed`` column (== ``seed`` for the same-seed cells)."""
+    frames = []
+    if len(outcomes):
+        frames.append(transfer_metrics(outcomes).assign(target_seed=lambda d: d["seed"]))
+    if cross_outcomes is not None and len(cross_outcomes):
+        for ts, g in cross_outcomes.groupby("target_seed", sort=True):
+            frames.append(transfer_metrics(g.drop(columns="target_seed")).assign(target_seed=int(cast(int, ts))))
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).astype({"target_seed": "int64"})
 
 
 def seed_summary(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:

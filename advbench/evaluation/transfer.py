@@ -65,11 +65,14 @@ OUTCOME_COLUMNS: tuple[str, ...] = (
     "adv_correct",
     "source_success",
 )
+#: :func:`outcomes_for` appends a ``norm`` column (``"linf"`` or ``"l2"``: the ball ``eps`` is the
+#: radius of); it is optional, and a table without it (written before it existed) is L-inf.
 #: One cell of the transfer matrix.
 CELL_KEYS: tuple[str, ...] = ("source", "target", "attack", "eps", "seed")
 #: Columns of :func:`transfer_metrics`' result, in order.
 METRIC_COLUMNS: tuple[str, ...] = (
     *CELL_KEYS,
+    "norm",
     "white_box",
     "metric",
     "value",
@@ -180,8 +183,11 @@ def outcomes_for(
     examples: Sequence[int] | np.ndarray | None = None,
     clean_predictions: Mapping[str, np.ndarray] | None = None,
     batch_size: int = 500,
+    norm: str = "linf",
 ) -> pd.DataFrame:
     """Outcomes rows (columns :data:`OUTCOME_COLUMNS`) of one adversarial set on every target.
+
+    ``norm`` names the threat model's ball (``"linf"`` or ``"l2"``) that ``eps`` is the radius of.
 
     ``x_adv`` was crafted on ``targets[source]`` from ``x_clean`` (labels ``y``); ``targets`` maps
     model labels to models and must contain ``source`` (its row block is the white-box diagonal and
@@ -228,6 +234,7 @@ def outcomes_for(
                     "source": source,
                     "attack": attack,
                     "eps": np.full(n, float(eps)),
+                    "norm": norm,
                     "target": name,
                     "example": ex,
                     "y": y_np,
@@ -237,7 +244,7 @@ def outcomes_for(
                 }
             )
         )
-    return pd.concat(blocks, ignore_index=True)[list(OUTCOME_COLUMNS)]
+    return pd.concat(blocks, ignore_index=True)[[*OUTCOME_COLUMNS, "norm"]]
 
 
 def check_outcomes(outcomes: pd.DataFrame) -> None:
@@ -273,6 +280,7 @@ def transfer_metrics(outcomes: pd.DataFrame, *, metrics: Sequence[CellMetric] = 
     rows = []
     for key, cell in outcomes.groupby(list(CELL_KEYS), sort=True):
         src, tgt, att, eps, seed = cast(tuple[str, str, str, float, int], key)
+        norm = str(cell["norm"].iloc[0]) if "norm" in cell.columns else "linf"
         for m in metrics:
             num, den = m.counts(cell)
             rows.append(
@@ -282,6 +290,7 @@ def transfer_metrics(outcomes: pd.DataFrame, *, metrics: Sequence[CellMetric] = 
                     att,
                     float(eps),
                     int(seed),
+                    norm,
                     src == tgt,
                     m.name,
                     num / den if den else float("nan"),

@@ -116,3 +116,7 @@ def resnet_small(
         input_shape=input_shape,
         arch="resnet-small",
     )
+
+
+# ResNet-20 (He et al.) lives in its own module; importing it registers it with the built-ins.
+from advbench.models import resnet as _resnet  # noqa: E402,F401

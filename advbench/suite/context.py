@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from advbench.codeversion import KIND_SOURCES
 from advbench.config import Suite
 from advbench.data import Splits, load_dataset, make_splits
 from advbench.errors import AdvbenchError
 from advbench.models import Classifier
-from advbench.suite.cache import Cache, default_cache_dir
+from advbench.suite.cache import Cache
+from advbench.suite.paths import resolve_cache_dir
 from advbench.suite.plan import Cell, Plan, build_plan
 
 if TYPE_CHECKING:
@@ -44,6 +46,21 @@ class RunOptions:
     fail_fast: bool = False  # stop at the first failed cell instead of recording it and going on
     time_limit: float | None = None  # seconds per attack cell (plugins can hang); None: no limit
     threads: int | None = None  # torch threads per cell; None: torch's default locally, 1 on Ray
+
+    def cell_threads(self, kind: str) -> int:
+        """The torch thread count a cell of ``kind`` runs with (part of its cache key).
+
+        An attack under ``--time-limit`` runs in a child process with ``CHILD_THREADS``; otherwise
+        ``--threads``, else 1 in a Ray task, else this process's ``torch.get_num_threads()``. Local
+        and Ray runs with the same ``--threads`` get the same keys.
+        """
+        if kind == "attack" and self.time_limit:
+            from advbench.attacks.contract import CHILD_THREADS
+
+            return CHILD_THREADS
+        if self.threads:
+            return int(self.threads)
+        return 1 if self.executor == "ray" else torch.get_num_threads()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,7 +95,12 @@ class CellContext:
         d = suite.dataset
         raw = load_dataset(d.name, data_dir=opt.data_dir or d.data_dir, **d.params)
         splits = make_splits(
-            raw, train=d.splits.train, calibration=suite.calibration_size, test=d.splits.test, seed=d.seed
+            raw,
+            train=d.splits.train,
+            calibration=suite.calibration_size,
+            test=d.splits.test,
+            seed=d.seed,
+            validation=d.splits.validation,
         )
         n_test = len(splits.test)
         n = min(suite.evaluations.transfer.n_examples or n_test, n_test)
@@ -88,14 +110,20 @@ class CellContext:
         n_dknn = min(dk.n_examples or len(transfer), len(transfer)) if dk is not None else 0
         ood = suite.evaluations.ood
         plan = build_plan(
-            suite, splits, n_transfer=len(transfer), n_dknn=n_dknn, n_ood=ood.n_examples if ood and ood.dataset else 0
+            suite,
+            splits,
+            n_transfer=len(transfer),
+            n_dknn=n_dknn,
+            n_ood=ood.n_examples if ood and ood.dataset else 0,
+            threads={kind: opt.cell_threads(kind) for kind in KIND_SOURCES},
         )
         return cls(
             suite=suite,
             options=opt,
             splits=splits,
             plan=plan,
-            cache=Cache(opt.cache_dir or suite.cache_dir or default_cache_dir()),
+            # --cache-dir > $ADVBENCH_CACHE > the suite's cache_dir (checked: inside .cache/) > default
+            cache=Cache(resolve_cache_dir(suite, opt.cache_dir)),
             device=resolve_device(opt.device or suite.device),
             transfer_indices=transfer,
             n_dknn=n_dknn,
@@ -120,7 +148,7 @@ class CellContext:
 
 
 #: The result tables handlers append to, in the order :class:`~advbench.evaluation.results.Results` names them.
-TABLES = ("outcomes", "training", "clean", "dknn", "dknn_examples", "gradient_flags")
+TABLES = ("outcomes", "training", "clean", "dknn", "dknn_examples", "gradient_flags", "cross_outcomes")
 
 
 @dataclass

@@ -44,8 +44,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Cell kinds that run user-supplied code (attack plugins) and so get the per-cell time limit.
-TIME_LIMITED = ("attack",)
+#: Cell kinds whose whole body runs under a SIGALRM time limit. None: attack cells, which run user
+#: code, apply ``--time-limit`` themselves by running the attack in a child process that is killed
+#: when the time is up (:func:`advbench.attacks.contract.run_with_time_limit`), which a plugin that
+#: catches every exception cannot swallow, unlike a signal.
+TIME_LIMITED: tuple[str, ...] = ()
 
 
 class CellTimeoutError(AdvbenchError):
@@ -137,7 +140,13 @@ def run_one(
         return CellReport(planned.key, planned.label, planned.kind, "skipped", error=reason)
     start = time.perf_counter()
     try:
-        cached = execute_cell(ctx, cell, store)
+        try:
+            cached = execute_cell(ctx, cell, store)
+        except SystemExit as exc:  # code inside the cell (a plugin) may not end the run
+            raise AdvbenchError(
+                f"code run by {cell.label} called sys.exit({exc.code!r}); nothing inside a cell may end the run, "
+                f"so this cell fails and the rest goes on. A plugin must raise an exception instead"
+            ) from exc
     except Exception as exc:
         if ctx.options.fail_fast or is_fatal(exc):
             raise

@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from advbench.attacks.base import ThreatModel, create_attack, generate
+from advbench.attacks.contract import call_plugin, run_with_time_limit
+from advbench.codeversion import code_spec
 from advbench.data import load_dataset
 from advbench.errors import AdvbenchError, CacheError
 from advbench.evaluation.dknn import DkNN
@@ -143,7 +145,7 @@ def run_train(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
             "batch_order_hash": result.batch_order_hash,
         }
         with ctx.cache.writer("train", cell.key, {"label": cell.label}) as folder:
-            save_checkpoint(result.model, folder / "checkpoint", card)
+            save_checkpoint(result.model, folder / "checkpoint", card, regularisers=result.regulariser_state)
             (folder / "history.json").write_text(pd.DataFrame(result.history).to_json(orient="records"))
         entry = ctx.cache.get("train", cell.key)
         if entry is None:
@@ -171,7 +173,14 @@ def _clean_evaluation(
 ) -> None:
     """Clean test accuracy and the input-gradient checks of a trained model, cached with its key."""
     test = ctx.splits.test
-    key = cache_key("clean-eval", {"model": cell.key, "test": ctx.splits.hashes["test"], "n_grad": _N_GRAD})
+    val = ctx.splits.validation
+    spec = {
+        "model": cell.key,
+        "test": ctx.splits.hashes["test"],
+        "n_grad": _N_GRAD,
+        "code": code_spec("clean-eval", threads=cell.spec["code"]["threads"]),
+    } | ({"validation": val.sha256} if val is not None else {})
+    key = cache_key("clean-eval", spec)
     entry = ctx.cache.get("clean-eval", key)
     if entry is None:
         idx = torch.from_numpy(ctx.transfer_indices[:_N_GRAD])
@@ -181,6 +190,9 @@ def _clean_evaluation(
             "test_accuracy": _accuracy(model, test.x, test.y, ctx.device),
             "n": len(test),
         }
+        if val is not None:  # what a hyper-parameter choice reads (suites/alpha-sweep.yaml), never the test split
+            record["validation_accuracy"] = _accuracy(model, val.x, val.y, ctx.device)
+            record["n_validation"] = len(val)
         flags = flags_frame(
             gradient_flags(model, test.x[idx].to(ctx.device), test.y[idx].to(ctx.device), name=name, seed=seed)
         )
@@ -200,11 +212,23 @@ def _clean_evaluation(
 _N_GRAD = 256
 
 
-def _probe(ctx: CellContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed probe set (the first 500 calibration-free test examples) for the entanglement probe."""
-    test = ctx.splits.test
-    n = min(500, len(test))
-    return test.x[:n], test.y[:n]
+#: Validation examples the entanglement probe reads after each epoch.
+_N_PROBE = 500
+
+
+def _probe(ctx: CellContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The entanglement probe set: the first 500 examples of the validation split, never test images.
+
+    Without a validation split (``dataset.splits.validation: 0``) there is no probe: the training
+    history has no ``entanglement/<layer>`` columns and the claims that read them are not applicable.
+    Holding probe examples out of the training set silently would change the training data, so a
+    suite that wants the probe declares ``validation``.
+    """
+    val = ctx.splits.validation
+    if val is None or len(val) == 0:
+        return None
+    n = min(_N_PROBE, len(val))
+    return val.x[:n], val.y[:n]
 
 
 @torch.no_grad()
@@ -230,21 +254,44 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     test = ctx.splits.test
     idx = torch.from_numpy(ctx.transfer_indices)
     x, y = test.x[idx].to(ctx.device), test.y[idx].to(ctx.device)
-    attack = create_attack(acfg.name, backend=acfg.backend, **acfg.params)
+    # the plugin's constructor is its code too: an exit there is this cell's failure
+    attack = call_plugin(acfg.name, create_attack, acfg.name, backend=acfg.backend, **acfg.params)
     if "adaptive-dknn" in getattr(attack, "properties", frozenset()):
         _give_dknn_knowledge(ctx, store, attack, source, seed, model)
     t0 = time.perf_counter()
-    res = generate(
-        model, attack, x, y, ThreatModel(eps=eps), batch_size=acfg.batch_size, seed=seed, progress=ctx.options.progress
-    )
-    tensors = {
-        "x_adv": res.x_adv.detach().cpu().contiguous(),
-        "success": res.success.detach().cpu().to(torch.uint8).contiguous(),
-        "linf": res.linf.detach().cpu().contiguous(),
-        "indices": idx.contiguous(),
-    }
+
+    def attack_all() -> dict[str, torch.Tensor]:
+        res = generate(
+            model,
+            attack,
+            x,
+            y,
+            ThreatModel(eps=eps, norm=acfg.norm),
+            batch_size=acfg.batch_size,
+            seed=seed,
+            progress=ctx.options.progress,
+        )
+        out = {
+            "x_adv": res.x_adv.detach().cpu().contiguous(),
+            "success": res.success.detach().cpu().to(torch.uint8).contiguous(),
+            "linf": res.linf.detach().cpu().contiguous(),
+            "indices": idx.contiguous(),
+        }
+        if res.l2 is not None:
+            out["l2"] = res.l2.detach().cpu().contiguous()
+        if res.raw_norm is not None:  # a minimum-norm attack: its own perturbation sizes, before the eps filter
+            out["raw_norm"] = res.raw_norm.detach().cpu().contiguous()
+        return out
+
+    if ctx.time_limit:
+        # in a child process that is killed when the time is up: a plugin cannot swallow the limit
+        # (it runs with CHILD_THREADS threads, which the cell's key records)
+        tensors = run_with_time_limit(attack_all, timeout_s=ctx.time_limit, name=cell.label)
+    else:
+        tensors = attack_all()
+    meta = {"attack": repr(attack), "eps": str(eps), "norm": acfg.norm}
     with ctx.cache.writer("attack", cell.key, {"label": cell.label, "seconds": time.perf_counter() - t0}) as folder:
-        save_file(tensors, str(folder / "adv.safetensors"), metadata={"attack": repr(attack), "eps": str(eps)})
+        save_file(tensors, str(folder / "adv.safetensors"), metadata=meta)
     store.adversarial[(seed, source, akey, eps)] = tensors
     return False
 
@@ -274,21 +321,30 @@ def _give_dknn_knowledge(
 
 @handler("transfer")
 def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
+    """One adversarial set on every model of ``target_seed``: its own seed (the paired, shared-path
+    design; table ``outcomes``) or another seed (the independent-training control; ``cross_outcomes``)."""
     seed, source, akey, eps = cell.params["seed"], cell.params["source"], cell.params["attack"], cell.params["eps"]
+    target_seed = cell.params.get("target_seed", seed)
+    table = "outcomes" if target_seed == seed else "cross_outcomes"
     entry = ctx.cache.get(cell.kind, cell.key)
     if entry is not None:
         try:
-            store.add("outcomes", pd.read_csv(entry.file("outcomes.csv.gz")))
+            store.add(table, pd.read_csv(entry.file("outcomes.csv.gz")).assign(target_seed=target_seed))
             return True
         except (OSError, ValueError) as exc:
             ctx.cache.discard(cell.kind, cell.key, f"unreadable outcomes: {exc}")
     adv = _adv(ctx, store, seed, source, akey, eps)
     test = ctx.splits.test
     idx = adv["indices"].long()
-    targets = {m.name: _model(ctx, store, m.name, seed) for m in ctx.suite.models}
+    targets = {m.name: _model(ctx, store, m.name, target_seed) for m in ctx.suite.models}
+    src = source
+    if target_seed != seed:
+        # the source (of `seed`) gives source_success; the targets are the models of `target_seed`
+        src = f"{source}@seed{seed}"
+        targets = {src: _model(ctx, store, source, seed), **targets}
     df = outcomes_for(
         seed=seed,
-        source=source,
+        source=src,
         attack=akey,
         eps=eps,
         x_clean=test.x[idx].to(ctx.device),
@@ -296,10 +352,13 @@ def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         y=test.y[idx].to(ctx.device),
         targets=targets,
         examples=idx.numpy(),
+        norm=next(a.norm for a in ctx.suite.attacks if a.key == akey),
     )
+    if src != source:
+        df = df[df["target"] != src].assign(source=source).reset_index(drop=True)
     with ctx.cache.writer("transfer", cell.key, {"label": cell.label}) as folder:
         df.to_csv(folder / "outcomes.csv.gz", index=False)
-    store.add("outcomes", df)
+    store.add(table, df.assign(target_seed=target_seed))
     return False
 
 

@@ -1,8 +1,10 @@
 """Expand a suite into cells with content-addressed keys and dependencies.
 
 train (model x seed) -> attack (source x attack x eps x seed) -> transfer (one per adversarial
-set, evaluated on every model) ; train -> dknn-index (model x seed) -> dknn-score (model x seed,
-over clean, every adversarial set and the OOD set) ; all -> report.
+set, evaluated on every model of its seed, plus one per other seed the suite's
+``transfer.cross_seed`` names: the independent-training control) ; train -> dknn-index (model x
+seed) -> dknn-score (model x seed, over clean, every adversarial set and the OOD sets) ; all -> report.
+An attack on the DkNN (property ``adaptive-dknn``) also depends on the dknn-index cell it attacks.
 
 A cell's key hashes everything that determines its output: its own config, the keys of the cells
 it reads, the hashes of the data splits, and the versions of advbench and of the libraries it uses.
@@ -11,17 +13,19 @@ it reads, the hashes of the data splits, and the versions of advbench and of the
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from advbench import __version__
 from advbench.attacks import ATTACKS
+from advbench.codeversion import code_spec
 from advbench.config import AttackConfig, ModelConfig, Suite
 from advbench.data import Splits
 from advbench.errors import AdvbenchError
 from advbench.suite.cache import Cache, cache_key
 
-__all__ = ["Cell", "Plan", "build_plan", "library_versions"]
+__all__ = ["Cell", "Plan", "build_plan", "cross_seed_targets", "library_versions"]
 
 #: Seconds per unit of work on the reference 2-core machine (environment.md), for estimates only.
 _TRAIN_IMAGES_PER_S = 1600.0
@@ -100,7 +104,25 @@ def _adaptive_dknn_extra(a: AttackConfig, n: int, n_train: int) -> float:
     return queries * n_train / 2.0e7 + n_train / 5000.0
 
 
-def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_ood: int) -> Plan:
+def build_plan(
+    suite: Suite,
+    splits: Splits,
+    *,
+    n_transfer: int,
+    n_dknn: int,
+    n_ood: int,
+    threads: Mapping[str, int] | int | None = None,
+) -> Plan:
+    """The cells of ``suite``; ``threads``: the torch thread count each kind runs with (one for all, or per kind).
+
+    Every spec includes ``code_spec(kind, threads=...)``: the version of the code behind its kind and
+    the thread count, so a change to either gives new keys and cells computed differently never mix.
+    """
+
+    def code(kind: str) -> dict[str, Any]:
+        n = threads.get(kind) if isinstance(threads, Mapping) else threads
+        return code_spec(kind, threads=n)
+
     versions = library_versions()
     core = {k: versions[k] for k in ("advbench", "torch", "numpy")}
     data = {"dataset": suite.dataset.name, "hashes": splits.hashes}
@@ -112,12 +134,21 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
             spec = {
                 "model": _model_spec(m),
                 "seed": seed,
+                # the entanglement probe reads the validation split (none without one; never test images)
+                "probe": "validation" if splits.validation is not None else None,
                 "data": data,
                 "versions": {**core, "safetensors": versions["safetensors"]},
+                "code": code("train"),
             }
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
-            work = n_train * m.recipe.epochs / _TRAIN_IMAGES_PER_S * (1.6 if m.recipe.snnl.alpha else 1.0)
+            work = (
+                n_train
+                * m.recipe.epochs
+                / _TRAIN_IMAGES_PER_S
+                * (1.6 if m.recipe.snnl.alpha or m.recipe.regularisers else 1.0)
+                * _model_cost(m)
+            )
             cells.append(
                 Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
             )
@@ -134,6 +165,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     "dknn": dk.model_dump(exclude={"n_examples"}),
                     "data": data,
                     "versions": {**core, "faiss": versions["faiss-cpu"]},
+                    "code": code("dknn-index"),
                 }
                 ikey = cache_key("dknn-index", ispec)
                 index_keys[(m.name, seed)], index_specs[(m.name, seed)] = ikey, ispec
@@ -169,9 +201,10 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                         "seed": seed,
                         "data": data,
                         "versions": {**core, **lib},
+                        "code": code("attack"),
                     }
                     deps = [train_keys[(m.name, seed)]]
-                    work = n_transfer * attack_passes(a) / _ATTACK_STEPS_IMAGES_PER_S
+                    work = n_transfer * attack_passes(a) / _ATTACK_STEPS_IMAGES_PER_S * _model_cost(m)
                     if adaptive:  # the DkNN it attacks: its index is part of the attacker's knowledge
                         spec["dknn_index"] = index_keys[(m.name, seed)]
                         deps.append(index_keys[(m.name, seed)])
@@ -192,7 +225,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
     if suite.evaluations.transfer.enabled:
         for (seed, source, attack, eps), akey in attack_keys.items():
             targets = {m.name: train_keys[(m.name, seed)] for m in suite.models}
-            spec = {"adv": akey, "targets": targets, "versions": core}
+            spec = {"adv": akey, "targets": targets, "versions": core, "code": code("transfer")}
             cells.append(
                 Cell(
                     "transfer",
@@ -201,9 +234,28 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     [akey, *targets.values()],
                     spec,
                     0.05 * len(targets),
-                    {"seed": seed, "source": source, "attack": attack, "eps": eps},
+                    {"seed": seed, "source": source, "attack": attack, "eps": eps, "target_seed": seed},
                 )
             )
+        # the independent-training control: the same adversarial set on the models of another seed
+        # (other initial weights and batch order); ring keeps the cost linear in the number of seeds
+        for (seed, source, attack, eps), akey in attack_keys.items():
+            for target_seed in cross_seed_targets(suite.seeds, seed, suite.evaluations.transfer.cross_seed):
+                targets = {m.name: train_keys[(m.name, target_seed)] for m in suite.models}
+                source_key = train_keys[(source, seed)]
+                spec = {"adv": akey, "source": source_key, "targets": targets, "target_seed": target_seed}
+                spec["versions"] = core
+                cells.append(
+                    Cell(
+                        "transfer",
+                        f"transfer {attack} eps={eps:g} from {source} seed={seed} to seed={target_seed}",
+                        cache_key("transfer", spec),
+                        [akey, source_key, *targets.values()],
+                        spec,
+                        0.05 * (len(targets) + 1),
+                        {"seed": seed, "source": source, "attack": attack, "eps": eps, "target_seed": target_seed},
+                    )
+                )
     if dk is not None and dk.enabled:
         for seed in suite.seeds:
             for m in suite.models:
@@ -217,6 +269,7 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     "n": n_dknn,
                     "n_ood": n_ood,
                     "versions": ispec["versions"],
+                    "code": code("dknn-score"),
                 }
                 ocfg = suite.evaluations.ood
                 n_sets = 1 + len(adv) + (int(ocfg.dataset is not None) + len(ocfg.shifts) if ocfg else 0)
@@ -232,6 +285,32 @@ def build_plan(suite: Suite, splits: Splits, *, n_transfer: int, n_dknn: int, n_
                     )
                 )
     return Plan(suite, cells)
+
+
+def cross_seed_targets(seeds: list[int], seed: int, mode: str) -> list[int]:
+    """The target seeds of the cross-seed transfer cells of source seed ``seed``.
+
+    ``"ring"``: the next seed in ``seeds`` (cyclic), so n seeds give n cells per adversarial set;
+    ``"all"``: every other seed; ``"none"``: no cross-seed cell.
+    """
+    if mode == "none" or len(seeds) < 2:
+        return []
+    if mode == "ring":
+        return [seeds[(seeds.index(seed) + 1) % len(seeds)]]
+    if mode == "all":
+        return [s for s in seeds if s != seed]
+    raise ValueError(f"cross_seed {mode!r}: expected 'ring', 'all' or 'none'")
+
+
+def _model_cost(m: ModelConfig) -> float:
+    """Per-image cost of ``m``'s architecture relative to the ``cnn`` (registry metadata ``cost``; 1 if none)."""
+    from advbench.models import MODELS
+
+    try:
+        cost = MODELS.metadata(m.architecture).get("cost", 1.0)
+        return float(cost(**m.params) if callable(cost) else cost)
+    except Exception:  # an unknown architecture or bad params: validation reports them
+        return 1.0
 
 
 def _model_spec(m: ModelConfig) -> dict[str, Any]:

@@ -264,8 +264,9 @@ class RunDir:
         self.manifest.setdefault("failures", {})[label] = {"kind": kind, "key": key, "status": status, "error": error}
         self.save()
 
-    def finish(self, wall_s: float, stage_seconds: dict[str, float]) -> None:
-        self.manifest["status"] = "complete"
+    def finish(self, wall_s: float, stage_seconds: dict[str, float], *, status: str = "complete") -> None:
+        """Record the end of the run; ``status`` is ``complete`` only once the results and report are written."""
+        self.manifest["status"] = status
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.manifest["wall_s"] = round(wall_s, 2)
         self.manifest["stage_seconds"] = {k: round(v, 2) for k, v in stage_seconds.items()}

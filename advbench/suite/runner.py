@@ -44,6 +44,7 @@ def results_from_store(suite: Suite, store: ArtefactStore, failures: list[dict[s
         dknn=store.table("dknn"),
         dknn_examples=store.table("dknn_examples"),
         gradient_flags=store.table("gradient_flags"),
+        cross_outcomes=store.table("cross_outcomes"),
         failures=pd.DataFrame(failures, columns=["cell", "kind", "status", "error"]),
     )
 
@@ -99,6 +100,25 @@ class Runner:
             | {"failed": ATTACKS.failed_plugins},
         )
         run_dir.manifest["executor"] = self.opt.executor
+        # the torch thread count each kind of cell runs with; it is part of every cell's cache key
+        run_dir.manifest["threads"] = {
+            kind: self.opt.cell_threads(kind) for kind in sorted({c.kind for c in plan.cells})
+        }
+        try:
+            self._run_cells(run_dir, render, t0)
+        except BaseException as exc:
+            # never leave a manifest saying 'running' (or 'complete') for a run that stopped
+            run_dir.manifest["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            run_dir.manifest["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            try:
+                run_dir.save()
+            except Exception as save_exc:  # the disk that failed the run may refuse this too
+                log.error("could not record the failure in %s: %s", run_dir.manifest_path, save_exc)
+            raise
+        return run_dir
+
+    def _run_cells(self, run_dir: RunDir, render: Renderer | None, t0: float) -> None:
+        ctx, plan = self.ctx, self.ctx.plan
         log.info("run folder %s; %d cells; cache %s", run_dir.path, len(plan.cells), ctx.cache.root)
         ctx.cache.sweep_tmp()
         self.store = store = ArtefactStore()
@@ -131,7 +151,8 @@ class Runner:
         self.results = results
         self.stage_seconds["collect"] = time.perf_counter() - t_collect
         run_dir.manifest["failed_cells"] = len(failures)
-        run_dir.finish(time.perf_counter() - t0, dict(self.stage_seconds))  # what the report's provenance shows
+        # what the report's provenance shows; 'complete' only once the report is written too
+        run_dir.finish(time.perf_counter() - t0, dict(self.stage_seconds), status="rendering")
         if render is not None:
             t_render = time.perf_counter()
             render(results, run_dir)
@@ -149,7 +170,6 @@ class Runner:
                 "; ".join(f"{f['cell']}: {f['error']}" for f in failures[:3]) + (" ..." if len(failures) > 3 else ""),
             )
         self.failures = failures
-        return run_dir
 
     def _summary(self, plan: Plan, hits: int, wall: float, run_dir: RunDir) -> None:
         rows = [

@@ -1,6 +1,8 @@
 """Checkpoints: ``weights.safetensors`` plus a JSON model card, written atomically and verified on load.
 
-A checkpoint directory holds exactly two files. The card records what is needed to rebuild the
+A checkpoint directory holds two files, and a third, ``regularisers.safetensors``, when the model
+was trained with regularisers that have a state (learned temperatures, class centres): its sha256
+is in the card and :func:`load_regulariser_state` checks it. The card records what is needed to rebuild the
 model through the registry (``architecture``, ``params``, ``num_classes``, ``input_shape``), what
 produced it (recipe, seed, data hash, library versions), its final metrics, the sha256 of the
 weights file and a sha256 of the card's own content (``card_sha256``), all of which
@@ -31,10 +33,20 @@ from advbench.errors import CacheError
 from advbench.hashing import sha256_file
 from advbench.models import Classifier, create_model
 
-__all__ = ["CARD_FILE", "WEIGHTS_FILE", "card_digest", "library_versions", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CARD_FILE",
+    "REGULARISERS_FILE",
+    "WEIGHTS_FILE",
+    "card_digest",
+    "library_versions",
+    "load_checkpoint",
+    "load_regulariser_state",
+    "save_checkpoint",
+]
 
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
+REGULARISERS_FILE = "regularisers.safetensors"
 FORMAT_VERSION = 2  # 2: the card carries card_sha256
 _FIX = "delete the checkpoint (or its cache entry) and retrain"
 
@@ -61,7 +73,7 @@ def _check_safetensors_header(path: Path, root: Path) -> None:
     else:
         what = f"not a safetensors file (it starts with {head[:8]!r}, {size} bytes)"
     raise CacheError(
-        f"checkpoint {str(root)!r}: {WEIGHTS_FILE} is {what}; advbench reads weights only as safetensors and "
+        f"checkpoint {str(root)!r}: {path.name} is {what}; advbench reads weights only as safetensors and "
         f"never unpickles them (unpickling can run arbitrary code). It was not loaded: {_FIX}."
     )
 
@@ -88,7 +100,12 @@ def _jsonable(obj: Any) -> Any:
 
 
 def save_checkpoint(
-    model: Classifier, directory: str | os.PathLike[str], card: Mapping[str, Any], *, overwrite: bool = False
+    model: Classifier,
+    directory: str | os.PathLike[str],
+    card: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+    regularisers: Mapping[str, torch.Tensor] | None = None,
 ) -> str:
     """Write ``model``'s weights and ``card`` to ``directory`` atomically; returns the directory.
 
@@ -96,7 +113,9 @@ def save_checkpoint(
     crash never leaves a half-written checkpoint. ``card`` should hold ``params`` (the architecture's
     keyword arguments), the recipe, seed, data hash and final metrics; ``architecture``,
     ``num_classes``, ``input_shape``, ``library_versions`` and ``weights_sha256`` are filled in.
-    An existing checkpoint raises :class:`CacheError` unless ``overwrite``.
+    An existing checkpoint raises :class:`CacheError` unless ``overwrite``. A non-empty
+    ``regularisers`` (the trainer's ``TrainResult.regulariser_state``) is written to
+    ``regularisers.safetensors`` with its sha256 in the card (``regularisers_sha256``).
     """
     target = Path(directory)
     if target.exists() and not overwrite:
@@ -106,6 +125,11 @@ def save_checkpoint(
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "advbench", "arch": model.arch})
+        extra: dict[str, Any] = {}
+        if regularisers:
+            reg_state = {k: v.detach().cpu().contiguous() for k, v in regularisers.items()}
+            save_file(reg_state, str(tmp / REGULARISERS_FILE), metadata={"format": "advbench-regularisers"})
+            extra["regularisers_sha256"] = sha256_file(tmp / REGULARISERS_FILE)
         full = {
             "format_version": FORMAT_VERSION,
             "params": {},
@@ -115,6 +139,7 @@ def save_checkpoint(
             "input_shape": list(model.input_shape),
             "library_versions": library_versions(),
             "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
+            **extra,
         }
         if full["architecture"] != model.arch:
             raise ValueError(f"card says architecture {full['architecture']!r} but the model is {model.arch!r}")
@@ -123,7 +148,7 @@ def save_checkpoint(
         full["card_sha256"] = card_digest(full)
         text = json.dumps(full, indent=2, sort_keys=True, allow_nan=True)
         (tmp / CARD_FILE).write_text(text + "\n", encoding="utf-8")
-        for f in (WEIGHTS_FILE, CARD_FILE):
+        for f in (WEIGHTS_FILE, CARD_FILE, *((REGULARISERS_FILE,) if extra else ())):
             with (tmp / f).open("rb") as fh:
                 os.fsync(fh.fileno())
         if target.exists():  # overwrite: move the old one aside, then swap
@@ -186,3 +211,32 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[Classifier, dict
             f"({type(exc).__name__}: {exc})"
         ) from None
     return model.eval(), card
+
+
+def load_regulariser_state(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The regularisers' state saved with the checkpoint in ``directory`` (empty when it has none).
+
+    Keys are ``"{regulariser}.{state key}"``. Raises :class:`CacheError` if the card names a file that
+    is missing, whose sha256 differs, or that is not a safetensors file.
+    """
+    root = Path(directory)
+    try:
+        card = json.loads((root / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CacheError(
+            f"checkpoint {str(root)!r}: cannot read {CARD_FILE} ({type(exc).__name__}: {exc}); {_FIX}"
+        ) from None
+    expected = card.get("regularisers_sha256") if isinstance(card, dict) else None
+    if expected is None:
+        return {}
+    path = root / REGULARISERS_FILE
+    if not path.is_file():
+        raise CacheError(f"checkpoint {str(root)!r} is incomplete: {REGULARISERS_FILE} is missing; {_FIX}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CacheError(
+            f"checkpoint {str(root)!r}: {REGULARISERS_FILE} has sha256 {actual[:12]}..., the card expects "
+            f"{str(expected)[:12]}...; the file is corrupt or was replaced: {_FIX}."
+        )
+    _check_safetensors_header(path, root)
+    return load_file(str(path), device="cpu")

@@ -2,7 +2,9 @@
 
 * :func:`init_model` builds an architecture whose initial weights depend only on the seed, the
   architecture and its parameters (never the recipe), so both members of a pair share them.
-* :func:`batch_order` is the data order, drawn from a generator seeded by the seed alone.
+* :func:`batch_order` is the data order, drawn from a generator seeded by the seed alone; with
+  ``augment: crop-flip`` each batch's crops and flips come from :func:`augmentation_generator`
+  (seed, epoch, step), so they too are shared by a pair; ``batch_order_hash`` covers both.
 * :func:`train_model` minimises the composite loss (docs/method.md, section 3) and records, per epoch, the loss terms,
   the temperatures, the floor rates and the entanglement of every hidden layer on a probe set.
 
@@ -21,7 +23,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -29,15 +33,27 @@ from advbench.config import RecipeConfig
 from advbench.errors import NonFiniteLossError
 from advbench.models import Classifier, create_model
 from advbench.training.loss import CompositeLoss, LossTerms
+from advbench.training.regularisers import (
+    REGULARISERS,
+    Regulariser,
+    RegulariserContext,
+    create_regulariser,
+    resolve_layers,
+)
 from advbench.training.snnl import entanglement
 
 __all__ = [
     "TrainResult",
     "TrainStep",
+    "augment_batch",
+    "augmentation_generator",
     "batch_order",
+    "build_regularisers",
     "fit_normalization",
     "init_model",
+    "layer_widths",
     "make_optimizer",
+    "make_scheduler",
     "probe_entanglement",
     "train_model",
     "weights_hash",
@@ -57,6 +73,8 @@ class TrainResult:
     batch_order_hash: str
     initial_entanglement: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the regularisers' state (learned temperatures, class centres, ...), for :func:`save_checkpoint`
+    regulariser_state: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -137,6 +155,46 @@ def make_optimizer(params: Any, recipe: RecipeConfig) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {recipe.optimizer!r}")
 
 
+def make_scheduler(opt: torch.optim.Optimizer, recipe: RecipeConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The recipe's learning-rate schedule over ``recipe.epochs`` (stepped once per epoch); None if constant."""
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+    if recipe.schedule == "step":
+        marks = sorted({max(1, round(f * recipe.epochs)) for f in recipe.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=recipe.gamma)
+    return None
+
+
+def augmentation_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """The CPU generator of one batch's augmentation: a function of the seed, epoch and step only.
+
+    Never of alpha or the model, so the members of a pair see the same crops and flips.
+    """
+    state = np.random.SeedSequence([seed, 0xA06, epoch, step]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def augment_batch(x: Tensor, *, padding: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Random crop after zero padding by ``padding`` pixels, then a horizontal flip with probability 1/2.
+
+    Returns the augmented batch and the draws (N, 3: row offset, column offset, flip) for hashing.
+    The draws come from ``generator`` on the CPU; the images stay on their device.
+    """
+    n, _, h, w = x.shape
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.randint(0, 2, (n,), generator=generator).bool()
+    draws = torch.stack([dy, dx, flip.long()], 1)
+    if padding:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        rows = (dy[:, None] + torch.arange(h)).to(x.device)  # (N, H)
+        cols = (dx[:, None] + torch.arange(w)).to(x.device)  # (N, W)
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    return x.contiguous(), draws
+
+
 @torch.no_grad()
 def probe_entanglement(
     model: Classifier,
@@ -190,29 +248,74 @@ class TrainStep:
     def __init__(self, model: Classifier, recipe: RecipeConfig, layers: Sequence[str]) -> None:
         self.model = model
         self.layers = list(layers)
-        self.loss_fn = CompositeLoss(recipe.snnl, self.layers).to(next(model.parameters()).device)
+        others = build_regularisers(model, recipe)
+        self.loss_fn = CompositeLoss(recipe.snnl, self.layers, others).to(next(model.parameters()).device)
         self.opt = make_optimizer(model.parameters(), recipe)
-        t_params = self.loss_fn.temperature_parameters()
-        self.t_opt = (
-            torch.optim.Adam(t_params, lr=recipe.snnl.temperature_lr) if t_params and recipe.snnl.alpha != 0 else None
-        )
+        self.scheduler = make_scheduler(self.opt, recipe)
+        self.regularisers = self.loss_fn.regularisers()
+        #: each regulariser's own optimiser (the SNNL's learned temperatures: Adam at temperature_lr)
+        self.reg_opts = [opt for reg in self.regularisers.values() if (opt := reg.make_optimizer()) is not None]
 
     def __call__(self, xb: Tensor, yb: Tensor, *, name: str = "model", epoch: int = 0, step: int = 0) -> LossTerms:
         terms = self.loss_fn(self.model, xb, yb)
         _check_finite(terms.ce, name=name, epoch=epoch, step=step, term="cross-entropy (CE)")
         for layer, s in terms.snnl.items():
             _check_finite(s, name=name, epoch=epoch, step=step, term=f"SNNL of layer {layer!r}")
+        for key, s in terms.regularisers.items():
+            _check_finite(s, name=name, epoch=epoch, step=step, term=f"regulariser {key!r}")
         _check_finite(terms.loss, name=name, epoch=epoch, step=step, term="total")
         self.opt.zero_grad(set_to_none=True)
-        if self.t_opt is not None:
-            self.t_opt.zero_grad(set_to_none=True)
+        for opt in self.reg_opts:
+            opt.zero_grad(set_to_none=True)
         terms.loss.backward()
         self.opt.step()
-        if self.t_opt is not None:
-            self.t_opt.step()
-            for layer in self.layers:
-                self.loss_fn.temperature(layer).clamp_()
+        for opt in self.reg_opts:
+            opt.step()
+        for reg in self.regularisers.values():
+            reg.after_step()
         return terms
+
+    def regulariser_state(self) -> dict[str, Tensor]:
+        """Every regulariser's state (temperatures, centres, ...) as ``"{name}.{key}"`` -> tensor, for a checkpoint."""
+        return {f"{n}.{k}": v.detach() for n, reg in self.regularisers.items() for k, v in reg.state_dict().items()}
+
+
+@torch.no_grad()
+def layer_widths(model: Classifier, layers: Sequence[str]) -> dict[str, int]:
+    """The flattened width of each of ``layers``, from one forward pass of a zero input in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    feats = model.features(torch.zeros(1, *model.input_shape, device=device), list(layers))
+    model.train(was_training)
+    return {la: int(feats[la][0].numel()) for la in layers}
+
+
+def build_regularisers(model: Classifier, recipe: RecipeConfig) -> dict[str, Regulariser]:
+    """The recipe's ``regularisers`` list built for ``model``, keyed by name (``name#i`` if a name repeats)."""
+    if not recipe.regularisers:
+        return {}
+    hidden = list(model.hidden_layers)
+    plans = []
+    for i, cfg in enumerate(recipe.regularisers):
+        factory = REGULARISERS.get(cfg.name)
+        layers = resolve_layers(factory, hidden, cfg.layers)
+        bad = [la for la in layers if la not in hidden]
+        if bad:
+            raise ValueError(
+                f"regularisers[{i}] ({cfg.name!r}): layers {bad} are not hidden layers of {model.arch!r}; "
+                f"choose from {hidden}"
+            )
+        plans.append((cfg, layers))
+    dims = layer_widths(model, sorted({la for _, layers in plans for la in layers}))
+    out: dict[str, Regulariser] = {}
+    for i, (cfg, layers) in enumerate(plans):
+        key = cfg.name if cfg.name not in out else f"{cfg.name}#{i}"
+        ctx = RegulariserContext(
+            layers=layers, weight=cfg.weight, num_classes=model.num_classes, dims={la: dims[la] for la in layers}
+        )
+        out[key] = create_regulariser(cfg.name, ctx, cfg.params)
+    return out
 
 
 def train_model(
@@ -236,7 +339,8 @@ def train_model(
     layers are ``recipe.snnl.layers`` or every hidden layer (never the logits). The history has, per
     epoch: ``epoch``, ``loss``, ``ce``, ``train_accuracy``, ``seconds`` and, per layer L,
     ``snnl/L``, ``temperature/L``, ``floor/L`` (NaN for the baseline, which skips the SNNL) and, with
-    a probe set, ``entanglement/L`` and ``entanglement_T/L`` for every hidden layer.
+    a probe set, ``entanglement/L`` and ``entanglement_T/L`` for every hidden layer. The recipe's
+    ``regularisers`` add ``{name}/{term}`` (their unweighted terms) and ``{name}/{metric}``.
     Raises :class:`~advbench.errors.NonFiniteLossError` naming the term that went non-finite.
     """
     if len(x_train) != len(y_train):
@@ -280,6 +384,7 @@ def train_model(
             t0 = time.perf_counter()
             model.train()
             sums: dict[str, float] = {}
+            extra_keys: dict[str, None] = {}  # the other regularisers' terms and metrics, in order
             correct = seen = 0
             for step, idx in enumerate(
                 tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=disable)
@@ -288,6 +393,10 @@ def train_model(
                 if x_train.device != idx.device:
                     idx = idx.to(x_train.device)
                 xb, yb = x_train[idx], y_train[idx]
+                if recipe.augment == "crop-flip":
+                    gen = augmentation_generator(seed, epoch, step)
+                    xb, draws = augment_batch(xb, padding=recipe.crop_padding, generator=gen)
+                    order_hash.update(draws.numpy().tobytes())
                 terms = train_step(xb, yb, name=name, epoch=epoch, step=step)
                 n = len(yb)
                 seen += n
@@ -297,6 +406,13 @@ def train_model(
                 for layer in terms.snnl:
                     _acc(sums, f"snnl/{layer}", terms.snnl[layer].item() * n)
                     _acc(sums, f"floor/{layer}", terms.floor[layer] * n)
+                for key, value in terms.regularisers.items():
+                    _acc(sums, key, value.item() * n)
+                    extra_keys.setdefault(key)
+                for rname, reg in train_step.loss_fn.other_regularisers().items():
+                    for key, v in reg.metrics.items():
+                        _acc(sums, f"{rname}/{key}", v * n)
+                        extra_keys.setdefault(f"{rname}/{key}")
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "loss": sums["loss"] / seen,
@@ -307,10 +423,15 @@ def train_model(
                 record[f"snnl/{layer}"] = sums.get(f"snnl/{layer}", math.nan) / seen
                 record[f"temperature/{layer}"] = loss_fn.temperature(layer).value if cfg.alpha != 0 else math.nan
                 record[f"floor/{layer}"] = sums.get(f"floor/{layer}", math.nan) / seen
+            for key in extra_keys:
+                record[key] = sums[key] / seen
             if probe is not None:
                 for layer, (v, t) in probe_entanglement(model, *probe, distance=cfg.distance).items():
                     record[f"entanglement/{layer}"] = v
                     record[f"entanglement_T/{layer}"] = t
+            record["lr"] = train_step.opt.param_groups[0]["lr"]
+            if train_step.scheduler is not None:
+                train_step.scheduler.step()
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             log.info("%s epoch %d/%d: %s", name, epoch, recipe.epochs, _fmt(record))
@@ -323,6 +444,7 @@ def train_model(
         batch_order_hash=order_hash.hexdigest(),
         initial_entanglement=initial,
         seconds=time.perf_counter() - start,
+        regulariser_state=train_step.regulariser_state(),
     )
 
 

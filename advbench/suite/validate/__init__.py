@@ -11,7 +11,9 @@ The package follows the four steps of a validation:
 * :mod:`~advbench.suite.validate.keywords` checks the keyword arguments of datasets, models and
   attacks against their signatures (with :func:`advbench.params.check_params`);
 * :mod:`~advbench.suite.validate.checks` checks names against the registries, sizes against the
-  dataset, fields that exclude each other, layer names and missing attack backends.
+  dataset, fields that exclude each other, layer names and missing attack backends;
+* :mod:`~advbench.suite.validate.resources` checks the paths a suite names, the memory its data
+  would need, its seeds and the OOD set's shape.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from advbench.errors import ConfigError
 from advbench.params import check_params
 from advbench.suite.validate.checks import cross_field_problems, layer_problems, registry_problems
 from advbench.suite.validate.messages import TOP_KEYS, PathT, Problems, kind_of, pydantic_message
+from advbench.suite.validate.resources import resource_problems
 from advbench.suite.validate.yaml_lines import read_suite_file
 
 __all__ = ["check_params", "load_suite", "validate_suite_dict"]
@@ -63,6 +66,7 @@ def validate_suite_dict(
     if suite is not None:
         cross_field_problems(suite, data, report)
         layer_problems(suite, report)
+        resource_problems(suite, report)
     if report.items or suite is None:
         raise ConfigError(source, report.items)
     return suite

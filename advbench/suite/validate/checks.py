@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from advbench.attacks import ATTACKS
@@ -14,17 +14,20 @@ from advbench.config import Suite
 from advbench.data import DATASETS, dataset_sizes
 from advbench.data.shift import parse_shift
 from advbench.errors import DataError, UnknownNameError
+from advbench.evaluation.claims import CLAIMS
 from advbench.models import MODELS, declared_hidden_layers
 from advbench.suite.validate.keywords import (
     RESERVED_DATASET,
     RESERVED_MODEL,
     RESERVED_OOD,
+    RESERVED_REGULARISER,
     report_attack_params,
     report_params,
 )
 from advbench.suite.validate.messages import PathT, Problems
+from advbench.training import REGULARISERS
 
-__all__ = ["cross_field_problems", "layer_problems", "registry_problems"]
+__all__ = ["cross_field_problems", "layer_problems", "registry_problems", "regulariser_problems"]
 
 
 def registry_problems(data: dict[str, Any], report: Problems) -> None:
@@ -75,6 +78,11 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
                 except DataError as exc:
                     report.add(("evaluations", "ood", "shifts", i), str(exc))
 
+    claims = data.get("claims")
+    if isinstance(claims, list):
+        for i, name in enumerate(claims):
+            lookup(CLAIMS, name, ("claims", i))
+
     models = data.get("models")
     if isinstance(models, list):
         seen: dict[str, int] = {}
@@ -93,6 +101,7 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
             report_params(
                 report, arch, m.get("params", {}), ("models", i, "params"), RESERVED_MODEL, check_missing=True
             )
+            regulariser_problems(m.get("recipe"), ("models", i, "recipe"), report, lookup)
 
     attacks = data.get("attacks")
     if isinstance(attacks, list):
@@ -113,12 +122,55 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
             attack = lookup(ATTACKS, a.get("name"), ("attacks", i, "name"))
             if attack is None:
                 continue
+            norm = a.get("norm", "linf")
+            declared = ATTACKS.metadata(str(a.get("name"))).get("norm", getattr(attack, "norm", None))
+            if norm == "l2" and declared not in (None, "l2"):
+                report.add(
+                    ("attacks", i, "norm"),
+                    f"given norm 'l2', but {a.get('name')} is a {declared!r} attack; expected an L2 attack "
+                    f"(pgd-l2, torchattacks.PGDL2, torchattacks.CW, foolbox.L2CarliniWagnerAttack, ...; "
+                    f"`advbench list attacks` shows each norm) or norm: linf",
+                )
             backend = a.get("backend")
             missing = missing_backend(attack, backend if isinstance(backend, str) else None)
             if missing:  # its parameters cannot be read without the library
                 report.add(("attacks", i, "backend" if "backend" in a else "name"), f"{a.get('name')} {missing}")
             else:
                 report_attack_params(report, attack, a, i)
+
+
+def regulariser_problems(recipe: Any, loc: PathT, report: Problems, lookup: Callable[[Any, Any, PathT], Any]) -> None:
+    """A recipe's ``regularisers``: names against the registry, params against each constructor, no name twice.
+
+    ``lookup(registry, name, loc)`` returns the registered object or reports the unknown name (with
+    close matches) and returns None.
+    """
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("regularisers"), list):
+        return  # absent, or the schema reports the type
+    snnl = recipe.get("snnl")
+    alpha = snnl.get("alpha", 0) if isinstance(snnl, dict) else 0
+    seen: dict[str, int] = {}
+    for j, r in enumerate(recipe["regularisers"]):
+        if not isinstance(r, dict):
+            continue
+        here: PathT = (*loc, "regularisers", j)
+        name = r.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                report.add(
+                    (*here, "name"),
+                    f"given {name!r}, already used by regularisers[{seen[name]}]; expected each regulariser once "
+                    f"per recipe: merge them (their layers and params) into one entry",
+                )
+            seen.setdefault(name, j)
+            if name == "snnl" and isinstance(alpha, int | float) and alpha != 0:
+                report.add(
+                    (*here, "name"),
+                    f"given 'snnl' while snnl.alpha is {alpha}: the SNNL would be added twice; expected one of "
+                    f"them: remove this entry or set snnl.alpha to 0",
+                )
+        reg = lookup(REGULARISERS, name, (*here, "name"))
+        report_params(report, reg, r.get("params", {}), (*here, "params"), RESERVED_REGULARISER, check_missing=True)
 
 
 def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -> None:
@@ -133,10 +185,12 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
     n_train: int | None = train
     if sizes is not None:
         pool, test_pool = sizes
+        val = ds.splits.validation
         cal_text = f", calibration={cal} (evaluations.dknn.calibration_size)" if cal else ""
+        cal_text += f", validation={val}" if val else ""
         if test_pool is None:
             n_test = test if test is not None else max(1, pool // 5)
-            needed = (train or 0) + cal + n_test
+            needed = (train or 0) + cal + val + n_test
             if needed > pool:
                 report.add(
                     ("dataset", "splits"),
@@ -146,7 +200,7 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
                 )
                 n_train = None
             elif train is None:
-                n_train = pool - n_test - cal
+                n_train = pool - n_test - cal - val
         else:
             if test is not None and test > test_pool:
                 report.add(
@@ -154,16 +208,16 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
                     f"given {test}; expected at most the {test_pool} examples of {ds.name!r}'s official test set; "
                     f"set it to {test_pool} or less (or null for all of them)",
                 )
-            if (train or 0) + cal > pool:
+            if (train or 0) + cal + val > pool:
                 report.add(
                     ("dataset", "splits"),
-                    f"given train={train}{cal_text}: {(train or 0) + cal} examples from the training pool; expected "
-                    f"at most the {pool} training examples of {ds.name!r}; reduce dataset.splits.train"
+                    f"given train={train}{cal_text}: {(train or 0) + cal + val} examples from the training pool; "
+                    f"expected at most the {pool} training examples of {ds.name!r}; reduce dataset.splits.train"
                     + (" or evaluations.dknn.calibration_size" if cal else ""),
                 )
                 n_train = None
             elif train is None:
-                n_train = pool - cal
+                n_train = pool - cal - val
         if n_train is not None and n_train < 1:
             report.add(
                 ("dataset", "splits"),
@@ -185,6 +239,18 @@ def cross_field_problems(suite: Suite, data: dict[str, Any], report: Problems) -
             ("evaluations", "ood"),
             f"given an out-of-distribution set, but evaluations.dknn {why}; expected the DkNN too (the OOD inputs "
             f"are scored by the DkNN's credibility): add evaluations.dknn or remove evaluations.ood",
+        )
+    cross = evaluations.transfer.cross_seed
+    if cross != "none" and len(suite.seeds) < 2:
+        report.add(
+            ("evaluations", "transfer", "cross_seed"),
+            f"given {cross!r} with the single seed {suite.seeds}; expected at least 2 seeds (cross-seed cells attack "
+            f"the models of another seed): add seeds or set cross_seed: none",
+        )
+    if cross != "none" and not evaluations.transfer.enabled:
+        report.add(
+            ("evaluations", "transfer", "cross_seed"),
+            f"given {cross!r}, but transfer is disabled; expected transfer.enabled: true for cross-seed cells",
         )
     if ds.data_dir is not None and ds.name in DATASETS:
         loader = DATASETS.get(ds.name)
@@ -240,6 +306,15 @@ def layer_problems(suite: Suite, report: Problems) -> None:
                     f"given {layer!r}{why}; expected a hidden layer of {m.architecture!r}: "
                     f"{', '.join(hidden)}{_close(layer, hidden)}",
                 )
+        for j, r in enumerate(m.recipe.regularisers):
+            for k, layer in enumerate(r.layers or ()):
+                if layer not in hidden:
+                    why = " (regularisers shape hidden layers, never the logits)" if layer == "logits" else ""
+                    report.add(
+                        ("models", i, "recipe", "regularisers", j, "layers", k),
+                        f"given {layer!r}{why}; expected a hidden layer of {m.architecture!r}: "
+                        f"{', '.join(hidden)}{_close(layer, hidden)}",
+                    )
     if not declared:
         return
     # the DkNN and attacks with `layers` read every model: a name must exist in all of them

@@ -17,6 +17,7 @@ __all__ = [
     "RESERVED_DATASET",
     "RESERVED_MODEL",
     "RESERVED_OOD",
+    "RESERVED_REGULARISER",
     "report_attack_params",
     "report_params",
 ]
@@ -25,6 +26,9 @@ __all__ = [
 RESERVED_DATASET: Mapping[str, str] = {"data_dir": "from dataset.data_dir", "download": "from dataset.download"}
 RESERVED_OOD: Mapping[str, str] = {"data_dir": "from dataset.data_dir"}
 RESERVED_MODEL: Mapping[str, str] = {"num_classes": "from the dataset", "input_shape": "from the dataset"}
+RESERVED_REGULARISER: Mapping[str, str] = {
+    "ctx": "from the recipe entry (layers, weight) and the dataset (number of classes)"
+}
 RESERVED_ATTACK: Mapping[str, str] = {"eps": "from the attack's 'eps' list (one run per radius)"}
 
 

@@ -2,11 +2,13 @@
 
 The file is composed (no Python object is built) to map each field to its line, to find keys given
 twice and tags other than the plain YAML types, and to refuse documents that expand through aliases
-to more values than any suite needs; only then is it loaded with ``yaml.safe_load``.
+to more values than any suite needs; only then is it loaded with
+:class:`SuiteLoader` (``yaml.SafeLoader`` plus YAML 1.2 floats).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,23 @@ import yaml
 from advbench.errors import ConfigError
 from advbench.suite.validate.messages import PathT, Problems
 
-__all__ = ["MAX_VALUES", "expanded_size", "line_map", "read_suite_file"]
+__all__ = ["MAX_VALUES", "SuiteLoader", "expanded_size", "line_map", "read_suite_file"]
+
+
+class SuiteLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads YAML 1.2 floats without a dot (``1e-3``, ``5E+2``) as numbers.
+
+    YAML 1.1 (PyYAML) reads them as strings, so ``eps: [1e-3]`` was refused while ``lr: 1e-3`` got
+    through pydantic's string-to-float coercion; with this loader every field, including attack, model
+    and dataset parameters, reads them as floats. A quoted ``"1e-3"`` stays a string.
+    """
+
+
+SuiteLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def read_suite_file(path: Path) -> tuple[Any, dict[PathT, int], list[tuple[PathT, str]]]:
@@ -41,7 +59,7 @@ def read_suite_file(path: Path) -> tuple[Any, dict[PathT, int], list[tuple[PathT
             for loc, msg in tags:
                 report.add(loc, msg)
             raise ConfigError(src, report.items)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SuiteLoader)  # noqa: S506 (a SafeLoader)
     except RecursionError:
         raise ConfigError(
             src, [f"{src}: given values nested too deeply to read; expected a suite nested a few levels; flatten it"]
@@ -126,7 +144,7 @@ def line_map(text: str) -> tuple[dict[PathT, int], list[tuple[PathT, str]], list
             for i, item in enumerate(node.value):
                 walk(item, (*path, i))
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    root = yaml.compose(text, Loader=SuiteLoader)
     if root is not None:
         walk(root, ())
         size = expanded_size(root)
