@@ -104,6 +104,8 @@ def test_worst_case_never_weaker_than_any_single_attack(uninterrupted):
     worst = pd.read_csv(tmp / "report-a" / "worst_case.csv").set_index(["quantity", "model", "seed", "eps"])
     metrics = pd.read_csv(results / "transfer_metrics.csv")
     single = metrics[(metrics["metric"] == "adv_accuracy") & (metrics["source"] == metrics["target"])]
+    if "target_seed" in single.columns:  # white-box: the source model itself, not its cross-seed twin
+        single = single[single["target_seed"].isna() | (single["target_seed"] == single["seed"])]
     dk = pd.read_csv(results / "dknn.csv")
     dk_single = dk[(dk["kind"] == "adversarial") & (dk["source"] == dk["model"]) & (dk["metric"] == "dknn_accuracy")]
     pairs = [("classifier", r.target, r.seed, r.eps, r.attack, r.value) for r in single.itertuples()]
