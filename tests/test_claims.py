@@ -185,3 +185,19 @@ def test_committed_run_verdicts():
     for r in out.values():
         if r.verdict != "not applicable":
             assert len(r.per_seed) == 3 and (r.p < 0.05) == (r.verdict in ("supported", "contradicted"))
+
+
+def test_detection_claim_reads_successful_attack_auroc():
+    """(d) reads dknn_set_records' credibility_auroc (fooling inputs only), not the all-examples AUROC."""
+    rows = []
+    for s in range(3):
+        for model, auc, auc_all in (("vanilla", 0.80, 0.95), ("tangled", 0.85 + 0.01 * s, 0.60)):
+            for eps in (0.1, 0.2):
+                base = {"model": model, "seed": s, "input_set": f"pgd@{eps:g} from {model}", "kind": "adversarial",
+                        "source": model, "attack": "pgd", "eps": eps, "n": 100, "n_clean": 300}  # fmt: skip
+                rows.append({**base, "metric": "credibility_auroc", "value": auc})
+                rows.append({**base, "metric": "credibility_auroc_all_examples", "value": auc_all})
+                rows.append({**base, "metric": "mean_credibility", "value": 0.2})
+    r = CLAIMS.get("d-entangled-dknn-detects-adversarial").evaluate(_Results(dknn=pd.DataFrame(rows)))
+    assert "credibility_auroc" in r.metric and "successful" in r.metric
+    assert r.per_seed == pytest.approx((0.05, 0.06, 0.07))

@@ -95,6 +95,45 @@ def test_report_written_with_every_section(uninterrupted):
         assert heading in text
     assert (tmp / "report-a" / "credibility.png").is_file()
     assert "Denominator" in text
+    for heading in (
+        "### Conformal validity and efficiency",
+        "### Detection of successful attacks",
+        "### Softmax calibration and accuracy",
+        "### Out-of-distribution sets",
+        "## Worst case over attacks",
+    ):
+        assert heading in text
+    # a calibration error only for the softmax: no ECE of credibility in any table header
+    headers = [line for line in text.splitlines() if line.startswith("| ") and "ECE" in line]
+    assert headers and all("MSP ECE" in line and "credibility ECE" not in line for line in headers)
+    # the flags section lists every check with its numbers, not only the raised ones
+    checks = pd.read_csv(tmp / "report-a" / "evaluation_checks.csv")
+    assert {"adaptive_weaker_than_non_adaptive", "iterative_weaker_than_single_step"} <= set(checks["check"])
+    assert (checks["outcome"] == "passed").any()
+    for name in set(checks["check"]):
+        assert f"| {name} " in text
+
+
+def test_worst_case_never_weaker_than_any_single_attack(uninterrupted):
+    """The ensemble's robust accuracy is at most every white-box attack's accuracy, read from the other tables."""
+    tmp, results = uninterrupted
+    worst = pd.read_csv(tmp / "report-a" / "worst_case.csv").set_index(["quantity", "model", "seed", "eps"])
+    metrics = pd.read_csv(results / "transfer_metrics.csv")
+    single = metrics[(metrics["metric"] == "adv_accuracy") & (metrics["source"] == metrics["target"])]
+    if "target_seed" in single.columns:  # white-box: the source model itself, not its cross-seed twin
+        single = single[single["target_seed"].isna() | (single["target_seed"] == single["seed"])]
+    dk = pd.read_csv(results / "dknn.csv")
+    dk_single = dk[(dk["kind"] == "adversarial") & (dk["source"] == dk["model"]) & (dk["metric"] == "dknn_accuracy")]
+    pairs = [("classifier", r.target, r.seed, r.eps, r.attack, r.value) for r in single.itertuples()]
+    pairs += [("dknn", r.model, r.seed, r.eps, r.attack, r.value) for r in dk_single.itertuples()]
+    assert len(pairs) == 2 * len(single) and single["attack"].nunique() >= 4
+    for quantity, model, seed, eps, attack, acc in pairs:
+        robust = worst.loc[(quantity, model, seed, eps), "robust_accuracy"]
+        assert robust <= acc + 1e-9, (quantity, model, seed, eps, attack, robust, acc)
+    # the adaptive attack on the DkNN is the strongest attack on the DkNN at every eps, model and seed
+    wide = dk_single.pivot_table(index=["model", "seed", "eps"], columns="attack", values="value")
+    others = wide.drop(columns="dknn-adaptive").min(axis=1)
+    assert (wide["dknn-adaptive"] <= others + 0.01).all(), wide  # 0.01: the flags' tolerance (3 of 300)
 
 
 def test_report_opens_with_claims_and_paired_intervals_agree_with_tests(uninterrupted):

@@ -364,9 +364,8 @@ _UNSAFE = {
     r"\bcloudpickle\b|\bdill\b|\bjoblib\.load\(": "these unpickle",
     r"allow_pickle\s*=\s*True": "np.load(allow_pickle=True) unpickles object arrays",
     # yaml.load only with the suite loader, a yaml.SafeLoader (checked below)
-    r"\byaml\.(unsafe_load|full_load)\(|\byaml\.load\((?![^)]*Loader=SuiteLoader\))|yaml\.Loader\b|UnsafeLoader|FullLoader": (
-        "use yaml.safe_load"
-    ),
+    r"\byaml\.(unsafe_load|full_load)\(|\byaml\.load\((?![^)]*Loader=SuiteLoader\))": "use yaml.safe_load",
+    r"yaml\.Loader\b|UnsafeLoader|FullLoader": "use yaml.safe_load",
     r"\bpd\.read_pickle\(|\bread_pickle\(": "pandas.read_pickle unpickles",
     r"(?<![\w.])eval\(|(?<![\w.])exec\(": "eval/exec run text as code",
 }

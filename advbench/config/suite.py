@@ -305,9 +305,47 @@ class DknnConfig(_Strict):
 
 
 class OODConfig(_Strict):
-    dataset: str = Field(description="a registered dataset presented to the models as out-of-distribution")
+    """Out-of-distribution inputs scored by the DkNN: a named dataset and/or shift sets of the test images.
+
+    ``shifts`` are ``"<corruption>:<severity>"`` names (``advbench.data.shift``: gaussian_noise,
+    uniform_noise, blur, rotation, contrast, inversion at severity 1..5), each made from the DkNN's
+    scored clean test examples (so it has ``evaluations.dknn.n_examples`` of them) and labelled near or far.
+    """
+
+    dataset: str | None = Field(
+        None, description="a registered dataset presented to the models as out-of-distribution (optional)"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
-    n_examples: Int = Field(1000, ge=1)
+    n_examples: Int = Field(1000, ge=1, description="examples drawn from `dataset` (shift sets use the scored ones)")
+    shifts: list[str] = Field(
+        default_factory=list,
+        description="seeded shift sets of the scored test images, e.g. ['gaussian_noise:2', 'inversion:5']",
+    )
+
+    @field_validator("shifts")
+    @classmethod
+    def _shift_names(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not re.fullmatch(r"[a-z_]+([:\-][1-9])?", s)]
+        if bad:
+            raise ValueError(
+                f"shifts {bad}: expected '<corruption>:<severity 1..5>' names such as 'rotation:2' "
+                f"(corruptions: gaussian_noise, uniform_noise, blur, rotation, contrast, inversion)"
+            )
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"shifts {dup} repeated: expected each shift set once")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> OODConfig:
+        if self.dataset is None and not self.shifts:
+            raise ValueError(
+                "evaluations.ood has neither a dataset nor shifts; expected at least one: name a registered "
+                "dataset or list shift sets such as ['gaussian_noise:2', 'inversion:5']"
+            )
+        if self.dataset is None and self.params:
+            raise ValueError("evaluations.ood.params given without a dataset; expected params only with `dataset`")
+        return self
 
 
 class EvaluationsConfig(_Strict):

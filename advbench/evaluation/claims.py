@@ -369,8 +369,11 @@ def _claim_d(results: TidyResults) -> Evidence:
         raise NotApplicableError("dknn.csv is empty or lacks model/seed/kind/metric/value")
     adv = _white_box_sets(dk)
     names = set(adv["metric"])
-    metric = next((m for m in ("auroc", "auroc_clean_vs_set") if m in names), None)
-    sign, label = 1.0, f"DkNN {metric} (clean vs white-box adversarial), entangled − baseline"
+    # credibility_auroc: clean vs the adversarial inputs that fooled the classifier (dknn_set_records);
+    # the older names counted failed attacks as adversarial and are read only from older runs
+    metric = next((m for m in ("credibility_auroc", "auroc", "auroc_clean_vs_set") if m in names), None)
+    what = "successful white-box adversarial" if metric == "credibility_auroc" else "white-box adversarial"
+    sign, label = 1.0, f"DkNN {metric} (clean vs {what}), entangled − baseline"
     if metric is None:
         if "mean_credibility" not in names:
             raise NotApplicableError("dknn.csv has neither an AUROC nor mean_credibility on adversarial sets")

@@ -77,6 +77,8 @@ class Results:
     paired_memo: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    #: the worst-case table, computed once (the report renders it and writes its CSV)
+    worst_memo: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_parts(cls, *, suite: dict[str, Any], outcomes: pd.DataFrame, **tables: pd.DataFrame) -> Results:
@@ -204,6 +206,28 @@ class Results:
         """The verdicts of the suite's claims (``claims:``; all registered when absent), columns
         :data:`~.claims.CLAIM_COLUMNS`."""
         return claims_table(self, self.suite.get("claims") or None)
+
+    def worst_case(self) -> pd.DataFrame:
+        """Robust accuracy under the ensemble of every white-box attack, per quantity, model, seed and eps.
+
+        :func:`~advbench.evaluation.worstcase.worst_case` of the classifier's outcomes and the DkNN's
+        per-example results (quantities ``"classifier"`` and ``"dknn"``); empty without either.
+        """
+        from advbench.evaluation.worstcase import WORST_CASE_COLUMNS, dknn_long, outcomes_long, worst_case
+
+        if "worst" in self.worst_memo:
+            return self.worst_memo["worst"]
+        parts = []
+        if len(self.outcomes):
+            parts.append(outcomes_long(self.outcomes))
+        ex = self.dknn_examples
+        if len(ex) and "kind" in ex.columns and (ex["kind"] == "adversarial").any():
+            parts.append(dknn_long(ex))
+        table = (
+            worst_case(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=list(WORST_CASE_COLUMNS))
+        )
+        self.worst_memo["worst"] = table
+        return table
 
     def entanglement_summary(self) -> pd.DataFrame:
         """Per model and hidden layer: the probe entanglement after the last epoch, mean and 95% CI over seeds.

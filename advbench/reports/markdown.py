@@ -19,7 +19,7 @@ from tabulate import tabulate
 from advbench.codeversion import report_code_version
 from advbench.errors import AdvbenchError
 from advbench.evaluation.flags import evaluation_flags
-from advbench.evaluation.results import Results, seed_summary
+from advbench.evaluation.results import Results
 from advbench.evaluation.stats import rate_intervals
 from advbench.io import atomic_path, atomic_write_text, is_generated_file, write_generated_text
 
@@ -94,6 +94,7 @@ def render_report(
     out += _paired_section(results)
     out += _power_section(results)
     out += _dknn_section(results, figures_dir, link_prefix)
+    out += _worst_case_section(results)
     out += _flags_section(results)
     out += _provenance_section(manifest)
     return "\n".join(out) + "\n"
@@ -145,6 +146,12 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
         _write_csv(results.metrics, fig_dir / "transfer_metrics.csv")
     if len(results.dknn):
         _write_csv(results.dknn, fig_dir / "dknn_metrics.csv")
+    worst = results.worst_case()
+    if len(worst):
+        _write_csv(worst, fig_dir / "worst_case.csv")
+    checks = _checks(results)
+    if len(checks):
+        _write_csv(checks, fig_dir / "evaluation_checks.csv")
     if len(results.outcomes):
         order = [m["name"] for m in results.suite["models"]]
         ref = "baseline" if "baseline" in order else order[0]
@@ -559,103 +566,332 @@ def _claims_section(results: Results) -> list[str]:
     ]
 
 
-_DKNN_METRICS = {
-    "dknn_accuracy": "DkNN accuracy",
-    "mean_credibility": "mean credibility",
-    "ece_credibility": "ECE",
-    "auroc_clean_vs_set": "AUROC clean vs set",
-}
+def _se(v: float) -> str:
+    return "n/a" if not np.isfinite(v) else f"{v:.3f}"
+
+
+def _auroc_cell(mean: float, se: float) -> str:
+    return "n/a" if not np.isfinite(mean) else f"{mean:.3f} ± {_se(se)}"
 
 
 def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> list[str]:
+    # lazy: the summaries import scikit-learn (through calibration), a report without a DkNN needs none
+    from advbench.evaluation.dknn_summary import conformal_summary, detection_summary, softmax_summary
+
     dk = results.dknn
-    if dk.empty:
+    if dk.empty or "kind" not in dk.columns:
         return []
-    dk = dk[dk["metric"].isin(list(_DKNN_METRICS))].copy()
-
-    # Collapse adversarial sets into white-box (crafted on the scored model) and transferred (crafted on another).
-    def group(r: Any) -> str:
-        if r["kind"] != "adversarial":
-            return str(r["kind"])
-        where = "white-box" if r["source"] == r["model"] else "transferred"
-        return f"{r['attack']} eps={r['eps']:g} ({where})"
-
-    dk["input"] = dk.apply(group, axis=1)
-    per_seed = dk.groupby(["model", "input", "metric", "seed"], sort=False)["value"].mean().reset_index()
-    sets = dk.drop_duplicates(["model", "input", "seed", "input_set"])
-    n = sets.groupby(["model", "input", "seed"])["n"].sum().groupby(["model", "input"]).max()
-    summ = seed_summary(per_seed, ["input", "model", "metric"], "value")
-    summ["cell"] = [_ci(r.mean, r.ci_low, r.ci_high, pct=False) for r in summ.itertuples()]
-    wide = summ.pivot_table(index=["input", "model"], columns="metric", values="cell", aggfunc="first", sort=False)
-    wide = wide.reindex(columns=[c for c in _DKNN_METRICS if c in wide.columns]).rename(columns=_DKNN_METRICS)
-    wide["n per seed"] = [int(n.get((m, i), 0)) for i, m in wide.index]
-    wide = wide.reset_index()
     out = [
         "## DkNN credibility and calibration",
         "",
-        "Deep k-Nearest Neighbors over the hidden layers and logits, mean [95% CI] across seeds. Accuracy: DkNN "
-        "prediction equals the true label (not defined for OOD inputs). ECE: expected calibration error of "
-        "credibility against correctness (10 bins; for OOD every prediction counts as wrong). AUROC: how well "
-        "credibility tells the clean test inputs (positive class, higher credibility) from the set's inputs. "
-        "Adversarial sets are pooled per attack and eps into those crafted on the scored model (white-box) and "
-        "on the other models (transferred); n per seed counts the scored examples. Per-set rows: "
-        "`dknn_metrics.csv`.",
-        "",
-        _table(wide),
+        "Deep k-Nearest Neighbors over the hidden layers and logits. Credibility is a conformal p-value, judged "
+        "by validity and efficiency; a calibration error is shown only for the softmax's maximum probability "
+        "(MSP), which is a probability. Seed means; every per-set and per-seed number is in `dknn_metrics.csv`.",
         "",
     ]
+    conf = conformal_summary(dk)
+    if len(conf):
+        tab = pd.DataFrame(
+            {
+                "model": conf["model"],
+                "eps": conf["eps"].map(lambda e: f"{e:g}"),
+                "p_true < eps (%)": [
+                    f"{_pct(m)} ({_pct(lo)}–{_pct(hi)})"
+                    for m, lo, hi in zip(
+                        conf["rate"].to_numpy(float),
+                        conf["rate_min"].to_numpy(float),
+                        conf["rate_max"].to_numpy(float),
+                        strict=True,
+                    )
+                ],
+                "validity": [
+                    f"⚠ violated in {v}/{k} seeds" if v else "holds"
+                    for v, k in zip(conf["violated"].to_numpy(int), conf["n_seeds"].to_numpy(int), strict=True)
+                ],
+                "min p-value": conf["pvalue_min"].map(lambda v: f"{v:.3g}"),
+                "mean set size": conf["set_size"].map(lambda v: f"{v:.2f}"),
+                "singleton (%)": conf["singleton_rate"].map(_pct),
+                "n per seed": conf["n"],
+            }
+        )
+        out += [
+            "### Conformal validity and efficiency (clean test inputs)",
+            "",
+            "Validity: the fraction of clean test inputs whose true-label p-value is below eps (mean over seeds, "
+            "range in brackets) should be at most eps; it is flagged when a seed's one-sided beta-binomial test "
+            "(which accounts for the shared calibration set) gives p < 0.05. Efficiency: the mean size of the "
+            "prediction set {j : p_j > eps} at confidence 1 − eps, and the fraction of singleton sets. "
+            "Denominator: the clean scored test inputs of each seed (n per seed).",
+            "",
+            _table(tab),
+            "",
+        ]
+    det = detection_summary(dk)
+    if len(det):
+        tab = pd.DataFrame(
+            {
+                "model": det["model"],
+                "attack": [f"{a} eps={e:g}" for a, e in zip(det["attack"], det["eps"], strict=True)],
+                "credibility AUROC ± SE": [
+                    _auroc_cell(m, s)
+                    for m, s in zip(det["credibility_auroc"], det["credibility_auroc_se"], strict=True)
+                ],
+                "MSP AUROC ± SE": [
+                    _auroc_cell(m, s) for m, s in zip(det["msp_auroc"], det["msp_auroc_se"], strict=True)
+                ],
+                "cred − MSP": det["credibility_minus_msp"].map(lambda v: "n/a" if not np.isfinite(v) else f"{v:+.3f}"),
+                "AUPR-out cred / MSP": [
+                    f"{_se(a)} / {_se(b)}"
+                    for a, b in zip(det["credibility_aupr_out"], det["msp_aupr_out"], strict=True)
+                ],
+                "TPR@5%FPR cred / MSP (%)": [
+                    f"{_pct(a)} / {_pct(b)}"
+                    for a, b in zip(det["credibility_tpr_at_5fpr"], det["msp_tpr_at_5fpr"], strict=True)
+                ],
+                "n_clean": det["n_clean"],
+                "n_adv": det["n_out"],
+            }
+        )
+        out += [
+            "### Detection of successful attacks: credibility vs the softmax",
+            "",
+            "White-box sets (crafted on the scored model). Positive class: the clean test inputs; the other class: "
+            "only the adversarial inputs that fooled the classifier (clean prediction right, adversarial wrong), so "
+            "detection is not mixed with attack success. AUROC: seed mean ± the SE of that mean from the per-seed "
+            "DeLong SEs; AUPR-out: average precision with the attack as positive; TPR@5%FPR: fraction of fooling "
+            "inputs flagged at the threshold that flags 5% of clean inputs. n_clean / n_adv: clean and fooling "
+            "inputs, summed over seeds. The AUROC over every adversarial input (failed attacks included) is "
+            "`credibility_auroc_all_examples` in `dknn_metrics.csv`.",
+            "",
+            _table(tab),
+            "",
+        ]
+    soft = softmax_summary(dk)
+    if len(soft):
+        tab = pd.DataFrame(
+            {
+                "model": soft["model"],
+                "DkNN accuracy (%)": soft.get("dknn_accuracy", pd.Series(np.nan, index=soft.index)).map(_pct),
+                "softmax accuracy (%)": soft.get("softmax_accuracy", pd.Series(np.nan, index=soft.index)).map(_pct),
+                "MSP ECE": soft.get("msp_ece", pd.Series(np.nan, index=soft.index)).map(_se),
+                "mean MSP": soft.get("mean_msp", pd.Series(np.nan, index=soft.index)).map(_se),
+                "mean credibility": soft.get("mean_credibility", pd.Series(np.nan, index=soft.index)).map(_se),
+                "n per seed": soft["n"],
+                "seeds": soft["n_seeds"],
+            }
+        )
+        out += [
+            "### Softmax calibration and accuracy (clean test inputs)",
+            "",
+            "MSP ECE: expected calibration error of the maximum softmax probability against the softmax's "
+            "correctness (15 equal-width bins, Guo et al. 2017), mean over seeds. Mean credibility is shown for "
+            "reference only: a p-value is not a probability of being right, so it has no calibration error. "
+            "Denominator: the clean scored test inputs of each seed.",
+            "",
+            _table(tab),
+            "",
+        ]
+    out += _ood_table(dk)
     if figures_dir is not None and not results.dknn_examples.empty:
         # lazy: matplotlib takes about a second to import, and a report without figures needs none
         from advbench.reports.plots import credibility_histograms, reliability_diagram
 
         ex = results.dknn_examples
-        reliability_diagram(
-            ex[ex["kind"] == "clean"],
-            figures_dir / "reliability_clean.png",
-            title="DkNN reliability, clean test inputs",
-        )
-        adv = ex[ex["kind"] == "adversarial"]
-        if len(adv):
+        clean = ex[ex["kind"] == "clean"]
+        figs = []
+        if "msp" in ex.columns and "softmax_correct" in ex.columns:
             reliability_diagram(
-                adv, figures_dir / "reliability_adversarial.png", title="DkNN reliability, all adversarial sets"
+                clean,
+                figures_dir / "reliability_msp_clean.png",
+                title="Softmax reliability (MSP), clean test inputs",
+                score="msp",
+                correct_col="softmax_correct",
+                labels=("maximum softmax probability", "softmax accuracy"),
+                n_bins=15,
             )
-        credibility_histograms(ex, figures_dir / "credibility.png", title="DkNN credibility by input kind")
+            figs.append(f"![MSP reliability, clean]({prefix}reliability_msp_clean.png)")
+        reliability_diagram(
+            clean,
+            figures_dir / "reliability_clean.png",
+            title="DkNN accuracy per credibility bin (descriptive), clean",
+        )
+        credibility_histograms(
+            ex, figures_dir / "credibility.png", title="DkNN credibility by input kind (descriptive)"
+        )
+        figs += [
+            f"![accuracy per credibility bin, clean]({prefix}reliability_clean.png)",
+            f"![credibility histograms]({prefix}credibility.png)",
+        ]
         out += [
-            f"![reliability, clean]({prefix}reliability_clean.png) "
-            + (f"![reliability, adversarial]({prefix}reliability_adversarial.png) " if len(adv) else "")
-            + f"![credibility histograms]({prefix}credibility.png)",
+            "Figures: the MSP's reliability diagram (its gap to the diagonal is the ECE above); accuracy per "
+            "credibility bin and credibility histograms per input kind, descriptive only (as in Papernot & "
+            "McDaniel 2018: credibility is a p-value, so its gap to the diagonal is not a calibration error).",
+            "",
+            " ".join(figs),
             "",
         ]
     return out
 
 
-def _flags_section(results: Results) -> list[str]:
-    frames = (
-        [evaluation_flags(results.shared_metrics(), num_classes=_num_classes(results), tolerance=FLAG_TOLERANCE)]
-        if not results.metrics.empty
-        else []
+def _ood_table(dk: pd.DataFrame) -> list[str]:
+    from advbench.evaluation.dknn_summary import ood_summary
+
+    ood = ood_summary(dk)
+    if ood.empty:
+        return []
+    tab = pd.DataFrame(
+        {
+            "set": ood["input_set"],
+            "distance": ood["distance"],
+            "model": ood["model"],
+            "credibility AUROC ± SE": [
+                _auroc_cell(m, s) for m, s in zip(ood["credibility_auroc"], ood["credibility_auroc_se"], strict=True)
+            ],
+            "MSP AUROC ± SE": [_auroc_cell(m, s) for m, s in zip(ood["msp_auroc"], ood["msp_auroc_se"], strict=True)],
+            "TPR@5%FPR cred / MSP (%)": [
+                f"{_pct(a)} / {_pct(b)}"
+                for a, b in zip(ood["credibility_tpr_at_5fpr"], ood["msp_tpr_at_5fpr"], strict=True)
+            ],
+            "DkNN / softmax accuracy (%)": [
+                f"{_pct(a)} / {_pct(b)}" for a, b in zip(ood["dknn_accuracy"], ood["softmax_accuracy"], strict=True)
+            ],
+            "n_clean": ood["n_clean"],
+            "n_ood": ood["n_out"],
+        }
     )
-    if not results.gradient_flags.empty:
-        frames.append(results.gradient_flags)
-    flags = (
-        pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
-    )
-    out = ["## Evaluation-quality flags", ""]
-    if flags.empty:
-        return out + [
-            f"No flag raised (gaps above {100 * FLAG_TOLERANCE:g} points): iterative attacks at least as strong as "
-            "FGSM, success increasing with eps, no transfer attack stronger than the white-box one, input gradients "
-            "finite and non-zero.",
-            "",
-        ]
-    return out + [
-        "Signs of gradient masking or a broken attack (after AutoAttack's and ART's checks), per seed, raised "
-        f"when a gap exceeds {100 * FLAG_TOLERANCE:g} points (a smaller gap is within a few examples' noise). "
-        "The numbers above are shown as measured.",
+    return [
+        "### Out-of-distribution sets",
         "",
-        _table(flags),
+        "Clean test inputs (positive) against every input of each OOD set: `ood` is the named dataset (far; "
+        "unlabelled, so no accuracy), `shift <corruption>:<severity>` are seeded corruptions of the scored clean "
+        "test images (near: the class stays recognisable; far: the image statistics are no longer the dataset's), "
+        "keeping their labels. AUROC: seed mean ± SE of the mean (DeLong per seed). n_clean / n_ood: summed over "
+        "seeds.",
+        "",
+        _table(tab),
         "",
     ]
+
+
+def _worst_case_section(results: Results) -> list[str]:
+    worst = results.worst_case()
+    if worst.empty:
+        return []
+    rows = []
+    for (quantity, model, eps), g in worst.groupby(["quantity", "model", "eps"], sort=False):
+        strongest = g["strongest_attack"].value_counts()
+        rows.append(
+            {
+                "defended": "DkNN" if quantity == "dknn" else "classifier",
+                "model": model,
+                "eps": f"{eps:g}",
+                "ensemble robust accuracy (%)": f"{_pct(g['robust_accuracy'].mean())} "
+                f"({_pct(g['robust_accuracy'].min())}–{_pct(g['robust_accuracy'].max())})",
+                "best single attack (%)": f"{_pct(g['strongest_accuracy'].mean())}",
+                "strongest attack (seeds)": ", ".join(f"{a} ({n})" for a, n in strongest.items()),
+                "ensemble gain (points)": f"{100 * g['ensemble_gain'].mean():.1f}",
+                "attacks": g["attacks"].iloc[0].replace(";", ", "),
+                "n per seed": int(g["n"].max()),
+                "seeds": int(g["seed"].nunique()),
+            }
+        )
+    order = {m: i for i, m in enumerate(_model_order(results))}
+    tab = pd.DataFrame(rows)
+    tab = tab.sort_values(["defended", "model", "eps"], key=lambda c: c.map(order) if c.name == "model" else c)
+    return [
+        "## Worst case over attacks",
+        "",
+        "Robust accuracy under the attack ensemble (as AutoAttack reports it): an example counts as robust at eps "
+        "only if it is classified correctly when clean and under every white-box attack at that eps; per defended "
+        "quantity (the classifier's prediction, the DkNN's prediction). Mean over seeds (range in brackets); best "
+        "single attack: the lowest accuracy of one attack, counted the same way; ensemble gain: how many points the "
+        "per-example worst case removes beyond it (never negative). Denominator: the attacked test examples of each "
+        "seed (n per seed; the DkNN scores the first n of them). Per seed: `worst_case.csv`.",
+        "",
+        _table(tab),
+        "",
+    ]
+
+
+def _attack_properties(results: Results) -> dict[str, frozenset[str]]:
+    """Each suite attack's label -> its registered properties (labels need not be registered names)."""
+    from advbench.evaluation.flags import registry_properties
+
+    attacks = results.suite.get("attacks", [])
+    props = registry_properties(sorted({a["name"] for a in attacks}))
+    return {a.get("label") or a["name"]: props[a["name"]] for a in attacks if a["name"] in props}
+
+
+def _checks(results: Results) -> pd.DataFrame:
+    """Every check run on this run's tables and models (table checks and input-gradient checks)."""
+    frames = []
+    if not results.metrics.empty or not results.dknn.empty:
+        frames.append(
+            evaluation_flags(
+                results.shared_metrics() if not results.metrics.empty else None,
+                dknn=results.dknn if not results.dknn.empty and "attack" in results.dknn.columns else None,
+                properties=_attack_properties(results),
+                num_classes=_num_classes(results),
+                tolerance=FLAG_TOLERANCE,
+            )
+        )
+    if not results.gradient_flags.empty:
+        frames.append(results.gradient_flags)
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _flags_section(results: Results) -> list[str]:
+    checks = _checks(results)
+    out = ["## Evaluation-quality flags", ""]
+    if checks.empty:
+        return out + ["No check could run (no attack results).", ""]
+    rows = []
+    for (check, quantity), g in checks.groupby(["check", "quantity"], sort=False):
+        worst = g.iloc[int(np.argmax(g["gap"].fillna(-np.inf).to_numpy(float)))]
+        flagged = int((g["outcome"] == "flagged").sum())
+        what = " ".join(
+            str(v)
+            for v in (
+                worst["model"],
+                f"seed={int(worst['seed'])}" if pd.notna(worst["seed"]) else "",
+                f"eps={worst['eps']:g}" if pd.notna(worst["eps"]) else "",
+                f"{worst['attack']}" if pd.notna(worst["attack"]) else "",
+                f"vs {worst['reference']}" if pd.notna(worst["reference"]) else "",
+            )
+            if v
+        )
+        rows.append(
+            {
+                "check": check,
+                "quantity": quantity,
+                "comparisons": len(g),
+                "flagged": flagged,
+                "outcome": "⚠ flagged" if flagged else "passed",
+                "largest gap at": what,
+                "value / reference": f"{worst['value']:.3f} / {worst['reference_value']:.3f}",
+                "gap": f"{worst['gap']:+.3f}",
+                "threshold": f"{worst['threshold']:.3f}",
+            }
+        )
+    out += [
+        "Signs of gradient masking or a broken attack (after Carlini et al. 2019, Tramèr et al. 2020 and AutoAttack's "
+        "checks), on the classifier's and the DkNN's accuracy, by the attacks' declared properties. One row per "
+        "check and quantity: how many comparisons it made (per model, seed, eps and attack pair), how many were "
+        "flagged (gap above the threshold), and the comparison with the largest gap: its two numbers (accuracy, or "
+        "the gradient fraction) and the gap in the wrong direction. Every comparison: `evaluation_checks.csv`.",
+        "",
+        _table(pd.DataFrame(rows)),
+        "",
+    ]
+    raised = checks[checks["outcome"] == "flagged"]
+    if len(raised):
+        cols = ["check", "quantity", "model", "source", "attack", "reference", "eps", "seed", "value",
+                "reference_value", "gap", "severity"]  # fmt: skip
+        out += [f"Flagged comparisons ({len(raised)} of {len(checks)}):", "", _table(raised[cols].head(40)), ""]
+        if len(raised) > 40:
+            out += [f"... and {len(raised) - 40} more in `evaluation_checks.csv`.", ""]
+    return out
 
 
 def _num_classes(results: Results) -> int:

@@ -47,19 +47,28 @@ def transfer_heatmap(matrix: pd.DataFrame, path: Path, *, title: str, fmt: str =
     return _save(fig, path)
 
 
-def reliability_diagram(examples: pd.DataFrame, path: Path, *, title: str, n_bins: int = 10) -> Path:
-    """Accuracy against credibility bins, one line per model (pooled over seeds)."""
+def reliability_diagram(
+    examples: pd.DataFrame,
+    path: Path,
+    *,
+    title: str,
+    n_bins: int = 10,
+    score: str = "credibility",
+    correct_col: str = "correct",
+    labels: tuple[str, str] = ("DkNN credibility", "DkNN accuracy"),
+) -> Path:
+    """Accuracy against bins of ``score`` (credibility, or ``msp`` with ``softmax_correct``), one line per model."""
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     edges = np.linspace(0, 1, n_bins + 1)
     for model, g in examples.groupby("model"):
-        cred = g["credibility"].to_numpy()
-        correct = g["correct"].to_numpy().astype(float)
+        cred = g[score].to_numpy(dtype=float)
+        correct = g[correct_col].astype(str).str.lower().isin(["true", "1", "1.0"]).to_numpy(dtype=float)
         b = np.clip(np.digitize(cred, edges[1:-1]), 0, n_bins - 1)
         acc = [correct[b == i].mean() if (b == i).any() else np.nan for i in range(n_bins)]
         ax.plot((edges[:-1] + edges[1:]) / 2, acc, marker="o", label=str(model))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set_xlabel("DkNN credibility")
-    ax.set_ylabel("DkNN accuracy")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)

@@ -114,7 +114,7 @@ class CellContext:
             splits,
             n_transfer=len(transfer),
             n_dknn=n_dknn,
-            n_ood=ood.n_examples if ood else 0,
+            n_ood=ood.n_examples if ood and ood.dataset else 0,
             threads={kind: opt.cell_threads(kind) for kind in KIND_SOURCES},
         )
         return cls(

@@ -309,6 +309,8 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     x, y = test.x[idx].to(ctx.device), test.y[idx].to(ctx.device)
     # the plugin's constructor is its code too: an exit there is this cell's failure
     attack = call_plugin(acfg.name, create_attack, acfg.name, backend=acfg.backend, **acfg.params)
+    if "adaptive-dknn" in getattr(attack, "properties", frozenset()):
+        _give_dknn_knowledge(ctx, store, attack, source, seed, model)
     t0 = time.perf_counter()
 
     def attack_all() -> dict[str, torch.Tensor]:
@@ -345,6 +347,26 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         save_file(tensors, str(folder / "adv.safetensors"), metadata=meta)
     store.adversarial[(seed, source, akey, eps)] = tensors
     return False
+
+
+def _give_dknn_knowledge(
+    ctx: CellContext, store: ArtefactStore, attack: Any, name: str, seed: int, model: Classifier
+) -> None:
+    """Give an ``adaptive-dknn`` attack the white-box attacker's knowledge of the DkNN it attacks.
+
+    The DkNN index cell of the same model (a dependency of this attack cell in the plan): its training
+    inputs and labels, layers, ``k`` and the real DkNN as the scorer of candidates.
+    """
+    from advbench.attacks.dknn_adaptive import DkNNKnowledge
+
+    if not callable(getattr(attack, "set_knowledge", None)):
+        raise AdvbenchError(
+            f"attack {type(attack).__name__} declares the 'adaptive-dknn' property but has no set_knowledge"
+            f"(knowledge) method; an attack on the DkNN must accept a DkNNKnowledge"
+        )
+    dknn = _dknn_index(ctx, store, name, seed, model)
+    train = ctx.splits.train
+    attack.set_knowledge(DkNNKnowledge.from_dknn(dknn, train.x, train.y))
 
 
 # -- transfer ----------------------------------------------------------------------------------
@@ -443,7 +465,7 @@ def _dknn_index(ctx: CellContext, store: ArtefactStore, name: str, seed: int, mo
 
 def _ood_set(ctx: CellContext) -> tuple[torch.Tensor, torch.Tensor] | None:
     ood = ctx.suite.evaluations.ood
-    if ood is None:
+    if ood is None or ood.dataset is None:
         return None
     raw = load_dataset(ood.dataset, **ood.params)
     x = np.concatenate([raw.x_train] + ([raw.x_test] if raw.x_test is not None else []))
@@ -461,6 +483,14 @@ def _ood_set(ctx: CellContext) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 @handler("dknn-score")
 def run_dknn_score(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
+    """Score the clean, adversarial and OOD sets of one model with its DkNN and its softmax.
+
+    Per example: :func:`~advbench.evaluation.dknn.example_records` (p-values, neighbour counts per
+    layer, the softmax beside the DkNN) with the set's identity (``input_set``, ``kind``, ``source``/
+    ``attack``/``eps`` of adversarial sets, ``distance`` and ``shift_sha256`` of shift sets). Per set:
+    :func:`~advbench.evaluation.calibration.dknn_set_records` (conformal validity and efficiency,
+    detection of *successful* attacks and of OOD inputs against the clean set, the MSP's ECE).
+    """
     name, seed = cell.params["model"], cell.params["seed"]
     entry = ctx.cache.get(cell.kind, cell.key)
     if entry is not None:
@@ -471,15 +501,48 @@ def run_dknn_score(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         except (OSError, ValueError) as exc:
             ctx.cache.discard(cell.kind, cell.key, f"unreadable DkNN scores: {exc}")
     # lazy: scikit-learn's metrics take ~2 s to import, and a cache hit needs none
-    from advbench.evaluation.calibration import calibration_records
+    from advbench.data.shift import shift_sets
+    from advbench.evaluation.calibration import dknn_set_records
+    from advbench.evaluation.dknn import example_records, softmax_probabilities
 
     model = _model(ctx, store, name, seed)
     dknn = _dknn_index(ctx, store, name, seed, model)
     n = ctx.n_dknn
     test = ctx.splits.test
-    idx = torch.from_numpy(ctx.transfer_indices[:n])
+    ids = ctx.transfer_indices[:n]
+    idx = torch.from_numpy(ids)
     x_clean, y = test.x[idx], test.y[idx]
-    sets: dict[str, dict[str, Any]] = {"clean": {"x": x_clean, "y": y, "kind": "clean"}}
+    n_cal = len(ctx.splits.calibration)
+
+    def examples(x: torch.Tensor, labels: np.ndarray | None, example_ids: np.ndarray, **kw: Any) -> pd.DataFrame:
+        x = x.to(ctx.device)
+        return example_records(
+            dknn.predict(x), labels=labels, example_ids=example_ids, softmax=softmax_probabilities(model, x), **kw
+        )
+
+    rows: list[dict[str, Any]] = []
+    frames: list[pd.DataFrame] = []
+
+    def add(frame: pd.DataFrame, input_set: str, kind: str, extra: dict[str, Any], clean: pd.DataFrame | None) -> None:
+        rows.extend(
+            dknn_set_records(
+                frame,
+                model=name,
+                seed=seed,
+                input_set=input_set,
+                kind=kind,
+                clean_examples=clean,
+                n_calibration=n_cal,
+                extra=extra,
+            )
+        )
+        ident = {"model": name, "seed": seed, "input_set": input_set, "kind": kind, **extra}
+        frames.append(frame.assign(**ident)[[*ident, *frame.columns]])
+
+    y_np = y.numpy()
+    clean = examples(x_clean, y_np, ids)
+    add(clean, "clean", "clean", {}, None)
+    clean_correct = clean["softmax_correct"].to_numpy(dtype=bool)
     # The adversarial sets this cell scores are the ones its spec lists (all of the seed's, less
     # any whose attack failed), in a fixed order.
     wanted = set(cell.spec["adv"])
@@ -490,54 +553,24 @@ def run_dknn_score(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     )
     for source, akey, eps in attacks:
         adv = _adv(ctx, store, seed, source, akey, eps)
-        sets[f"{akey}@{eps:g} from {source}"] = {
-            "x": adv["x_adv"][:n],
-            "y": y,
-            "kind": "adversarial",
-            "source": source,
-            "attack": akey,
-            "eps": eps,
-        }
+        frame = examples(adv["x_adv"][:n], y_np, ids, clean_correct=clean_correct)
+        add(
+            frame, f"{akey}@{eps:g} from {source}", "adversarial", {"source": source, "attack": akey, "eps": eps}, clean
+        )
+    ood_cfg = ctx.suite.evaluations.ood
     ood = _ood_set(ctx)
-    if ood is not None:
-        sets["ood"] = {"x": ood[0], "y": ood[1], "kind": "ood"}
-    outputs = {k: dknn.predict(v["x"].to(ctx.device)) for k, v in sets.items()}
-    rows: list[dict[str, Any]] = []
-    frames = []
-    clean_cred = outputs["clean"].credibility
-    for set_name, info in sets.items():
-        out = outputs[set_name]
-        labels = None if info["kind"] == "ood" else info["y"].numpy()
-        extra = {k: info[k] for k in ("source", "attack", "eps") if k in info} | {"kind": info["kind"]}
-        rows += calibration_records(
-            model=name,
-            seed=seed,
-            input_set=set_name,
-            prediction=out.prediction,
-            credibility=out.credibility,
-            labels=labels,
-            clean_credibility=None if set_name == "clean" else clean_cred,
-            extra=extra,
-        )
-        correct = out.prediction == labels if labels is not None else np.zeros(len(out), dtype=bool)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "model": name,
-                    "seed": seed,
-                    "input_set": set_name,
-                    "kind": info["kind"],
-                    "credibility": out.credibility,
-                    "confidence": out.confidence,
-                    "prediction": out.prediction,
-                    "correct": correct,
-                }
-            )
-        )
-    records, examples = pd.DataFrame(rows), pd.concat(frames, ignore_index=True)
+    if ood is not None and ood_cfg is not None:
+        # another dataset: far from the training distribution; its ids are positions in its sample, and
+        # its labels (another dataset's classes) are not the models' classes, so it is scored unlabelled
+        add(examples(ood[0], None, np.arange(len(ood[0]))), "ood", "ood", {"distance": "far"}, clean)
+    if ood_cfg is not None and ood_cfg.shifts:
+        for sh in shift_sets(x_clean, y_np, ood_cfg.shifts, seed=ctx.suite.dataset.seed, example_ids=ids):
+            extra = {"distance": sh.distance, "shift": sh.name, "shift_sha256": sh.sha256}
+            add(examples(sh.tensor(), sh.y, ids), f"shift {sh.name}", "ood", extra, clean)
+    records, table = pd.DataFrame(rows), pd.concat(frames, ignore_index=True)
     with ctx.cache.writer("dknn-score", cell.key, {"label": cell.label}) as folder:
         records.to_csv(folder / "records.csv", index=False)
-        examples.to_csv(folder / "examples.csv.gz", index=False)
+        table.to_csv(folder / "examples.csv.gz", index=False)
     store.add("dknn", records)
-    store.add("dknn_examples", examples)
+    store.add("dknn_examples", table)
     return False

@@ -3,7 +3,8 @@
 train (model x seed) -> attack (source x attack x eps x seed) -> transfer (one per adversarial
 set, evaluated on every model of its seed, plus one per other seed the suite's
 ``transfer.cross_seed`` names: the independent-training control) ; train -> dknn-index (model x
-seed) -> dknn-score (model x seed, over clean, every adversarial set and the OOD set) ; all -> report.
+seed) -> dknn-score (model x seed, over clean, every adversarial set and the OOD sets) ; all -> report.
+An attack on the DkNN (property ``adaptive-dknn``) also depends on the dknn-index cell it attacks.
 
 A cell's key hashes everything that determines its output: its own config, the keys of the cells
 it reads, the hashes of the data splits, and the versions of advbench and of the libraries it uses.
@@ -17,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advbench import __version__
+from advbench.attacks import ATTACKS
 from advbench.codeversion import code_spec
 from advbench.config import AttackConfig, ModelConfig, Suite
 from advbench.data import Splits
+from advbench.errors import AdvbenchError
 from advbench.suite.cache import Cache, cache_key
 
 __all__ = ["Cell", "Plan", "build_plan", "cross_seed_targets", "library_versions"]
@@ -67,6 +70,38 @@ class Plan:
 
 def _attack_steps(a: AttackConfig) -> int:
     return int(a.params.get("steps", 1 if a.name == "fgsm" else 10))
+
+
+def attack_properties(a: AttackConfig) -> frozenset[str]:
+    """The registered attack's :attr:`~advbench.attacks.base.Attack.properties` (empty if unknown)."""
+    try:
+        cls = ATTACKS.get(a.name)
+    except Exception:  # an unregistered name: validation reports it; the plan only estimates
+        return frozenset()
+    return frozenset(getattr(cls, "properties", frozenset()))
+
+
+#: Forward+backward passes per example of torchattacks' AutoAttack ("standard", 10 classes), as an
+#: upper bound for the estimate: APGD-CE 100 steps, APGD-T and FAB-T 9 targets x 100 steps, Square
+#: 5000 queries (forward only, counted as 1/3); later attacks see only the examples still robust.
+_AUTOATTACK_PASSES = 100 + 900 + 900 + 5000 // 3
+
+
+def attack_passes(a: AttackConfig) -> int:
+    """Forward+backward passes per example of an attack cell, for ``--plan``'s estimate."""
+    if a.name.endswith("AutoAttack"):
+        return _AUTOATTACK_PASSES
+    if "adaptive-dknn" in attack_properties(a):
+        cls = ATTACKS.get(a.name)
+        return int(cls.passes_per_example(a.params))
+    return _attack_steps(a)
+
+
+def _adaptive_dknn_extra(a: AttackConfig, n: int, n_train: int) -> float:
+    """Seconds an adaptive DkNN attack spends querying the real DkNN and the training features."""
+    full = {"n_targets": 2, "restarts": 2} | dict(a.params)
+    queries = n * (int(full["n_targets"]) * int(full["restarts"]) + 1)
+    return queries * n_train / 2.0e7 + n_train / 5000.0
 
 
 def build_plan(
@@ -120,11 +155,46 @@ def build_plan(
             cells.append(
                 Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
             )
+    # DkNN index cells come before the attacks: an attack on the DkNN (``adaptive-dknn``) reads the
+    # index it attacks (the white-box attacker's knowledge), and cells run in plan order.
+    dk = suite.evaluations.dknn
+    index_keys: dict[tuple[str, int], str] = {}
+    index_specs: dict[tuple[str, int], dict[str, Any]] = {}
+    if dk is not None and dk.enabled:
+        for seed in suite.seeds:
+            for m in suite.models:
+                ispec = {
+                    "model": train_keys[(m.name, seed)],
+                    "dknn": dk.model_dump(exclude={"n_examples"}),
+                    "data": data,
+                    "versions": {**core, "faiss": versions["faiss-cpu"]},
+                    "code": code("dknn-index"),
+                }
+                ikey = cache_key("dknn-index", ispec)
+                index_keys[(m.name, seed)], index_specs[(m.name, seed)] = ikey, ispec
+                cells.append(
+                    Cell(
+                        "dknn-index",
+                        f"dknn index {m.name} seed={seed}",
+                        ikey,
+                        [train_keys[(m.name, seed)]],
+                        ispec,
+                        n_train / 5000.0,
+                        {"model": m.name, "seed": seed},
+                    )
+                )
     attack_keys: dict[tuple[int, str, str, float], str] = {}
     for seed in suite.seeds:
         for m in suite.models:
             for a in suite.attacks:
                 lib = {k: versions[k] for k in ("torchattacks", "foolbox")}
+                adaptive = "adaptive-dknn" in attack_properties(a)
+                if adaptive and (m.name, seed) not in index_keys:
+                    raise AdvbenchError(
+                        f"attack {a.key!r} ({a.name}) attacks the DkNN and needs its index (the white-box "
+                        f"attacker's knowledge), but evaluations.dknn is not enabled; enable evaluations.dknn or "
+                        f"remove the attack"
+                    )
                 for eps in a.eps:
                     spec = {
                         "source": train_keys[(m.name, seed)],
@@ -136,15 +206,20 @@ def build_plan(
                         "versions": {**core, **lib},
                         "code": code("attack"),
                     }
+                    deps = [train_keys[(m.name, seed)]]
+                    work = n_transfer * attack_passes(a) / _ATTACK_STEPS_IMAGES_PER_S * _model_cost(m)
+                    if adaptive:  # the DkNN it attacks: its index is part of the attacker's knowledge
+                        spec["dknn_index"] = index_keys[(m.name, seed)]
+                        deps.append(index_keys[(m.name, seed)])
+                        work += _adaptive_dknn_extra(a, n_transfer, n_train)
                     key = cache_key("attack", spec)
                     attack_keys[(seed, m.name, a.key, eps)] = key
-                    work = n_transfer * _attack_steps(a) / _ATTACK_STEPS_IMAGES_PER_S * _model_cost(m)
                     cells.append(
                         Cell(
                             "attack",
                             f"attack {a.key} eps={eps:g} on {m.name} seed={seed}",
                             key,
-                            [train_keys[(m.name, seed)]],
+                            deps,
                             spec,
                             work,
                             {"model": m.name, "seed": seed, "attack": a.key, "eps": eps},
@@ -184,29 +259,10 @@ def build_plan(
                         {"seed": seed, "source": source, "attack": attack, "eps": eps, "target_seed": target_seed},
                     )
                 )
-    dk = suite.evaluations.dknn
     if dk is not None and dk.enabled:
         for seed in suite.seeds:
             for m in suite.models:
-                ispec = {
-                    "model": train_keys[(m.name, seed)],
-                    "dknn": dk.model_dump(exclude={"n_examples"}),
-                    "data": data,
-                    "versions": {**core, "faiss": versions["faiss-cpu"]},
-                    "code": code("dknn-index"),
-                }
-                ikey = cache_key("dknn-index", ispec)
-                cells.append(
-                    Cell(
-                        "dknn-index",
-                        f"dknn index {m.name} seed={seed}",
-                        ikey,
-                        [train_keys[(m.name, seed)]],
-                        ispec,
-                        n_train / 5000.0,
-                        {"model": m.name, "seed": seed},
-                    )
-                )
+                ikey, ispec = index_keys[(m.name, seed)], index_specs[(m.name, seed)]
                 adv = sorted(k for (s, *_), k in attack_keys.items() if s == seed)
                 ood = suite.evaluations.ood.model_dump() if suite.evaluations.ood else None
                 sspec = {
@@ -218,7 +274,8 @@ def build_plan(
                     "versions": ispec["versions"],
                     "code": code("dknn-score"),
                 }
-                n_sets = 1 + len(adv) + (1 if ood else 0)
+                ocfg = suite.evaluations.ood
+                n_sets = 1 + len(adv) + (int(ocfg.dataset is not None) + len(ocfg.shifts) if ocfg else 0)
                 cells.append(
                     Cell(
                         "dknn-score",

@@ -12,7 +12,8 @@ from advbench.attacks import ATTACKS
 from advbench.attacks.backends import BACKEND_INSTALL, missing_backend, missing_package_message
 from advbench.config import Suite
 from advbench.data import DATASETS, dataset_sizes
-from advbench.errors import UnknownNameError
+from advbench.data.shift import parse_shift
+from advbench.errors import DataError, UnknownNameError
 from advbench.evaluation.claims import CLAIMS
 from advbench.io import suite_path_problems
 from advbench.models import MODELS, declared_hidden_layers
@@ -60,10 +61,23 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
     evaluations = data.get("evaluations")
     ood = evaluations.get("ood") if isinstance(evaluations, dict) else None
     if isinstance(ood, dict):
-        loader = lookup(DATASETS, ood.get("dataset"), ("evaluations", "ood", "dataset"))
-        report_params(
-            report, loader, ood.get("params", {}), ("evaluations", "ood", "params"), RESERVED_OOD, check_missing=True
-        )
+        if ood.get("dataset") is not None:
+            loader = lookup(DATASETS, ood.get("dataset"), ("evaluations", "ood", "dataset"))
+            report_params(
+                report,
+                loader,
+                ood.get("params", {}),
+                ("evaluations", "ood", "params"),
+                RESERVED_OOD,
+                check_missing=True,
+            )
+        shifts = ood.get("shifts")
+        for i, name in enumerate(shifts if isinstance(shifts, list) else []):
+            if isinstance(name, str):
+                try:
+                    parse_shift(name)
+                except DataError as exc:
+                    report.add(("evaluations", "ood", "shifts", i), str(exc))
 
     claims = data.get("claims")
     if isinstance(claims, list):

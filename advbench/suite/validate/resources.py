@@ -65,7 +65,7 @@ def resource_problems(suite: Suite, report: Problems) -> None:
         if sets:
             parts.append((f"{sets} adversarial sets of {n_adv:,} images", float(sets) * n_adv * per * 4))
     ood = suite.evaluations.ood
-    if ood is not None and ood.dataset in DATASETS:
+    if ood is not None and ood.dataset is not None and ood.dataset in DATASETS:
         oshape = dataset_shape(ood.dataset, ood.params)
         osizes = dataset_sizes(ood.dataset, ood.params)
         if oshape is not None and shape is not None and oshape != shape:
