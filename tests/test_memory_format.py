@@ -61,3 +61,16 @@ def test_training_steps_stay_within_tolerance_of_nchw(alpha):
         assert la == pytest.approx(lb, rel=1e-5 if i == 0 else 1e-3)
     for (k, p), (_, q) in zip(model.state_dict().items(), ref.state_dict().items(), strict=True):
         assert float((p - q).abs().max()) <= 1e-3, k  # 5 Adam steps at lr 3e-3 move a weight up to 0.015
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_pairwise_distances_of_a_channels_last_activation_match_and_keep_its_gradient_layout(distance):
+    from advbench.training import pairwise_distances
+
+    h = torch.rand(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    cl = h.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    torch.testing.assert_close(
+        pairwise_distances(cl, distance=distance), pairwise_distances(h, distance=distance), rtol=1e-5, atol=1e-5
+    )
+    pairwise_distances(cl, distance=distance).sum().backward()
+    assert cl.grad is not None and cl.grad.is_contiguous(memory_format=torch.channels_last)
