@@ -20,6 +20,7 @@ from advbench.suite.paths import resolve_report_path
 from advbench.suite.plan import describe_plan
 from advbench.suite.rundir import RunDir
 from advbench.suite.runner import Renderer, Runner
+from advbench.suite.threads import AUTO, resolve_threads
 from advbench.suite.validate import load_suite
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_threads,
         default=None,
         metavar="N",
-        help="torch threads per cell (default: torch's own locally, 1 per Ray task); results are "
-        "bit-identical across executors for the same N",
+        help="torch threads per cell (default: torch's own locally, i.e. the CPUs this process may use, "
+        "1 per Ray task; 'auto': the CPUs free when the run starts, recorded in the manifest); results "
+        "are bit-identical across executors for the same N",
     )
     p.set_defaults(func=main)
 
@@ -109,7 +111,8 @@ def main(args: argparse.Namespace) -> int:
         address=args.address,
         fail_fast=args.fail_fast,
         time_limit=args.time_limit,
-        threads=args.threads,
+        threads=resolve_threads(args.threads),
+        threads_auto=args.threads == AUTO,
     )
     # before any data is loaded or cell run: a refused report path or template fails here
     render = None if args.plan else markdown_renderer(suite, args.report)
@@ -147,11 +150,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _threads(text: str) -> int | str:
+    return AUTO if text.strip().lower() == AUTO else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads or 'auto', got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1 thread, got {text!r}")
     return value

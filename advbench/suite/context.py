@@ -46,6 +46,7 @@ class RunOptions:
     fail_fast: bool = False  # stop at the first failed cell instead of recording it and going on
     time_limit: float | None = None  # seconds per attack cell (plugins can hang); None: no limit
     threads: int | None = None  # torch threads per cell; None: torch's default locally, 1 on Ray
+    threads_auto: bool = False  # ``threads`` came from --threads auto (the free CPUs at the start of the run)
 
     def cell_threads(self, kind: str) -> int:
         """The torch thread count a cell of ``kind`` runs with (part of its cache key).

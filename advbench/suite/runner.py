@@ -25,6 +25,7 @@ from advbench.suite.context import ArtefactStore, CellContext, RunOptions
 from advbench.suite.execute import CellReport, Executor, LocalExecutor
 from advbench.suite.plan import Plan, library_versions
 from advbench.suite.rundir import RunDir
+from advbench.suite.threads import thread_policy
 
 __all__ = ["Renderer", "Runner", "results_from_store"]
 
@@ -116,6 +117,9 @@ class Runner:
         }
         if external:  # models brought by the user, with their weights' digests
             run_dir.manifest["external_models"] = external
+        # how that count was chosen, the machine's load then, and the OpenMP wait policy (suite/threads.py)
+        requested = "auto" if self.opt.threads_auto else self.opt.threads
+        run_dir.manifest["thread_policy"] = thread_policy(requested, self.opt.cell_threads("train"))
         try:
             self._run_cells(run_dir, render, t0, on_cell)
         except BaseException as exc:

@@ -78,8 +78,12 @@ def pairwise_distances(x: Tensor, *, distance: Distance = "euclidean") -> Tensor
     """The (b, b) matrix of squared Euclidean (or cosine, ``1 - cos``) distances between rows of ``x``.
 
     ``x`` is flattened to (b, -1). One matrix product; the diagonal is whatever rounding gives (the
-    SNNL masks it).
+    SNNL masks it). Both distances ignore the order of the features, so a channels-last (b, c, h, w)
+    activation is flattened in its memory order (a view, no copy), and its gradient comes back
+    channels-last for the convolution's backward.
     """
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)
     x = x.reshape(x.shape[0], -1)
     if distance == "euclidean":
         return _SquaredDistances.apply(x)

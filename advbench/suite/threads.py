@@ -1,0 +1,97 @@
+"""The torch thread policy of a run: how many threads each cell gets, decided once, recorded in the manifest.
+
+The thread count is part of every cell's cache key (float reductions split per thread), so it must
+not drift with the machine's load from run to run. The policy:
+
+* ``--threads N``: N threads per cell, always.
+* no ``--threads`` (the default): torch's own count, which is the CPUs this process may run on
+  (its affinity mask, e.g. ``taskset`` or a container's cpuset). The same on every run on the same
+  machine, so keys and numbers are reproducible. When the 1-minute load average says those CPUs are
+  already busy, the run logs a warning naming ``--threads 1`` / ``--threads auto``; it does not
+  change the count behind the user's back.
+* ``--threads auto``: the CPUs actually free when the run starts (affinity minus the rounded 1-minute
+  load, at least 1), resolved once and recorded in the manifest. Fast on a shared machine, but a
+  busier machine gives a different count and so different keys (the cells are recomputed, never mixed).
+
+Oversubscription itself is made cheap by ``advbench.cli.passive_openmp``: the ``advbench`` command sets
+``OMP_WAIT_POLICY=PASSIVE`` (and ``KMP_BLOCKTIME=0``) before torch loads, so an OpenMP thread waiting
+at a barrier sleeps instead of spinning on a core another thread (or another job) needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+__all__ = ["AUTO", "OPENMP_VARIABLES", "available_cpus", "free_cpus", "resolve_threads", "thread_policy"]
+
+log = logging.getLogger(__name__)
+
+#: The ``--threads`` value that picks the free CPUs once at the start of the run.
+AUTO = "auto"
+#: The OpenMP settings the manifest records (``advbench.cli.passive_openmp`` sets them before torch loads).
+OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "OMP_NUM_THREADS")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def free_cpus(load: float | None = None, cpus: int | None = None) -> int:
+    """The CPUs not already busy: ``cpus`` minus the rounded 1-minute ``load`` average, at least 1."""
+    cpus = available_cpus() if cpus is None else cpus
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cpus, cpus - round(load)))
+
+
+def resolve_threads(requested: int | str | None) -> int | None:
+    """``--threads`` as a count: an int as is, ``"auto"`` as :func:`free_cpus` now, ``None`` stays ``None``.
+
+    ``None`` means torch's own count (see the module docstring); a run resolves this once, before any
+    cell is planned, so every cell of the run shares one count.
+    """
+    if requested is None:
+        return None
+    if requested == AUTO:
+        n = free_cpus()
+        log.info("--threads auto: %d of %d CPUs free (1-minute load %.2f)", n, available_cpus(), _load())
+        return n
+    if isinstance(requested, int) and requested >= 1:
+        return requested
+    raise ValueError(f"threads must be a whole number >= 1 or {AUTO!r}, got {requested!r}; pass e.g. --threads 1")
+
+
+def thread_policy(requested: int | str | None, threads: int) -> dict[str, Any]:
+    """What the manifest records about the thread policy, and a warning when the default oversubscribes.
+
+    ``requested``: the ``--threads`` value as given; ``threads``: the count the cells run with.
+    """
+    cpus, load = available_cpus(), _load()
+    free = free_cpus(load, cpus)
+    record: dict[str, Any] = {
+        "requested": requested,
+        "threads": threads,
+        "cpus": cpus,
+        "loadavg_1m": round(load, 2),
+        "free_cpus": free,
+        **{k: os.environ.get(k) for k in OPENMP_VARIABLES},
+    }
+    if requested is None and threads > 1 and threads > free:
+        log.warning(
+            "the machine is busy (1-minute load %.1f on %d CPUs): each cell runs %d torch threads, which "
+            "contend with the other jobs; --threads 1 (or --threads auto) is usually much faster here, "
+            "at the cost of new cache keys",
+            load,
+            cpus,
+            threads,
+        )
+    return record
+
+
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

@@ -1,0 +1,70 @@
+"""The thread policy: passive OpenMP waiting set before torch loads, ``--threads auto`` resolved once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from advbench.cli import OPENMP_DEFAULTS, passive_openmp
+from advbench.cli.run_cmd import _threads
+from advbench.suite.threads import AUTO, available_cpus, free_cpus, resolve_threads, thread_policy
+
+
+def test_passive_openmp_sets_only_what_the_user_left_unset():
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert passive_openmp(env) == {"KMP_BLOCKTIME": "0"}
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0"}
+    empty: dict[str, str] = {}
+    assert passive_openmp(empty) == OPENMP_DEFAULTS == empty
+
+
+def test_the_cli_sets_passive_waiting_before_torch_loads():
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP_DEFAULTS}
+    code = "import sys, os; import advbench.cli.main; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    # advbench.cli is imported before the subcommands (and torch): the variable is set first
+    probe = "import sys, os; import advbench.cli; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "False"]
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "True"]
+
+
+@pytest.mark.parametrize(
+    ("load", "cpus", "free"), [(0.0, 2, 2), (0.4, 2, 2), (1.0, 2, 1), (1.6, 2, 1), (7.0, 2, 1), (3.0, 16, 13)]
+)
+def test_free_cpus_is_the_cpus_minus_the_rounded_load_and_at_least_one(load, cpus, free):
+    assert free_cpus(load, cpus) == free
+
+
+def test_resolve_threads():
+    assert resolve_threads(None) is None
+    assert resolve_threads(3) == 3
+    assert 1 <= resolve_threads(AUTO) <= available_cpus()  # type: ignore[operator]
+    with pytest.raises(ValueError, match="whole number >= 1 or 'auto'"):
+        resolve_threads("many")
+
+
+def test_threads_flag_accepts_auto_and_counts():
+    assert _threads("auto") == AUTO
+    assert _threads(" AUTO ") == AUTO
+    assert _threads("2") == 2
+
+
+def test_thread_policy_warns_when_the_default_oversubscribes(monkeypatch, caplog):
+    import advbench.suite.threads as threads
+
+    monkeypatch.setattr(threads, "_load", lambda: 5.0)
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    with caplog.at_level(logging.WARNING, logger="advbench.suite.threads"):
+        record = thread_policy(None, 2)
+    assert record["free_cpus"] == 1 and record["cpus"] == 2 and record["loadavg_1m"] == 5.0
+    assert "--threads 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="advbench.suite.threads"):
+        thread_policy(1, 1)  # an explicit count is the user's choice: no warning
+        thread_policy(None, 1)
+    assert caplog.text == ""
