@@ -200,7 +200,7 @@ def test_non_finite_ce_names_model_epoch_step_and_term(digits_splits):
 
 
 def test_non_finite_snnl_names_the_layer(digits_splits, monkeypatch):
-    real = loss_module._snnl
+    real = loss_module.snnl_rows
     calls = []
 
     def nan_on_second_layer(d, t, eye, same, *, eps):
@@ -208,7 +208,7 @@ def test_non_finite_snnl_names_the_layer(digits_splits, monkeypatch):
         calls.append(1)
         return (value * float("nan"), shift) if len(calls) == 2 else (value, shift)
 
-    monkeypatch.setattr(loss_module, "_snnl", nan_on_second_layer)
+    monkeypatch.setattr(loss_module, "snnl_rows", nan_on_second_layer)
     with pytest.raises(NonFiniteLossError, match=r"SNNL of layer 'conv2'.*epoch 1, step 0"):
         run(digits_splits, -1.0, temperature="fixed")
 

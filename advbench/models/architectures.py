@@ -74,7 +74,7 @@ def cnn_digits(
     )
 
 
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
@@ -103,9 +103,9 @@ def resnet_small(
     w1, w2, w3 = widths
     blocks: list[tuple[str, nn.Module]] = [
         ("stem", nn.Sequential(nn.Conv2d(input_shape[0], w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU())),
-        ("stage1", _BasicBlock(w1, w1, 1)),
-        ("stage2", _BasicBlock(w1, w2, 2)),
-        ("stage3", _BasicBlock(w2, w3, 2)),
+        ("stage1", BasicBlock(w1, w1, 1)),
+        ("stage2", BasicBlock(w1, w2, 2)),
+        ("stage3", BasicBlock(w2, w3, 2)),
         ("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
         ("logits", nn.Linear(w3, num_classes)),
     ]

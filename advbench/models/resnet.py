@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from advbench.models import register_model
-from advbench.models.architectures import _BasicBlock
+from advbench.models.architectures import BasicBlock
 from advbench.models.classifier import Classifier
 
 __all__ = ["RESNET_LAYERS", "resnet20"]
@@ -24,7 +24,7 @@ RESNET_LAYERS = ("stem", "stage1", "stage2", "stage3", "pool")
 
 
 def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(*(_BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(blocks)))
+    return nn.Sequential(*(BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(blocks)))
 
 
 def cifar_resnet(

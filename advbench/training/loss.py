@@ -26,8 +26,15 @@ from torch import Tensor, nn
 
 from advbench.config import SNNLConfig
 from advbench.models import Classifier
-from advbench.training.regularisers import Regulariser, RegulariserContext, _key, register_regulariser
-from advbench.training.snnl import SNNL_EPS, _floor_from_shift, _masks, _snnl, pairwise_distances, snnl_from_distances
+from advbench.training.regularisers import Regulariser, RegulariserContext, param_key, register_regulariser
+from advbench.training.snnl import (
+    SNNL_EPS,
+    class_masks,
+    floor_from_shift,
+    pairwise_distances,
+    snnl_from_distances,
+    snnl_rows,
+)
 
 __all__ = ["CompositeLoss", "LayerTemperature", "LossTerms", "SNNLRegulariser"]
 
@@ -139,24 +146,24 @@ class SNNLRegulariser(Regulariser):
         self.eps = SNNL_EPS
         self.param_lr = float(temperature_lr)
         self.temperatures = nn.ModuleDict(
-            {_key(layer): LayerTemperature(mode=temperature, T0=T0, lr=temperature_lr) for layer in self.layers}
+            {param_key(layer): LayerTemperature(mode=temperature, T0=T0, lr=temperature_lr) for layer in self.layers}
         )
         self.floor: dict[str, float] = {}
         self.used_temperature: dict[str, float] = {}
 
     def temperature(self, layer: str) -> LayerTemperature:
-        return self.temperatures[_key(layer)]  # type: ignore[return-value]
+        return self.temperatures[param_key(layer)]  # type: ignore[return-value]
 
     def forward(self, feats: Mapping[str, Tensor], y: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
-        eye, same = _masks(y)
+        eye, same = class_masks(y)
         for layer in self.layers:
             d = pairwise_distances(feats[layer], distance=self.distance)
             t = self.temperature(layer).for_loss(d, y, alpha=self.weight, eps=self.eps)
-            s, shift = _snnl(d, t, eye, same, eps=self.eps)
+            s, shift = snnl_rows(d, t, eye, same, eps=self.eps)
             out[layer] = s
             self.used_temperature[layer] = float(t.detach()) if isinstance(t, Tensor) else float(t)
-            self.floor[layer] = _floor_from_shift(shift)
+            self.floor[layer] = floor_from_shift(shift)
         return out
 
     def after_step(self) -> None:

@@ -142,7 +142,7 @@ def _flat(h: Tensor) -> Tensor:
     return h.reshape(h.shape[0], -1)
 
 
-def _key(layer: str) -> str:
+def param_key(layer: str) -> str:
     # ModuleDict / ParameterDict keys may not contain dots
     return layer.replace(".", "__")
 
@@ -182,7 +182,7 @@ class CenterLoss(Regulariser):
             raise ValueError(f"center loss needs the width of layers {missing}; the context gives {self.dims}")
         self.alpha, self.update, self.reduction = float(alpha), update, reduction
         self.param_lr = self.alpha
-        zeros = {_key(la): torch.zeros(self.num_classes, self.dims[la]) for la in self.layers}
+        zeros = {param_key(la): torch.zeros(self.num_classes, self.dims[la]) for la in self.layers}
         if update == "sgd":
             self.centres = nn.ParameterDict({k: nn.Parameter(v) for k, v in zeros.items()})
         else:
@@ -195,7 +195,7 @@ class CenterLoss(Regulariser):
         out: dict[str, Tensor] = {}
         for layer in self.layers:
             h = _flat(feats[layer])
-            c = self.centres[_key(layer)]
+            c = self.centres[param_key(layer)]
             cy = self.own(c)[y] if self.update == "sgd" else c[y]  # a copy: the update below cannot reach it
             term = 0.5 * (h - cy).pow(2).sum()
             out[layer] = term / len(y) if self.reduction == "mean" else term
@@ -294,16 +294,18 @@ class ClassDataDescription(Regulariser):
         self.lam = float(lam)
         self.param_lr = float(lr)
         k = self.num_classes
-        self.centres = nn.ParameterDict({_key(la): nn.Parameter(torch.zeros(k, self.dims[la])) for la in self.layers})
-        self.log_sigma = nn.ParameterDict({_key(la): nn.Parameter(torch.zeros(k)) for la in self.layers})
-        self.bias = nn.ParameterDict({_key(la): nn.Parameter(torch.zeros(k)) for la in self.layers})
+        self.centres = nn.ParameterDict(
+            {param_key(la): nn.Parameter(torch.zeros(k, self.dims[la])) for la in self.layers}
+        )
+        self.log_sigma = nn.ParameterDict({param_key(la): nn.Parameter(torch.zeros(k)) for la in self.layers})
+        self.bias = nn.ParameterDict({param_key(la): nn.Parameter(torch.zeros(k)) for la in self.layers})
         for la in self.layers:
-            self.register_buffer(f"seen_{_key(la)}", torch.zeros(k, dtype=torch.bool))
+            self.register_buffer(f"seen_{param_key(la)}", torch.zeros(k, dtype=torch.bool))
 
     def forward(self, feats: Mapping[str, Tensor], y: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for layer in self.layers:
-            key = _key(layer)
+            key = param_key(layer)
             h = _flat(feats[layer])
             self._init_centres(key, h.detach(), y)
             mu, log_s, b = (self.own(p[key]) for p in (self.centres, self.log_sigma, self.bias))

@@ -31,11 +31,14 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     "SNNL_EPS",
     "SoftNearestNeighborLoss",
+    "class_masks",
     "entanglement",
+    "floor_from_shift",
     "floor_rate",
     "pairwise_distances",
     "snnl",
     "snnl_from_distances",
+    "snnl_rows",
 ]
 
 Distance = Literal["euclidean", "cosine"]
@@ -102,16 +105,18 @@ def snnl_from_distances(d: Tensor, y: Tensor, temperature: Tensor | float, *, ep
         raise ValueError(f"the SNNL needs a batch of at least 2 points, got {b}")
     if y.shape != (b,):
         raise ValueError(f"expected {b} labels of shape ({b},), got shape {tuple(y.shape)}")
-    return _snnl(d, temperature, *_masks(y), eps=eps)[0]
+    return snnl_rows(d, temperature, *class_masks(y), eps=eps)[0]
 
 
-def _masks(y: Tensor) -> tuple[Tensor, Tensor]:
+def class_masks(y: Tensor) -> tuple[Tensor, Tensor]:
     """(diagonal, same-class off-diagonal) boolean masks for labels ``y``."""
     eye = torch.eye(len(y), dtype=torch.bool, device=y.device)
     return eye, (y[:, None] == y[None, :]) & ~eye
 
 
-def _snnl(d: Tensor, temperature: Tensor | float, eye: Tensor, same: Tensor, *, eps: float) -> tuple[Tensor, Tensor]:
+def snnl_rows(
+    d: Tensor, temperature: Tensor | float, eye: Tensor, same: Tensor, *, eps: float
+) -> tuple[Tensor, Tensor]:
     """The SNNL and, per row, ``-min_{k != i} d_ik / T`` (the log of the row's largest weight)."""
     logits = (-d / temperature).masked_fill(eye, -math.inf)
     # Shift each row by its max (a constant shift needs no gradient): the largest weight becomes 1,
@@ -147,10 +152,11 @@ def floor_rate(d: Tensor, temperature: Tensor | float) -> float:
     b = d.shape[0]
     with torch.no_grad():
         off = d.detach().masked_fill(torch.eye(b, dtype=torch.bool, device=d.device), math.inf)
-        return _floor_from_shift(-off.amin(1) / float(temperature))
+        return floor_from_shift(-off.amin(1) / float(temperature))
 
 
-def _floor_from_shift(shift: Tensor) -> float:
+def floor_from_shift(shift: Tensor) -> float:
+    """The fraction of rows whose largest weight underflows (:func:`floor_rate`), from :func:`snnl_rows` shifts."""
     return float((shift < -_UNDERFLOW).float().mean())
 
 
