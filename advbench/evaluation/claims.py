@@ -288,7 +288,7 @@ def _min_of(components: dict[str, pd.Series]) -> Evidence:
     return Evidence(per_seed, note=note)
 
 
-# -- built-in claims (a)-(g) of issue 14 ---------------------------------------------------------
+# -- built-in claims (a)-(g) ------------------------------------------------------------------------
 
 
 @register_claim(
