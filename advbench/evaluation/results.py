@@ -221,7 +221,8 @@ class Results:
         if len(self.outcomes):
             parts.append(outcomes_long(self.outcomes))
         ex = self.dknn_examples
-        if len(ex) and "kind" in ex.columns and (ex["kind"] == "adversarial").any():
+        # runs saved before per-example ids were recorded have no DkNN worst case (examples cannot be matched)
+        if len(ex) and {"kind", "example"} <= set(ex.columns) and (ex["kind"] == "adversarial").any():
             parts.append(dknn_long(ex))
         table = (
             worst_case(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=list(WORST_CASE_COLUMNS))

@@ -626,7 +626,16 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
             _table(tab),
             "",
         ]
-    det = detection_summary(dk)
+    # runs saved before advbench 0.2 scored no detection of successful attacks and no softmax
+    recorded = "credibility_auroc" in set(dk["metric"])
+    if not recorded:
+        out += [
+            "This run predates the detection and softmax metrics (detection on successful attacks, the MSP, "
+            "the OOD AUROCs with their standard errors): its DkNN cells did not record them, so those tables "
+            "are left out. Re-run the suite to compute them.",
+            "",
+        ]
+    det = detection_summary(dk) if recorded else pd.DataFrame()
     if len(det):
         tab = pd.DataFrame(
             {
@@ -691,7 +700,7 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
             _table(tab),
             "",
         ]
-    out += _ood_table(dk)
+    out += _ood_table(dk) if recorded else []
     if figures_dir is not None and not results.dknn_examples.empty:
         # lazy: matplotlib takes about a second to import, and a report without figures needs none
         from advbench.reports.plots import credibility_histograms, reliability_diagram
