@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from safetensors import safe_open
 
@@ -30,6 +34,7 @@ def test_l2_suite_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # every stored adversarial set: inside its own ball
     seen = set()
+    medians = {}  # (source, eps) -> the median of CW's own L2 perturbations over the examples it fooled
     for f in (tmp_path / "cache" / "attack").rglob("adv.safetensors"):
         with safe_open(str(f), framework="pt") as fh:
             meta = fh.metadata()
@@ -41,6 +46,11 @@ def test_l2_suite_end_to_end(tmp_path):
             if "CarliniWagner" in meta["attack"]:
                 raw = fh.get_tensor("raw_norm")
                 assert raw.shape == fh.get_tensor("l2").shape  # kept for the median perturbation size
+                fooled = raw.double().numpy()
+                fooled = fooled[np.isfinite(fooled)]
+                label = json.loads((f.parent / "MANIFEST.json").read_text())["meta"]["label"]
+                source = re.search(r" on (\S+) seed=", label).group(1)
+                medians[(source, eps)] = (float(np.median(fooled)), len(fooled), int((fooled <= eps).sum()))
             seen.add((meta["norm"], eps))
     assert seen == {("linf", 0.1), ("l2", 0.5), ("l2", 1.0)}
     report = (tmp_path / "report.md").read_text()
@@ -50,6 +60,23 @@ def test_l2_suite_end_to_end(tmp_path):
     assert report.index("### pgd, L-inf eps 0.1") < report.index("### pgd-l2, L2 eps 0.5")
     # the L-inf-only flags are not raised on L2 radii
     assert "above_chance_at_full_range" not in report
+    # CW (minimum-norm) reports its median perturbation: one row per model, equal to the stored raw norms'
+    norms = pd.read_csv(next((tmp_path / "runs").rglob("attack_norms.csv")))
+    assert set(norms["attack"]) == {"cw-l2"} and set(norms["source"]) == {"baseline", "entangled"}
+    assert (norms["norm"] == "l2").all() and (norms["n"] == 150).all()
+    assert len(norms) == len(medians) == 2
+    for r in norms.itertuples():
+        median, n_fooled, n_within = medians[(r.source, r.eps)]
+        assert r.median_raw_norm == pytest.approx(median, rel=1e-9)
+        assert (r.n_fooled, r.n_within_eps) == (n_fooled, n_within) and 0 < n_within <= n_fooled <= r.n
+        assert r.q25_raw_norm <= r.median_raw_norm <= r.q75_raw_norm
+    section = report[report.index("## Minimum-norm attacks") :].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    for r in norms.itertuples():
+        want = [r.source, "cw-l2", "L2", "1", f"{r.median_raw_norm:.3g}", f"{r.n_within_eps} / {r.n_fooled}", "150"]
+        assert want + ["1"] in rows, (want, rows)
+    # the DkNN section names the norm of L2 sets and leaves L-inf labels as they were
+    assert "pgd-l2 L2 eps=0.5" in report and "cw-l2 L2 eps=1" in report and "pgd eps=0.1" in report
 
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn"])

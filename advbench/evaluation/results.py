@@ -15,6 +15,7 @@ import pandas as pd
 
 from advbench.errors import AdvbenchError
 from advbench.evaluation.claims import claims_table
+from advbench.evaluation.min_norm import minimum_norm_summary
 from advbench.evaluation.stats import (
     PAIRED_COMPARISON_COLUMNS,
     mean_ci,
@@ -38,6 +39,7 @@ _FILES = {
     "metrics": "transfer_metrics.csv",
     "failures": "failures.csv",
     "cross_outcomes": "cross_outcomes.csv.gz",
+    "attack_norms": "attack_norms.csv",
 }
 #: Tables derived from the others when saved (for readers of the folder); :meth:`Results.load` recomputes them.
 _DERIVED = {"paired": "paired_comparisons.csv", "claims": "claims.csv"}
@@ -59,6 +61,9 @@ class Results:
       control): adversarial sets of seed ``seed`` on the models of ``target_seed`` ≠ ``seed``. The
       ``metrics`` table holds both designs, told apart by its ``target_seed`` column (== ``seed``
       for the paired, shared-path cells).
+    * ``attack_norms``: minimum-norm attacks only (Carlini–Wagner, DeepFool): one row per
+      (seed, source, attack, eps) with the median and quartiles of the attack's own perturbation
+      norms over the examples it fooled (:func:`~.min_norm.attack_norm_record`). Empty without them.
     * ``failures``: cells that failed (a faulty attack plugin, say) or were skipped because a cell
       they need failed: ``cell``, ``kind``, ``status``, ``error``. Empty when everything ran.
     """
@@ -73,6 +78,7 @@ class Results:
     gradient_flags: pd.DataFrame
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     cross_outcomes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    attack_norms: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: paired differences per (reference, variants), computed once (the bootstrap is not free)
     paired_memo: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -144,6 +150,11 @@ class Results:
         if len(out.metrics) and "target_seed" not in out.metrics.columns:  # a run saved before cross-seed cells
             out.metrics = out.metrics.assign(target_seed=out.metrics["seed"])
         return out
+
+    def minimum_norm_summary(self) -> pd.DataFrame:
+        """Median perturbation norm of each minimum-norm attack per (source, attack, norm, eps): seed mean and
+        range (:func:`~.min_norm.minimum_norm_summary`); empty when no such attack ran."""
+        return minimum_norm_summary(self.attack_norms)
 
     def paired_differences(self, reference: str, variants: list[str]) -> pd.DataFrame:
         """Paired differences of each variant against ``reference`` (:func:`~.stats.paired_differences`)."""

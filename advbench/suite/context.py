@@ -149,7 +149,16 @@ class CellContext:
 
 
 #: The result tables handlers append to, in the order :class:`~advbench.evaluation.results.Results` names them.
-TABLES = ("outcomes", "training", "clean", "dknn", "dknn_examples", "gradient_flags", "cross_outcomes")
+TABLES = (
+    "outcomes",
+    "training",
+    "clean",
+    "dknn",
+    "dknn_examples",
+    "gradient_flags",
+    "cross_outcomes",
+    "attack_norms",
+)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from advbench.data import load_dataset
 from advbench.errors import AdvbenchError, CacheError
 from advbench.evaluation.dknn import DkNN
 from advbench.evaluation.flags import FLAG_COLUMNS, flags_frame, gradient_flags
+from advbench.evaluation.min_norm import attack_norm_record
 from advbench.evaluation.transfer import outcomes_for, predict
 from advbench.io import check_suite_path
 from advbench.models import Classifier, create_model
@@ -299,6 +300,7 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     if entry is not None:
         try:
             store.adversarial[(seed, source, akey, eps)] = load_file(str(entry.file("adv.safetensors")))
+            _add_attack_norms(ctx, cell, store)
             return True
         except Exception as exc:  # a safetensors parse error of a file whose checksum matched: treat as corrupt
             ctx.cache.discard(cell.kind, cell.key, f"unreadable adversarial set: {exc}")
@@ -346,7 +348,21 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     with ctx.cache.writer("attack", cell.key, {"label": cell.label, "seconds": time.perf_counter() - t0}) as folder:
         save_file(tensors, str(folder / "adv.safetensors"), metadata=meta)
     store.adversarial[(seed, source, akey, eps)] = tensors
+    _add_attack_norms(ctx, cell, store)
     return False
+
+
+def _add_attack_norms(ctx: CellContext, cell: Cell, store: ArtefactStore) -> None:
+    """Table ``attack_norms``: a minimum-norm attack's perturbation sizes (its set holds ``raw_norm``)."""
+    seed, source, akey, eps = cell.params["seed"], cell.params["model"], cell.params["attack"], cell.params["eps"]
+    tensors = store.adversarial[(seed, source, akey, eps)]
+    if "raw_norm" not in tensors:
+        return
+    norm = next(a.norm for a in ctx.suite.attacks if a.key == akey)
+    raw = tensors["raw_norm"].double().numpy()
+    store.add(
+        "attack_norms", attack_norm_record(seed=seed, source=source, attack=akey, eps=eps, norm=norm, raw_norm=raw)
+    )
 
 
 def _give_dknn_knowledge(

@@ -46,6 +46,7 @@ def results_from_store(suite: Suite, store: ArtefactStore, failures: list[dict[s
         dknn_examples=store.table("dknn_examples"),
         gradient_flags=store.table("gradient_flags"),
         cross_outcomes=store.table("cross_outcomes"),
+        attack_norms=store.table("attack_norms"),
         failures=pd.DataFrame(failures, columns=["cell", "kind", "status", "error"]),
     )
 
