@@ -186,6 +186,26 @@ def test_detection_uses_only_successful_attacks() -> None:
     assert not any("ece" in m and "msp" not in m for m in v)
 
 
+def test_mahalanobis_detection_beside_credibility_and_msp() -> None:
+    clean = _frame([0.9, 0.8, 0.3, 0.6], [0.99, 0.9, 0.6, 0.7], [0, 0, 0, 0], [0, 0, 0, 1])
+    adv = _frame([0.1, 0.85, 0.7, 0.2, 0.95], [0.5, 0.95, 0.8, 0.55, 0.97], [0] * 5, [1, 0, 1, 1, 0], [1, 0, 1, 1, 0])
+    adv["fooled"] = adv["fooled"].astype(bool)
+    without = dknn_set_records(adv, model="m", seed=0, input_set="pgd", kind="adversarial", clean_examples=clean)
+    assert not any(r["metric"].startswith("mahalanobis") for r in without)
+    clean["mahalanobis"] = [-1.0, -3.0, -2.5, -0.5]
+    adv["mahalanobis"] = [-2.0, -0.1, -4.0, -9.0, -0.2]
+    rows = dknn_set_records(adv, model="m", seed=0, input_set="pgd", kind="adversarial", clean_examples=clean)
+    v = {r["metric"]: r for r in rows}
+    fooled = adv[adv["fooled"]]  # scores -2, -4, -9: 10 of the 12 (clean, fooled) pairs rank the clean one higher
+    assert v["mahalanobis_auroc"]["value"] == pytest.approx(10 / 12)
+    assert v["mahalanobis_auroc"]["n"] == 3 and v["mahalanobis_auroc"]["n_clean"] == 4
+    det = detection_metrics(clean["mahalanobis"], fooled["mahalanobis"])
+    assert v["mahalanobis_auroc_se"]["value"] == pytest.approx(det["auroc_se"])
+    assert v["mahalanobis_tpr_at_5fpr"]["value"] == pytest.approx(det["tpr_at_5fpr"])
+    # the other detectors' rows are the same as without the column
+    assert [r for r in rows if not r["metric"].startswith("mahalanobis")] == without
+
+
 def test_softmax_ece_by_hand() -> None:
     # 15 equal-width bins, right-closed: 0.5 -> bin 7 (7/15, 8/15]; 0.52 -> bin 7; 0.95, 0.99, 1.0 -> bin 14
     msp = [0.5, 0.52, 0.95, 0.99, 1.0]

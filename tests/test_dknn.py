@@ -345,3 +345,9 @@ def test_example_records_columns_and_values() -> None:
     assert "fooled" not in ood
     with pytest.raises(ValueError, match="summing to 1"):
         example_records(out, labels=y, example_ids=ids, softmax=np.log(prob))
+    maha = -rng.random(len(y))
+    with_maha = example_records(out, labels=y, example_ids=ids, softmax=prob, mahalanobis=maha)
+    np.testing.assert_array_equal(with_maha["mahalanobis"], maha)
+    assert "mahalanobis" not in df
+    with pytest.raises(ValueError, match="finite Mahalanobis scores"):
+        example_records(out, labels=y, example_ids=ids, softmax=prob, mahalanobis=maha[:3])

@@ -414,3 +414,90 @@ def test_regularisers_suite_plan(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     for model in ("baseline", "snnl-entangled", "center", "supcon", "cdd"):
         assert f"train {model} seed=0" in out.stdout
+
+
+# -- the report's regulariser terms ---------------------------------------------------------------------
+
+
+def test_regulariser_summary_has_last_epoch_terms_only_for_models_with_them():
+    import pandas as pd
+
+    from advbench.evaluation.results import Results
+
+    def hist(model, seed, **cols):
+        return pd.DataFrame({"model": model, "seed": seed, "epoch": [1, 2], "loss": [1.0, 0.5], **cols})
+
+    nan = [math.nan, math.nan]
+    training = pd.concat(
+        [
+            hist("baseline", 0, **{"snnl/fc1": nan, "entanglement/fc1": [0.3, 0.2]}),
+            hist("center", 0, **{"center/fc1": [4.0, 2.0], "entanglement/fc1": [0.3, 0.1]}),
+            hist("center", 1, **{"center/fc1": [5.0, 4.0], "entanglement/fc1": [0.3, 0.1]}),
+        ],
+        ignore_index=True,
+    )
+    empty = pd.DataFrame()
+    res = Results(
+        suite={},
+        outcomes=empty,
+        metrics=empty,
+        training=training,
+        clean=empty,
+        dknn=empty,
+        dknn_examples=empty,
+        gradient_flags=empty,
+    )
+    summ = res.regulariser_summary()
+    assert summ[["model", "term", "n_seeds"]].values.tolist() == [["center", "center/fc1", 2]]
+    assert summ["mean"].iloc[0] == pytest.approx(3.0)  # last epochs: 2.0 and 4.0
+    assert summ["ci_low"].iloc[0] < 3.0 < summ["ci_high"].iloc[0]
+    res.training = training.drop(columns="center/fc1")
+    assert res.regulariser_summary().empty
+
+
+PLUGIN_SUITE = """\
+name: reg-plugin
+dataset:
+  name: digits
+  splits: {train: 300, test: 100}
+models:
+  - name: baseline
+    architecture: cnn-digits
+    recipe: {epochs: 2, batch_size: 64, lr: 0.003}
+  - name: normed
+    architecture: cnn-digits
+    recipe: {epochs: 2, batch_size: 64, lr: 0.003, regularisers: [{name: norm-penalty, weight: 0.001}]}
+seeds: [0]
+attacks:
+  - {name: fgsm, eps: [0.1]}
+evaluations:
+  transfer: {n_examples: 60}
+  dknn: {k: 10, calibration_size: 60, n_examples: 60}
+"""
+
+
+@pytest.mark.integration
+def test_plugin_regulariser_trains_through_the_cli_and_appears_in_the_report(installed_regulariser_plugin, tmp_path):
+    import os
+
+    suite = tmp_path / "reg-plugin.yaml"
+    suite.write_text(PLUGIN_SUITE)
+    site = next(p for p in sys.path if p.endswith("site") and "advbench_norm_plugin" in os.listdir(p))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    report = tmp_path / "report.md"
+    args = ["run", str(suite), "--threads", "1", "--report", str(report)]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "advbench.cli.main", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    text = report.read_text()
+    section = text[text.index("## Regulariser terms") :]
+    section = section[: section.index("\n## ")]
+    header, _, *rows = [line for line in section.splitlines() if line.startswith("|")]
+    assert "norm-penalty/fc1" in header
+    assert len(rows) == 1 and rows[0].split("|")[1].strip() == "normed"
+    value = float(rows[0].split("|")[2].split()[0])
+    assert math.isfinite(value) and value > 0
+    # and the Mahalanobis detector sits beside credibility and the MSP
+    assert "Mahalanobis AUROC ± SE" in text

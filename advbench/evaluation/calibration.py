@@ -370,7 +370,8 @@ def dknn_set_records(
       ``empty_rate``; labelled sets also ``p_true_below`` (fraction of true-label p-values below eps);
       the clean set also ``validity_expected``, ``validity_pvalue`` and ``validity_violated`` (1.0 =
       flagged) from :func:`conformal_validity` (beta-binomial when ``n_calibration`` is given);
-    * detection, for every set but the clean one, for ``score`` in ``credibility`` and ``msp``:
+    * detection, for every set but the clean one, for ``score`` in ``credibility``, ``msp`` and (when
+      both sets have the column) ``mahalanobis``:
       ``{score}_auroc``, ``{score}_auroc_se`` (DeLong), ``{score}_aupr_in``, ``{score}_aupr_out``,
       ``{score}_tpr_at_5fpr``: all clean examples vs, for adversarial sets, only those that
       ``fooled`` the classifier (``n`` = their number, ``n_clean`` the clean set's), for OOD sets all
@@ -424,7 +425,10 @@ def dknn_set_records(
             fooled = examples["fooled"].astype(bool).to_numpy()
             add("fooled_rate", fooled.mean() if n else math.nan)
             chosen = examples[fooled]
-        for score in ("credibility", "msp"):
+        scores = ["credibility", "msp"]
+        if "mahalanobis" in examples and "mahalanobis" in clean_examples:
+            scores.append("mahalanobis")
+        for score in scores:
             det = detection_metrics(clean_examples[score], chosen[score], fpr=fpr)
             n_clean, n_out = int(det.pop("n_clean")), int(det.pop("n_out"))
             for key, value in det.items():

@@ -637,6 +637,7 @@ def example_records(
     example_ids: np.ndarray | Sequence[int],
     softmax: np.ndarray | torch.Tensor,
     clean_correct: np.ndarray | None = None,
+    mahalanobis: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One tidy row per input: the DkNN's p-values and neighbour counts next to the softmax.
 
@@ -650,6 +651,9 @@ def example_records(
             (:func:`softmax_probabilities`).
         clean_correct: for an adversarial set, whether the classifier's softmax prediction on each
             input's *clean* version was right; adds ``fooled`` = clean right and adversarial wrong.
+        mahalanobis: the Mahalanobis confidence of each input
+            (:func:`~advbench.evaluation.mahalanobis.mahalanobis_scores`, higher = more in-distribution);
+            adds the column ``mahalanobis``.
 
     Columns: ``example, label, prediction`` (the DkNN's), ``correct, credibility, confidence, p_true,
     p_pred`` (= credibility), ``p_0 .. p_{C-1}, k``, then per layer ``nbr_pred/<layer>`` (neighbours
@@ -693,6 +697,11 @@ def example_records(
     cols["msp"] = prob.max(axis=1) if n else np.zeros(0)
     cols["softmax_pred"] = soft_pred
     cols["softmax_correct"] = pd.array([pd.NA] * n, dtype="boolean") if y is None else soft_pred == y
+    if mahalanobis is not None:
+        maha = np.asarray(mahalanobis, dtype=np.float64)
+        if maha.shape != (n,) or not np.isfinite(maha).all():
+            raise ValueError(f"expected {n} finite Mahalanobis scores, one per input, got shape {maha.shape}")
+        cols["mahalanobis"] = maha
     if clean_correct is not None:
         cc = np.asarray(clean_correct)
         if cc.shape != (n,) or (cc.size and cc.dtype != np.bool_):

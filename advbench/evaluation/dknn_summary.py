@@ -78,13 +78,13 @@ def conformal_summary(dk: pd.DataFrame, *, eps_levels: Sequence[float] = EPS_LEV
 
 
 def _detection(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Seed means of the detection metrics of credibility and MSP per group of ``keys``."""
+    """Seed means of the detection metrics of credibility, MSP and Mahalanobis (NaN if unscored) per ``keys``."""
     out = []
     for key, g in rows.groupby(list(keys), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         rec: dict[str, object] = dict(zip(keys, key, strict=True))
         w = g.pivot_table(index="seed", columns="metric", values="value", aggfunc="mean")
-        for score in ("credibility", "msp"):
+        for score in ("credibility", "msp", "mahalanobis"):
             for m in ("auroc", "aupr_out", "tpr_at_5fpr"):
                 col = f"{score}_{m}"
                 rec[col] = float(w[col].mean()) if col in w else math.nan
@@ -103,7 +103,7 @@ def detection_summary(dk: pd.DataFrame) -> pd.DataFrame:
     """Per model, attack and eps (white-box sets): detection of the *successful* adversarial inputs.
 
     Clean test inputs (positive) against the adversarial inputs that fooled the classifier.
-    Columns: ``model, attack, eps``, for ``s`` in credibility / msp: ``{s}_auroc`` (seed mean),
+    Columns: ``model, attack, eps``, for ``s`` in credibility / msp / mahalanobis: ``{s}_auroc`` (seed mean),
     ``{s}_auroc_se`` (SE of that mean), ``{s}_aupr_out``, ``{s}_tpr_at_5fpr``; ``n_clean`` and ``n_out``
     (clean and fooled inputs, summed over seeds), ``n_seeds``, ``credibility_minus_msp`` (AUROC).
     """

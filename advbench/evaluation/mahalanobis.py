@@ -31,7 +31,13 @@ from torch import Tensor
 
 from advbench.models import Classifier
 
-__all__ = ["MahalanobisDetector", "layer_features", "mahalanobis_detection", "mahalanobis_scores"]
+__all__ = [
+    "MahalanobisDetector",
+    "fit_mahalanobis",
+    "layer_features",
+    "mahalanobis_detection",
+    "mahalanobis_scores",
+]
 
 Pool = Literal["mean", "flatten"]
 
@@ -125,6 +131,29 @@ def mahalanobis_scores(
     return detector.score(layer_features(model, x, detector.layer, pool=detector.pool, device=device))
 
 
+def fit_mahalanobis(
+    model: Classifier,
+    x_train: Tensor,
+    y_train: Tensor,
+    *,
+    layer: str | None = None,
+    pool: Pool = "mean",
+    ridge: float = 0.0,
+    device: torch.device | str | None = None,
+) -> MahalanobisDetector:
+    """The detector fitted on the model's ``layer`` features of the training set (one pass over it).
+
+    ``layer`` defaults to the last hidden layer; score inputs with :func:`mahalanobis_scores`.
+    """
+    name = layer if layer is not None else model.hidden_layers[-1]
+    if name not in (*model.hidden_layers, "logits"):
+        raise ValueError(
+            f"layer {name!r} is not a layer of {model.arch!r}; choose from {[*model.hidden_layers, 'logits']}"
+        )
+    train = layer_features(model, x_train, name, pool=pool, device=device)
+    return MahalanobisDetector.fit(train, y_train.cpu().numpy(), ridge=ridge, layer=name, pool=pool)
+
+
 def mahalanobis_detection(
     model: Classifier,
     x_train: Tensor,
@@ -141,11 +170,5 @@ def mahalanobis_detection(
     Returns, per name of ``inputs``, the scores ``M(x)``: pass the clean set's and another set's to
     :func:`~advbench.evaluation.calibration.detection_metrics` as ``scores_in`` / ``scores_out``.
     """
-    name = layer if layer is not None else model.hidden_layers[-1]
-    if name not in (*model.hidden_layers, "logits"):
-        raise ValueError(
-            f"layer {name!r} is not a layer of {model.arch!r}; choose from {[*model.hidden_layers, 'logits']}"
-        )
-    train = layer_features(model, x_train, name, pool=pool, device=device)
-    detector = MahalanobisDetector.fit(train, y_train.cpu().numpy(), ridge=ridge, layer=name, pool=pool)
+    detector = fit_mahalanobis(model, x_train, y_train, layer=layer, pool=pool, ridge=ridge, device=device)
     return {k: mahalanobis_scores(model, detector, v, device=device) for k, v in inputs.items()}

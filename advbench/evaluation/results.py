@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 
 from advbench.errors import AdvbenchError
@@ -257,6 +258,37 @@ class Results:
                 m, lo, hi = mean_ci(g[c].to_numpy(dtype=float))
                 rows.append({"model": model, "layer": c.split("/", 1)[1], "mean": m, "ci_low": lo, "ci_high": hi})
         return pd.DataFrame(rows)
+
+    def regulariser_summary(self) -> pd.DataFrame:
+        """Per model and regulariser column of the training history (``center/fc1``, ...): its last-epoch value.
+
+        A regulariser column is ``{name}/{term}`` or ``{name}/{metric}`` as the trainer logs the recipe's
+        ``regularisers`` (:func:`~advbench.training.trainer.train_model`): every ``a/b`` column whose
+        prefix is not one the trainer writes for the SNNL block or the probe. Only models with a value
+        get a row. Columns ``model``, ``term``, ``mean``, ``ci_low``, ``ci_high`` (95% over seeds),
+        ``n_seeds``; empty when no model logged one.
+        """
+        tr = self.training
+        empty = pd.DataFrame(columns=["model", "term", "mean", "ci_low", "ci_high", "n_seeds"])
+        cols = [c for c in tr.columns if "/" in str(c) and str(c).split("/", 1)[0] not in _TRAINER_PREFIXES]
+        if tr.empty or not cols:
+            return empty
+        last = tr.loc[tr.groupby(["model", "seed"])["epoch"].idxmax()]
+        rows = []
+        for model, g in last.groupby("model", sort=False):
+            for c in cols:
+                v = g[c].to_numpy(dtype=float)
+                v = v[np.isfinite(v)]
+                if v.size:
+                    m, lo, hi = mean_ci(v)
+                    rows.append(
+                        {"model": model, "term": c, "mean": m, "ci_low": lo, "ci_high": hi, "n_seeds": int(v.size)}
+                    )
+        return pd.DataFrame(rows) if rows else empty
+
+
+#: Prefixes of the history columns the trainer writes itself (SNNL block, probe), not a regulariser's terms.
+_TRAINER_PREFIXES = frozenset({"snnl", "temperature", "floor", "entanglement", "entanglement_T"})
 
 
 def all_transfer_metrics(outcomes: pd.DataFrame, cross_outcomes: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -89,6 +89,7 @@ def render_report(
     out += _failures_section(results)
     out += _clean_section(results)
     out += _entanglement_section(results, figures_dir, link_prefix)
+    out += _regulariser_section(results)
     out += _transfer_sections(results, figures_dir, link_prefix)
     out += _minimum_norm_section(results)
     out += _independent_transfer_section(results)
@@ -260,6 +261,43 @@ def _entanglement_section(results: Results, figures_dir: Path | None, prefix: st
         )
         out += [f"![entanglement over epochs]({prefix}entanglement.png)", ""]
     return out
+
+
+def _regulariser_section(results: Results) -> list[str]:
+    """The last-epoch value of each regulariser term, for the models whose recipe has regularisers."""
+    summ = results.regulariser_summary()
+    if summ.empty:
+        return []
+
+    def g4(v: float) -> str:
+        return "n/a" if not np.isfinite(v) else f"{v:.4g}"
+
+    terms = list(dict.fromkeys(summ["term"]))
+    rows = []
+    for model, g in summ.groupby("model", sort=False):
+        by_term = {str(r["term"]): r for r in _records(g)}
+        row: dict[str, Any] = {"model": model}
+        for t in terms:
+            r = by_term.get(t)
+            if r is None:
+                row[t] = "—"
+            elif np.isfinite(float(r["ci_low"])) and np.isfinite(float(r["ci_high"])):
+                row[t] = f"{g4(float(r['mean']))} [{g4(float(r['ci_low']))}, {g4(float(r['ci_high']))}]"
+            else:
+                row[t] = g4(float(r["mean"]))
+        row["seeds"] = int(g["n_seeds"].max())
+        rows.append(row)
+    return [
+        "## Regulariser terms",
+        "",
+        "Models trained with further regularisers (`recipe.regularisers`) only: each logged term or metric, "
+        "`<regulariser>/<term>`, unweighted, in the last epoch. Denominator: the training examples of that epoch "
+        "(a per-example mean over its batches); mean over seeds with a 95% Student-t interval when there are "
+        "several; — = the model does not have that term.",
+        "",
+        _table(pd.DataFrame(rows)),
+        "",
+    ]
 
 
 _NORM_LABELS = {"linf": "L-inf", "l2": "L2"}
@@ -615,6 +653,21 @@ def _auroc_cell(mean: float, se: float) -> str:
     return "n/a" if not np.isfinite(mean) else f"{mean:.3f} ± {_se(se)}"
 
 
+_MAHALANOBIS_NOTE = (
+    " Mahalanobis: the confidence of Lee et al. (2018), minus the squared Mahalanobis distance of the last hidden "
+    "layer's features to the closest class mean (class means and one shared covariance fitted on the training "
+    "split; no input pre-processing, no layer ensemble)."
+)
+
+
+def _mahalanobis_column(det: pd.DataFrame) -> dict[str, list[str]]:
+    """The Mahalanobis AUROC column of a detection summary, or none for runs that did not score it."""
+    if "mahalanobis_auroc" not in det or not np.isfinite(det["mahalanobis_auroc"].to_numpy(float)).any():
+        return {}
+    pairs = zip(det["mahalanobis_auroc"], det["mahalanobis_auroc_se"], strict=True)
+    return {"Mahalanobis AUROC ± SE": [_auroc_cell(m, s) for m, s in pairs]}
+
+
 def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> list[str]:
     # lazy: the summaries import scikit-learn (through calibration), a report without a DkNN needs none
     from advbench.evaluation.dknn_summary import conformal_summary, detection_summary, softmax_summary
@@ -689,6 +742,7 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
                 "MSP AUROC ± SE": [
                     _auroc_cell(m, s) for m, s in zip(det["msp_auroc"], det["msp_auroc_se"], strict=True)
                 ],
+                **_mahalanobis_column(det),
                 "cred − MSP": det["credibility_minus_msp"].map(lambda v: "n/a" if not np.isfinite(v) else f"{v:+.3f}"),
                 "AUPR-out cred / MSP": [
                     f"{_se(a)} / {_se(b)}"
@@ -703,7 +757,8 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
             }
         )
         out += [
-            "### Detection of successful attacks: credibility vs the softmax",
+            "### Detection of successful attacks: credibility vs the softmax"
+            + (" and the Mahalanobis detector" if _mahalanobis_column(det) else ""),
             "",
             "White-box sets (crafted on the scored model). Positive class: the clean test inputs; the other class: "
             "only the adversarial inputs that fooled the classifier (clean prediction right, adversarial wrong), so "
@@ -711,7 +766,8 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
             "DeLong SEs; AUPR-out: average precision with the attack as positive; TPR@5%FPR: fraction of fooling "
             "inputs flagged at the threshold that flags 5% of clean inputs. n_clean / n_adv: clean and fooling "
             "inputs, summed over seeds. The AUROC over every adversarial input (failed attacks included) is "
-            "`credibility_auroc_all_examples` in `dknn_metrics.csv`.",
+            "`credibility_auroc_all_examples` in `dknn_metrics.csv`."
+            + (_MAHALANOBIS_NOTE if _mahalanobis_column(det) else ""),
             "",
             _table(tab),
             "",
@@ -807,6 +863,7 @@ def _ood_table(dk: pd.DataFrame) -> list[str]:
                 _auroc_cell(m, s) for m, s in zip(ood["credibility_auroc"], ood["credibility_auroc_se"], strict=True)
             ],
             "MSP AUROC ± SE": [_auroc_cell(m, s) for m, s in zip(ood["msp_auroc"], ood["msp_auroc_se"], strict=True)],
+            **_mahalanobis_column(ood),
             "TPR@5%FPR cred / MSP (%)": [
                 f"{_pct(a)} / {_pct(b)}"
                 for a, b in zip(ood["credibility_tpr_at_5fpr"], ood["msp_tpr_at_5fpr"], strict=True)
@@ -825,7 +882,7 @@ def _ood_table(dk: pd.DataFrame) -> list[str]:
         "unlabelled, so no accuracy), `shift <corruption>:<severity>` are seeded corruptions of the scored clean "
         "test images (near: the class stays recognisable; far: the image statistics are no longer the dataset's), "
         "keeping their labels. AUROC: seed mean ± SE of the mean (DeLong per seed). n_clean / n_ood: summed over "
-        "seeds.",
+        "seeds." + (_MAHALANOBIS_NOTE if _mahalanobis_column(ood) else ""),
         "",
         _table(tab),
         "",

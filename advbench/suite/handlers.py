@@ -506,6 +506,8 @@ def run_dknn_score(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     ``attack``/``eps`` of adversarial sets, ``distance`` and ``shift_sha256`` of shift sets). Per set:
     :func:`~advbench.evaluation.calibration.dknn_set_records` (conformal validity and efficiency,
     detection of *successful* attacks and of OOD inputs against the clean set, the MSP's ECE).
+    Beside credibility and the MSP, every set is scored by the Mahalanobis detector (column
+    ``mahalanobis``), fitted once per model on the training split's last-hidden-layer features.
     """
     name, seed = cell.params["model"], cell.params["seed"]
     entry = ctx.cache.get(cell.kind, cell.key)
@@ -520,9 +522,12 @@ def run_dknn_score(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     from advbench.data.shift import shift_sets
     from advbench.evaluation.calibration import dknn_set_records
     from advbench.evaluation.dknn import example_records, softmax_probabilities
+    from advbench.evaluation.mahalanobis import fit_mahalanobis, mahalanobis_scores
 
     model = _model(ctx, store, name, seed)
     dknn = _dknn_index(ctx, store, name, seed, model)
+    train = ctx.splits.train
+    maha = fit_mahalanobis(model, train.x, train.y, device=ctx.device)
     n = ctx.n_dknn
     test = ctx.splits.test
     ids = ctx.transfer_indices[:n]
@@ -533,7 +538,12 @@ def run_dknn_score(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     def examples(x: torch.Tensor, labels: np.ndarray | None, example_ids: np.ndarray, **kw: Any) -> pd.DataFrame:
         x = x.to(ctx.device)
         return example_records(
-            dknn.predict(x), labels=labels, example_ids=example_ids, softmax=softmax_probabilities(model, x), **kw
+            dknn.predict(x),
+            labels=labels,
+            example_ids=example_ids,
+            softmax=softmax_probabilities(model, x),
+            mahalanobis=mahalanobis_scores(model, maha, x, device=ctx.device),
+            **kw,
         )
 
     rows: list[dict[str, Any]] = []
