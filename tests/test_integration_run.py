@@ -74,7 +74,8 @@ def test_quiet_console_ends_with_headline(uninterrupted):
     assert "epoch" not in err and "faiss" not in err
     assert sum("done:" in x for x in err.splitlines()) == 5  # one line per stage
     assert out.startswith("Results:") and "Claims (" in out
-    assert out.splitlines()[-1] == f"Report: {tmp / 'report-a.md'}; run folder: {results.parent}"
+    # paths relative to the project (here the test's folder, which is no git work tree), never absolute
+    assert out.splitlines()[-1] == f"Report: report-a.md; run folder: {results.parent.relative_to(tmp).as_posix()}"
     show = _cli("show", str(results.parent), cwd=tmp, env=_env(tmp / "cache"))
     assert show.returncode == 0 and show.stdout == out
 

@@ -11,6 +11,7 @@ from typing import Any
 from advbench.errors import AdvbenchError
 from advbench.evaluation.headline import headline
 from advbench.evaluation.results import Results
+from advbench.io import relative_to_project
 from advbench.reports.headline import render_headline
 
 __all__ = ["load_run", "run_headline"]
@@ -63,5 +64,6 @@ def run_headline(results: Results, *, report: str | None = None, run_dir: str | 
 def main(args: argparse.Namespace) -> int:
     results, manifest = load_run(args.run_dir)
     report = manifest.get("report") or results.suite["report"]["output"].format(name=results.suite["name"])
-    sys.stdout.write(run_headline(results, report=report, run_dir=str(args.run_dir)) + "\n")
+    # paths relative to the project, as `advbench run` prints them and the manifest records them
+    sys.stdout.write(run_headline(results, report=report, run_dir=relative_to_project(args.run_dir)) + "\n")
     return 0

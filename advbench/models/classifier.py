@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Classifier"]
+__all__ = ["Classifier", "ToMemoryFormat"]
+
+
+class ToMemoryFormat(torch.autograd.Function):
+    """``x.contiguous(memory_format=...)`` whose gradient comes back in the standard layout.
+
+    The network runs channels-last (faster convolutions), but the gradient with respect to the
+    caller's input must keep the caller's layout: attack libraries flatten input gradients with
+    ``.view`` (torchattacks' PGDL2, for one), which a channels-last gradient of a multi-channel image
+    refuses. Values are unchanged either way; only strides differ.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        return x.contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.contiguous(), None
 
 
 class Classifier(nn.Module):
@@ -74,8 +93,8 @@ class Classifier(nn.Module):
         self.std.copy_(_per_channel(std, c))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=self.memory_format)
+        if x.dim() == 4 and self.memory_format != torch.contiguous_format:
+            x = ToMemoryFormat.apply(x, self.memory_format)
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
