@@ -30,6 +30,10 @@ class PGD(Attack):
     """Projected Gradient Descent, L-inf. ``backend``: ``"torchattacks"`` (default) or ``"foolbox"``."""
 
     properties: ClassVar[frozenset[str]] = frozenset({"iterative", "gradient-based"})
+    #: the library classes that run it (:class:`~advbench.attacks.pgd_l2.PGDL2` names the L2 ones)
+    torchattacks_class: ClassVar[str] = "PGD"
+    foolbox_class: ClassVar[str] = "LinfPGD"
+    foolbox_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -55,7 +59,7 @@ class PGD(Attack):
         step_size = 2.5 * threat.eps / self.steps if self.step_size is None else self.step_size
         if self.backend == "torchattacks":
             return run_torchattacks(
-                "PGD",
+                self.torchattacks_class,
                 model,
                 x,
                 y,
@@ -66,12 +70,13 @@ class PGD(Attack):
                 random_start=self.random_start,
             )
         return run_foolbox(
-            "LinfPGD",
+            self.foolbox_class,
             model,
             x,
             y,
             threat,
             generator,
+            **self.foolbox_options,
             abs_stepsize=step_size,
             steps=self.steps,
             random_start=self.random_start,
