@@ -19,14 +19,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from advbench.config import SNNLConfig
 from advbench.models import Classifier
-from advbench.training.regularisers import Regulariser, RegulariserContext, param_key, register_regulariser
+from advbench.training.regularisers import (
+    Regulariser,
+    RegulariserContext,
+    param_key,
+    register_regulariser,
+    scale_grad,
+)
 from advbench.training.snnl import (
     SNNL_EPS,
     class_masks,
@@ -40,19 +46,6 @@ __all__ = ["CompositeLoss", "LayerTemperature", "LossTerms", "SNNLRegulariser"]
 
 # Bounds on a learned/reference temperature: keeps d/T finite in float32 if it drifts for many steps.
 _LOG_T_MIN, _LOG_T_MAX = math.log(1e-4), math.log(1e8)
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; multiplies the incoming gradient by ``scale``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.scale, None
 
 
 class LayerTemperature(nn.Module):
@@ -84,7 +77,7 @@ class LayerTemperature(nn.Module):
         if self.mode == "fixed":
             return self.T0
         if self.mode == "learned":
-            return _ScaleGrad.apply(self.log_t, 1.0 / alpha).exp()
+            return scale_grad(self.log_t, 1.0 / alpha).exp()
         t = self.t.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             s = snnl_from_distances(d.detach(), y, self.T0 / t, eps=eps)
