@@ -112,6 +112,8 @@ def headline(results: Any, *, claims: bool = True) -> Headline:
     order = {m: i for i, m in enumerate(models)}
     clean = _clean(results)
     wc = getattr(results, "worst_case", None)
+    if callable(wc):  # Results computes it from the outcomes and the DkNN's per-example results
+        wc = wc()
     if isinstance(wc, pd.DataFrame) and not wc.empty and {"model", "seed", "eps", "robust_accuracy"} <= set(wc):
         robust, basis = _robust_from_worst_case(wc), PER_EXAMPLE
     else:

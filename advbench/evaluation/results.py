@@ -130,7 +130,12 @@ class Results:
         for name, file in _FILES.items():
             path = folder / file
             try:
-                tables[name] = pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
+                # low_memory=False: read each column whole, so a column with blanks gets one dtype
+                tables[name] = (
+                    pd.read_csv(path, low_memory=False)
+                    if path.is_file() and path.stat().st_size > 1
+                    else pd.DataFrame()
+                )
             except pd.errors.EmptyDataError:
                 tables[name] = pd.DataFrame()
             except Exception as exc:  # truncated gzip (zlib.error), binary junk, bad encodings: all damage
