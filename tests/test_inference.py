@@ -126,6 +126,10 @@ def test_rate_interval_inside_unit_interval_and_saturated():
     half = stats.t.ppf(0.975, 2) * lg.std(ddof=1) / math.sqrt(3)
     assert r.low == pytest.approx(stats.logistic.cdf(lg.mean() - half))
     assert r.high == pytest.approx(stats.logistic.cdf(lg.mean() + half))
+    assert r.estimate == pytest.approx(stats.logistic.cdf(lg.mean()))  # the interval's centre
+    # seeds that barely differ: the plain mean (20.6%) would fall outside the interval; the centre never does
+    tight = rate_interval([103, 103, 104], [500, 500, 500])
+    assert tight.low < tight.estimate < tight.high
     top = rate_interval([500, 500, 499], [500, 500, 500])
     assert top.high < 1 and top.low < top.estimate
     for x in ([0, 0, 0], [500, 500, 500], [0, 500, 0]):

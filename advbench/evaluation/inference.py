@@ -271,9 +271,10 @@ def rate_interval(
 
     Each seed's rate gets the logit of its continuity-corrected value ``(x + 0.5)/(N + 1)`` (finite
     at 0% and 100%); the Student-t interval of those logits (``n − 1`` df) is mapped back with the
-    logistic function, so its bounds are strictly inside (0, 1). The estimate is the plain mean of the
-    per-seed rates ``x/N``. A cell at 0% or 100% in every seed is **saturated**: its interval is NaN
-    (there is no spread to show, and a zero-width interval would claim a precision the run does not
+    logistic function, so its bounds are strictly inside (0, 1). With an interval, the estimate is its
+    centre (the back-transformed mean logit), so it always lies inside it; without one (saturated, one
+    seed) it is the plain mean of the per-seed rates ``x/N``. A cell at 0% or 100% in every seed is
+    **saturated**: its interval is NaN (there is no spread to show, and a zero-width interval would claim a precision the run does not
     have). Seeds with an empty denominator are dropped; one seed gives NaN bounds.
     """
     if not 0.0 < confidence < 1.0:
@@ -297,7 +298,12 @@ def rate_interval(
     logits = _st.logistic.ppf((x + 0.5) / (n + 1.0))
     m = float(logits.mean())
     half = float(_st.t.ppf(0.5 + confidence / 2, k - 1)) * float(logits.std(ddof=1)) / math.sqrt(k)
-    return RateInterval(est, float(_st.logistic.cdf(m - half)), float(_st.logistic.cdf(m + half)), False, "ok", k)
+    # the estimate shown with an interval is the interval's own centre, the back-transformed mean logit:
+    # the plain mean can fall outside a narrow interval (the continuity correction and the logit's
+    # curvature move the centre), which reads as a contradiction; the two differ by well under a
+    # point away from 0% and 100%
+    centre = float(_st.logistic.cdf(m))
+    return RateInterval(centre, float(_st.logistic.cdf(m - half)), float(_st.logistic.cdf(m + half)), False, "ok", k)
 
 
 # -- power ---------------------------------------------------------------------------------------
