@@ -274,8 +274,8 @@ def rate_interval(
     logistic function, so its bounds are strictly inside (0, 1). With an interval, the estimate is its
     centre (the back-transformed mean logit), so it always lies inside it; without one (saturated, one
     seed) it is the plain mean of the per-seed rates ``x/N``. A cell at 0% or 100% in every seed is
-    **saturated**: its interval is NaN (there is no spread to show, and a zero-width interval would claim a precision the run does not
-    have). Seeds with an empty denominator are dropped; one seed gives NaN bounds.
+    **saturated**: its interval is NaN (there is no spread to show, and a zero-width interval would
+    claim a precision the run does not have). Seeds with an empty denominator are dropped; one seed gives NaN bounds.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
