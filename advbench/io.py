@@ -47,6 +47,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_suite_path",
+    "display_path",
     "fsync_dir",
     "generated_marker",
     "is_disk_full",
@@ -405,6 +406,19 @@ def relative_to_project(path: str | Path, root: str | Path | None = None) -> str
     except ValueError:
         return f"<outside project>/{full.name}"
     return rel.as_posix() or "."
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` for the console: relative to the current folder when inside it, else absolute.
+
+    What the console prints is read on the machine that ran the command; what is recorded
+    (manifests, reports) goes through :func:`relative_to_project` instead.
+    """
+    full = Path(path).resolve()
+    try:
+        return full.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return str(full)
 
 
 def suite_path_problems(

@@ -13,7 +13,7 @@ from advbench.cli.show_cmd import run_headline
 from advbench.config import Suite
 from advbench.errors import ConfigError
 from advbench.evaluation.results import Results
-from advbench.io import relative_to_project
+from advbench.io import display_path, relative_to_project
 from advbench.reports.markdown import check_report_path, write_run_report
 from advbench.suite.context import RunOptions
 from advbench.suite.paths import resolve_report_path
@@ -132,7 +132,9 @@ def main(args: argparse.Namespace) -> int:
     if runner.results is not None and not getattr(args, "quiet", False):
         sys.stdout.write(
             run_headline(
-                runner.results, report=run_dir.manifest.get("report"), run_dir=relative_to_project(run_dir.path)
+                runner.results,
+                report=display_path(resolve_report_path(suite, args.report)),
+                run_dir=display_path(run_dir.path),
             )
             + "\n"
         )

@@ -11,7 +11,7 @@ from typing import Any
 from advbench.errors import AdvbenchError
 from advbench.evaluation.headline import headline
 from advbench.evaluation.results import Results
-from advbench.io import relative_to_project
+from advbench.io import display_path, project_root
 from advbench.reports.headline import render_headline
 
 __all__ = ["load_run", "run_headline"]
@@ -64,6 +64,8 @@ def run_headline(results: Results, *, report: str | None = None, run_dir: str | 
 def main(args: argparse.Namespace) -> int:
     results, manifest = load_run(args.run_dir)
     report = manifest.get("report") or results.suite["report"]["output"].format(name=results.suite["name"])
-    # paths relative to the project, as `advbench run` prints them and the manifest records them
-    sys.stdout.write(run_headline(results, report=report, run_dir=relative_to_project(args.run_dir)) + "\n")
+    # the manifest records the report relative to the project; print it as `advbench run` did
+    if not report.startswith("<outside project>"):
+        report = display_path(project_root() / report)
+    sys.stdout.write(run_headline(results, report=report, run_dir=display_path(args.run_dir)) + "\n")
     return 0

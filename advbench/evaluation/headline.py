@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from advbench.evaluation.inference import rate_interval
 from advbench.evaluation.stats import mean_ci
 
 __all__ = ["PER_EXAMPLE", "SINGLE_ATTACK", "Headline", "headline"]
@@ -50,7 +52,14 @@ def _summary(df: pd.DataFrame, by: list[str], value: str, extra: dict[str, Any] 
     rows = []
     for key, g in df.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        m, lo, hi = mean_ci(g[value].to_numpy(dtype=float))
+        rates = g[value].to_numpy(dtype=float)
+        if "n" in g and g["n"].notna().all():
+            # accuracies are rates: a logit-scale interval over seeds stays inside [0, 1] without clipping
+            n = g["n"].to_numpy(dtype=float)
+            r = rate_interval(np.rint(rates * n), n)
+            m, lo, hi = r.estimate, r.low, r.high
+        else:
+            m, lo, hi = mean_ci(rates)
         row = {
             **dict(zip(by, key, strict=True)),
             "mean": m,

@@ -60,7 +60,7 @@ def render_headline(h: Headline, *, report: str | None = None, run_dir: str | No
     n_clean = _count(h.clean["n"]) if "n" in h.clean else "?"
     n_rob = _count(h.robust["n"]) if "n" in h.robust else "?"
     lines.append(
-        f"Results: mean [95% CI] over {n_seeds} seeds; clean accuracy on {n_clean} test examples per seed"
+        f"Results: mean [95% CI, logit scale] over {n_seeds} seeds; clean accuracy on {n_clean} test examples per seed"
         + (
             f"; white-box robust accuracy on {n_rob} attacked examples per seed, {h.robust_basis}"
             + (" (an upper bound on the worst case)" if h.robust_basis == SINGLE_ATTACK else "")
