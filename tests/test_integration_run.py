@@ -203,14 +203,11 @@ def test_killed_run_resumes_to_identical_results(uninterrupted, tmp_path):
     for table in TABLES:
         pd.testing.assert_frame_equal(_read(results, table), _read(whole, table), check_exact=True)
 
-    # a re-run of a finished suite is all cache hits, and quick
-    t0 = time.perf_counter()
+    # a re-run of a finished suite is all cache hits (its speed is a benchmark, benchmarks/test_bench_suite.py)
     again = _cli(*_run_args(tmp_path, "b"), cwd=tmp_path, env=env)
-    elapsed = time.perf_counter() - t0
     assert again.returncode == 0, again.stderr[-3000:]
     cells = json.loads((_latest_results(tmp_path / "runs-b").parent / "manifest.json").read_text())["cells"]
     assert all(c["cached"] for c in cells.values())
-    assert elapsed < 60  # generous: shared 2-core CI machines; the README quotes the measured figure
 
 
 def test_plan_lists_cells_and_computes_nothing(uninterrupted, tmp_path):
