@@ -4,7 +4,7 @@
 * worst-case white-box robust accuracy per model and eps: from the per-example worst case over
   attacks (``results.worst_case``, quantity ``classifier``) when the results carry it, else the
   lowest single attack's white-box accuracy (an upper bound on the worst case; the headline says which);
-* the pre-registered claims and their verdicts (:func:`advbench.evaluation.claims.claims_table`).
+* the suite's pre-registered claims and their verdicts (:meth:`~advbench.evaluation.results.Results.claims`).
 """
 
 from __future__ import annotations
@@ -132,11 +132,9 @@ def headline(results: Any, *, claims: bool = True) -> Headline:
         robust = robust.drop(columns="_o").reset_index(drop=True)
     table, error = pd.DataFrame(), ""
     if claims:
-        # lazy: the claims pull in the inference module, which the rest of the headline does not need
-        from advbench.evaluation.claims import claims_table
-
         try:
-            table = claims_table(results)
+            # the suite's own claims (``claims:``), as the report's Claims table shows them
+            table = results.claims()
         except Exception as exc:  # a faulty claim plugin must not hide the rest of the headline
             error = f"{type(exc).__name__}: {exc}"
     failures = getattr(results, "failures", None)

@@ -84,8 +84,8 @@ class Results:
     paired_memo: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    #: the worst-case table, computed once (the report renders it and writes its CSV)
-    worst_memo: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: derived tables computed once ("worst", "claims"): the results folder, the report and the headline read them
+    memo: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_parts(cls, *, suite: dict[str, Any], outcomes: pd.DataFrame, **tables: pd.DataFrame) -> Results:
@@ -222,7 +222,9 @@ class Results:
     def claims(self) -> pd.DataFrame:
         """The verdicts of the suite's claims (``claims:``; all registered when absent), columns
         :data:`~.claims.CLAIM_COLUMNS`."""
-        return claims_table(self, self.suite.get("claims") or None)
+        if "claims" not in self.memo:
+            self.memo["claims"] = claims_table(self, self.suite.get("claims") or None)
+        return self.memo["claims"]
 
     def worst_case(self) -> pd.DataFrame:
         """Robust accuracy under the ensemble of every white-box attack, per quantity, model, seed and eps.
@@ -232,8 +234,8 @@ class Results:
         """
         from advbench.evaluation.worstcase import WORST_CASE_COLUMNS, dknn_long, outcomes_long, worst_case
 
-        if "worst" in self.worst_memo:
-            return self.worst_memo["worst"]
+        if "worst" in self.memo:
+            return self.memo["worst"]
         parts = []
         if len(self.outcomes):
             parts.append(outcomes_long(self.outcomes))
@@ -244,7 +246,7 @@ class Results:
         table = (
             worst_case(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=list(WORST_CASE_COLUMNS))
         )
-        self.worst_memo["worst"] = table
+        self.memo["worst"] = table
         return table
 
     def entanglement_summary(self) -> pd.DataFrame:
