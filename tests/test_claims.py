@@ -15,11 +15,14 @@ from advbench.evaluation.claims import (
     CLAIMS,
     ClaimResult,
     NotApplicableError,
+    baseline_model,
     claims_table,
     decide,
     evaluate_claims,
     model_roles,
+    ood_auroc_gain,
     register_claim,
+    regularised_model,
 )
 from advbench.registry import Registry
 
@@ -32,6 +35,9 @@ BUILTINS = [
     "e-fewer-neighbours-agree-off-distribution",
     "f-less-transfer-to-entangled-than-independent-baseline",
     "g-ood-lower-credibility",
+    "h-cdd-ood-auroc-higher",
+    "i-cdd-less-transfer-into",
+    "j-supcon-ood-auroc-higher",
 ]
 
 
@@ -181,6 +187,9 @@ def test_committed_run_verdicts():
         "e-fewer-neighbours-agree-off-distribution": "not applicable",
         "f-less-transfer-to-entangled-than-independent-baseline": "not applicable",
         "g-ood-lower-credibility": "contradicted",
+        "h-cdd-ood-auroc-higher": "not applicable",  # no regularised models in that suite
+        "i-cdd-less-transfer-into": "not applicable",
+        "j-supcon-ood-auroc-higher": "not applicable",
     }
     for r in out.values():
         if r.verdict != "not applicable":
@@ -201,3 +210,66 @@ def test_detection_claim_reads_successful_attack_auroc():
     r = CLAIMS.get("d-entangled-dknn-detects-adversarial").evaluate(_Results(dknn=pd.DataFrame(rows)))
     assert "credibility_auroc" in r.metric and "successful" in r.metric
     assert r.per_seed == pytest.approx((0.05, 0.06, 0.07))
+
+
+def _reg_suite() -> dict[str, Any]:
+    def reg(name: str) -> dict[str, Any]:
+        return {"name": name, "recipe": {"snnl": {"alpha": 0.0}, "regularisers": [{"name": name, "weight": 0.1}]}}
+
+    return {
+        "models": [
+            reg("cdd") | {"name": "dd"},  # named differently from its regulariser: roles come from the recipe
+            {"name": "plain", "recipe": {"snnl": {"alpha": 0.0}}},
+            {"name": "tangled", "recipe": {"snnl": {"alpha": -0.05}}},
+            reg("supcon"),
+        ]
+    }
+
+
+def test_roles_skip_regularised_models():
+    suite = _reg_suite()
+    assert model_roles(suite) == ("plain", "tangled")
+    assert baseline_model(suite) == "plain" and regularised_model(suite, "cdd") == "dd"
+    with pytest.raises(NotApplicableError, match="center"):
+        regularised_model(suite, "center")
+
+
+def test_ood_auroc_claim_is_the_minimum_over_detectors():
+    rows = []
+    for s in range(3):
+        for shift in ("digits", "rotation"):
+            for model, cred, maha in (("plain", 0.80, 0.70), ("dd", 0.85 + 0.01 * s, 0.72), ("supcon", 0.9, 0.6)):
+                for det, v in (("credibility", cred), ("mahalanobis", maha)):
+                    rows.append({"model": model, "seed": s, "input_set": shift, "kind": "ood",
+                                 "metric": f"{det}_auroc", "value": v})  # fmt: skip
+        # an adversarial row must be ignored
+        rows.append({"model": "dd", "seed": s, "input_set": "pgd", "kind": "adversarial",
+                     "metric": "credibility_auroc", "value": 0.0})  # fmt: skip
+    res = _Results(suite=_reg_suite(), dknn=pd.DataFrame(rows))
+    h = CLAIMS.get("h-cdd-ood-auroc-higher").evaluate(res)
+    assert h.verdict == "supported"  # mahalanobis gains 0.02 in every seed, credibility 0.05-0.07: min = 0.02
+    assert h.per_seed == pytest.approx((0.02, 0.02, 0.02)) and "mahalanobis" in h.reason
+    j = CLAIMS.get("j-supcon-ood-auroc-higher").evaluate(res)
+    assert j.verdict == "contradicted" and j.per_seed == pytest.approx((-0.1, -0.1, -0.1))
+    assert ood_auroc_gain(res, "supcon", detectors=("credibility",)).per_seed.tolist() == pytest.approx([0.1] * 3)
+
+
+def test_transfer_into_claim_uses_third_party_sources_only():
+    rows = []
+    for s in range(4):
+        for source in ("tangled", "supcon", "plain", "dd"):
+            for target, rate in (("plain", 0.5), ("dd", 0.4 + 0.01 * s)):
+                if source == target:
+                    continue
+                # transfer between the two compared models themselves must not count: 0.99 would dominate
+                value = 0.99 if source in ("plain", "dd") else rate
+                rows.append({"source": source, "target": target, "attack": "pgd", "eps": 0.1, "seed": s,
+                             "metric": "transfer_rate", "value": value})  # fmt: skip
+    r = CLAIMS.get("i-cdd-less-transfer-into").evaluate(_Results(suite=_reg_suite(), metrics=pd.DataFrame(rows)))
+    assert r.verdict == "supported" and r.per_seed == pytest.approx((-0.1, -0.09, -0.08, -0.07))
+    assert "supcon, tangled" in r.reason
+
+
+def test_empty_claims_list_means_none():
+    assert evaluate_claims(_Results(), []) == []
+    assert len(evaluate_claims(_Results())) == len(CLAIMS.list())

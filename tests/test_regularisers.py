@@ -412,7 +412,7 @@ def test_regularisers_suite_plan(tmp_path):
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    for model in ("baseline", "snnl-entangled", "center", "supcon", "cdd"):
+    for model in ("baseline", "entangled", "center", "supcon", "cdd"):
         assert f"train {model} seed=0" in out.stdout
 
 

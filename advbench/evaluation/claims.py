@@ -39,16 +39,21 @@ from advbench.registry import Registry
 __all__ = [
     "CLAIMS",
     "CLAIM_COLUMNS",
+    "OOD_DETECTORS",
     "Claim",
     "ClaimResult",
     "Evidence",
     "NotApplicableError",
     "TidyResults",
+    "baseline_model",
     "claims_table",
     "decide",
     "evaluate_claims",
     "model_roles",
+    "ood_auroc_gain",
     "register_claim",
+    "regularised_model",
+    "transfer_into_gain",
 ]
 
 Direction = Literal["greater", "less"]
@@ -216,9 +221,10 @@ def evaluate_claims(
     registry: Registry[Claim] | None = None,
     confidence: float = 0.95,
 ) -> list[ClaimResult]:
-    """Every claim named in ``names`` (default: all registered, in name order) evaluated on ``results``."""
+    """Every claim named in ``names`` evaluated on ``results``; ``None`` means every registered claim (in
+    name order), an empty list none (a tuning suite decides nothing)."""
     reg = CLAIMS if registry is None else registry
-    return [reg.get(n).evaluate(results, confidence=confidence) for n in (names or reg.list())]
+    return [reg.get(n).evaluate(results, confidence=confidence) for n in (reg.list() if names is None else names)]
 
 
 def claims_table(
@@ -236,17 +242,38 @@ def model_roles(suite: dict[str, Any]) -> tuple[str, str]:
     """``(baseline, entangled)`` model names from the suite: the first model with SNNL ``alpha == 0``
     and the first with ``alpha < 0``. Raises :class:`NotApplicableError` when either is missing."""
     alphas: dict[str, float] = {}
+    plain: set[str] = set()  # models with no regulariser besides the recipe's `snnl` block
     for m in suite.get("models") or []:
-        snnl = ((m.get("recipe") or {}).get("snnl") or {}) if isinstance(m, dict) else {}
-        alphas[str(m.get("name"))] = float(snnl.get("alpha", 0.0) or 0.0)
-    base = next((n for n, a in alphas.items() if a == 0), None)
+        recipe = (m.get("recipe") or {}) if isinstance(m, dict) else {}
+        alphas[str(m.get("name"))] = float((recipe.get("snnl") or {}).get("alpha", 0.0) or 0.0)
+        if not recipe.get("regularisers"):
+            plain.add(str(m.get("name")))
+    base = next((n for n, a in alphas.items() if a == 0 and n in plain), None)
     ent = next((n for n, a in alphas.items() if a < 0), None)
     if base is None or ent is None:
         raise NotApplicableError(
-            f"the suite needs a baseline (SNNL alpha = 0) and an entangled model (alpha < 0); its models have "
-            f"alpha {alphas or 'none'}"
+            f"the suite needs a baseline (SNNL alpha = 0, no other regulariser) and an entangled model (alpha < 0); "
+            f"its models have alpha {alphas or 'none'}"
         )
     return base, ent
+
+
+def baseline_model(suite: dict[str, Any]) -> str:
+    """The first model trained with no regulariser at all (SNNL alpha 0, empty ``regularisers``)."""
+    for m in suite.get("models") or []:
+        recipe = (m.get("recipe") or {}) if isinstance(m, dict) else {}
+        if not float((recipe.get("snnl") or {}).get("alpha", 0.0) or 0.0) and not recipe.get("regularisers"):
+            return str(m.get("name"))
+    raise NotApplicableError("the suite has no baseline: a model with SNNL alpha 0 and no `regularisers`")
+
+
+def regularised_model(suite: dict[str, Any], regulariser: str) -> str:
+    """The first model whose recipe lists ``regulariser`` (by registered name) among its ``regularisers``."""
+    for m in suite.get("models") or []:
+        regs = ((m.get("recipe") or {}).get("regularisers") or []) if isinstance(m, dict) else []
+        if any(isinstance(r, dict) and r.get("name") == regulariser for r in regs):
+            return str(m.get("name"))
+    raise NotApplicableError(f"no model of the suite is trained with the {regulariser!r} regulariser")
 
 
 def _layers_regularised(suite: dict[str, Any], model: str) -> list[str] | None:
@@ -489,3 +516,93 @@ def _claim_g(results: TidyResults) -> Evidence:
     cred = dk[(dk["metric"] == "mean_credibility") & dk["kind"].isin(["clean", "ood"])]
     table = cred.groupby(["model", "seed", "kind"])["value"].mean().unstack("kind")
     return _drop_components(table, base, ent, ("ood",), "dknn.csv")
+
+
+# -- regulariser claims (suites/regularisers.yaml) ---------------------------------------------------
+# The statistics are public so that a plugin regulariser can pre-register the same claims about itself:
+#   register_claim("my-ood", statement=..., metric=..., direction="greater")(
+#       lambda r: ood_auroc_gain(r, "my-regulariser"))
+
+#: The detectors an OOD claim reads, by their column prefix in dknn.csv.
+OOD_DETECTORS: tuple[str, ...] = ("credibility", "mahalanobis")
+
+
+def ood_auroc_gain(results: TidyResults, regulariser: str, detectors: Sequence[str] = OOD_DETECTORS) -> Evidence:
+    """Per seed, the minimum over ``detectors`` of the mean over OOD sets of the clean-vs-OOD AUROC of the
+    model trained with ``regulariser`` minus the baseline's (positive = it detects every kind better)."""
+    base, model = baseline_model(results.suite), regularised_model(results.suite, regulariser)
+    dk = results.dknn
+    if dk.empty or "kind" not in dk.columns or not (dk["kind"] == "ood").any():
+        raise NotApplicableError("dknn.csv has no out-of-distribution set (kind == 'ood'); configure evaluations.ood")
+    ood = dk[dk["kind"] == "ood"]
+    comps: dict[str, pd.Series] = {}
+    for det in detectors:
+        rows = ood[ood["metric"] == f"{det}_auroc"]
+        wide = rows.pivot_table(index=["seed", "input_set"], columns="model", values="value", aggfunc="mean")
+        if base not in wide.columns or model not in wide.columns:
+            raise NotApplicableError(f"dknn.csv has no OOD {det}_auroc for both {base!r} and {model!r}")
+        diff = (wide[model] - wide[base]).dropna()
+        comps[f"{det} ({diff.index.get_level_values('input_set').nunique()} OOD sets)"] = diff.groupby(
+            level="seed"
+        ).mean()
+    return _min_of(comps)
+
+
+def transfer_into_gain(results: TidyResults, regulariser: str) -> Evidence:
+    """Per seed, the mean over third-party sources (every model but the two compared), attacks and eps of
+    the transfer rate into the model trained with ``regulariser`` minus that into the baseline (same seed)."""
+    base, model = baseline_model(results.suite), regularised_model(results.suite, regulariser)
+    m = results.metrics
+    if m.empty or not {"source", "target", "seed", "metric", "value"} <= set(m.columns):
+        raise NotApplicableError("transfer_metrics.csv is empty or lacks source/target/seed/metric/value")
+    rows = m[(m["metric"] == "transfer_rate") & ~m["source"].isin([base, model]) & m["target"].isin([base, model])]
+    if "target_seed" in rows.columns:  # same-seed cells only: the pairing is by seed
+        rows = rows[rows["target_seed"].isna() | (rows["target_seed"] == rows["seed"])]
+    keys = [k for k in ("source", "attack", "eps") if k in rows.columns]
+    wide = rows.pivot_table(index=["seed", *keys], columns="target", values="value", aggfunc="mean")
+    if rows.empty or base not in wide.columns or model not in wide.columns:
+        raise NotApplicableError(
+            f"no transfer cells from a third model into both {base!r} and {model!r} (the suite needs >= 3 models)"
+        )
+    diff = (wide[model] - wide[base]).dropna()
+    sources = sorted(set(diff.index.get_level_values("source"))) if "source" in keys else []
+    return Evidence(
+        diff.groupby(level="seed").mean(),
+        note=f"mean of {diff.groupby(level='seed').size().max()} cells per seed from {', '.join(sources)}",
+    )
+
+
+@register_claim(
+    "h-cdd-ood-auroc-higher",
+    statement="Class data description improves out-of-distribution detection over the baseline, by DkNN "
+    "credibility and by Mahalanobis distance.",
+    metric="clean-vs-OOD AUROC, cdd − baseline, mean over OOD sets, minimum over the two detectors",
+    direction="greater",
+    smallest_effect=0.01,
+)
+def _claim_h(results: TidyResults) -> Evidence:
+    return ood_auroc_gain(results, "cdd")
+
+
+@register_claim(
+    "i-cdd-less-transfer-into",
+    statement="Class data description reduces the transfer of adversarial examples into the model: examples "
+    "crafted on third models fool it less often than they fool the baseline.",
+    metric="transfer rate into cdd − into the baseline, same seed, mean over third-party sources, attacks and eps",
+    direction="less",
+    smallest_effect=0.02,
+)
+def _claim_i(results: TidyResults) -> Evidence:
+    return transfer_into_gain(results, "cdd")
+
+
+@register_claim(
+    "j-supcon-ood-auroc-higher",
+    statement="Supervised contrastive training improves out-of-distribution detection over the baseline, by "
+    "DkNN credibility and by Mahalanobis distance.",
+    metric="clean-vs-OOD AUROC, supcon − baseline, mean over OOD sets, minimum over the two detectors",
+    direction="greater",
+    smallest_effect=0.01,
+)
+def _claim_j(results: TidyResults) -> Evidence:
+    return ood_auroc_gain(results, "supcon")

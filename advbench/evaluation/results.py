@@ -223,7 +223,7 @@ class Results:
         """The verdicts of the suite's claims (``claims:``; all registered when absent), columns
         :data:`~.claims.CLAIM_COLUMNS`."""
         if "claims" not in self.memo:
-            self.memo["claims"] = claims_table(self, self.suite.get("claims") or None)
+            self.memo["claims"] = claims_table(self, self.suite.get("claims"))
         return self.memo["claims"]
 
     def worst_case(self) -> pd.DataFrame:
