@@ -226,6 +226,16 @@ class Results:
             self.memo["claims"] = claims_table(self, self.suite.get("claims"))
         return self.memo["claims"]
 
+    def model_comparison(self) -> pd.DataFrame:
+        """Every model against :meth:`reference_model` on clean and robust accuracy, transfer into and out of
+        it, and adversarial and OOD detection (:func:`~.comparison.model_comparison`)."""
+        from advbench.evaluation.comparison import model_comparison
+
+        if "comparison" not in self.memo:
+            order = [m["name"] for m in self.suite["models"]]
+            self.memo["comparison"] = model_comparison(self, self.reference_model(), order)
+        return self.memo["comparison"]
+
     def worst_case(self) -> pd.DataFrame:
         """Robust accuracy under the ensemble of every white-box attack, per quantity, model, seed and eps.
 

@@ -90,6 +90,7 @@ def render_report(
     out += _clean_section(results)
     out += _entanglement_section(results, figures_dir, link_prefix)
     out += _regulariser_section(results)
+    out += _comparison_section(results)
     out += _transfer_sections(results, figures_dir, link_prefix)
     out += _minimum_norm_section(results)
     out += _independent_transfer_section(results)
@@ -163,6 +164,9 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
             )
             _write_csv(results.paired(), fig_dir / "paired_comparisons.csv")
     _write_csv(results.claims(), fig_dir / "claims.csv")
+    comparison = results.model_comparison()
+    if len(comparison):
+        _write_csv(comparison, fig_dir / "model_comparison.csv")
     write_generated_text(path, text, what="the report")
     return path
 
@@ -296,6 +300,71 @@ def _regulariser_section(results: Results) -> list[str]:
         "several; — = the model does not have that term.",
         "",
         _table(pd.DataFrame(rows)),
+        "",
+    ]
+
+
+def _comparison_section(results: Results) -> list[str]:
+    """Quantities as rows, models as columns: the reference's seed mean [CI], every other model's mean and
+    paired difference to the reference [CI] (bold when the interval excludes 0)."""
+    comp = results.model_comparison()
+    if comp.empty or comp["model"].nunique() < 2:
+        return []
+    ref = results.reference_model()
+
+    def fmt(v: float, unit: str, signed: bool = False) -> str:
+        if not np.isfinite(v):
+            return "n/a"
+        v = 100 * v if unit == "%" else v
+        return (
+            f"{v:+.1f}"
+            if signed and unit == "%"
+            else f"{v:+.3f}"
+            if signed
+            else f"{v:.1f}"
+            if unit == "%"
+            else f"{v:.3f}"
+        )
+
+    models = list(dict.fromkeys(comp["model"]))
+    rows, denoms = [], {}
+    for quantity, g in comp.groupby("quantity", sort=False):
+        row: dict[str, Any] = {"quantity": f"{quantity}{' (%)' if g['unit'].iloc[0] == '%' else ''}"}
+        for r in _records(g):
+            u = str(r["unit"])
+            cell = fmt(r["mean"], u)
+            if np.isfinite(r["ci_low"]):
+                cell += f" [{fmt(r['ci_low'], u)}, {fmt(r['ci_high'], u)}]"
+            elif r["status"] == "saturated":
+                cell += " (saturated)"
+            if r["model"] != ref and np.isfinite(r["diff"]):
+                d = f"Δ {fmt(r['diff'], u, True)}"
+                if np.isfinite(r["diff_low"]) and r["diff_low"] == r["diff_high"]:
+                    d += " (the same in every seed)"  # e.g. both saturated: no spread to test against
+                elif np.isfinite(r["diff_low"]):
+                    d += f" [{fmt(r['diff_low'], u, True)}, {fmt(r['diff_high'], u, True)}]"
+                    if r["diff_low"] > 0 or r["diff_high"] < 0:
+                        d = f"**{d}**"
+                cell += f"; {d}"
+            row[str(r["model"])] = cell
+        row["seeds"] = int(g["n_seeds"].min())
+        rows.append(row)
+        denoms[str(quantity)] = str(g["denominator"].iloc[0])
+    table = pd.DataFrame(rows)[["quantity", *models, "seeds"]].fillna("—")
+    return [
+        "## Model comparison",
+        "",
+        f"Every model against `{ref}` on the quantities a change of representation could move. Each cell: the "
+        "mean over seeds [95% interval, Student-t on the logit scale as for every rate here; saturated = 0 or 1 "
+        "in every seed]; for the other models also Δ, the paired difference to "
+        f"`{ref}` of the same seed (same initial weights and batch order) with its 95% interval, **bold** "
+        "when it excludes 0 (paired t-test over seeds; no correction for the number of cells: the decisions "
+        "are the Claims table's). Accuracy and transfer in points of %, AUROC on [0, 1]. "
+        "Table: `model_comparison.csv`. Denominators:",
+        "",
+        *[f"- {q}: {d}." for q, d in denoms.items()],
+        "",
+        _table(table),
         "",
     ]
 

@@ -1,0 +1,152 @@
+"""Every model against the reference on the quantities a representation regulariser could change.
+
+One row per (quantity, model): the seed mean with its 95% Student-t interval and, for every model but
+the reference, the paired difference to the reference (same seed = same initial weights and batch
+order) with its interval and paired t-test (:func:`advbench.evaluation.inference.paired_t`, so the
+interval and the test agree). The quantities, each one value per seed:
+
+* ``clean accuracy``: test accuracy (denominator: the test split);
+* ``robust accuracy @ eps``: the per-example worst case over every white-box attack at that eps
+  (:func:`advbench.evaluation.worstcase.worst_case`, classifier; denominator: the attacked examples);
+* ``transfer into``: the transfer rate of examples crafted on every *other* model of the seed into
+  this one (denominator: examples this model classifies correctly when clean), mean over sources,
+  attacks and eps; ``transfer out of``: the same from this model to every other;
+* ``adversarial detection AUROC (<score>)``: clean test inputs vs the white-box adversarial inputs
+  that fooled the classifier, mean over attacks and eps, for the DkNN credibility, the maximum
+  softmax probability and the Mahalanobis confidence;
+* ``OOD detection AUROC (<score>)``: clean vs every out-of-distribution set, mean over the sets.
+
+A quantity the run lacks (no OOD sets, no Mahalanobis scores) has no rows. Transfer rows read only
+the same-seed cells: cross-seed cells are another design (the report's independent-transfer section).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from advbench.evaluation import inference as _inf
+
+__all__ = ["COMPARISON_COLUMNS", "DETECTION_SCORES", "model_comparison", "per_seed_quantities"]
+
+#: Columns of :func:`model_comparison`.
+COMPARISON_COLUMNS: tuple[str, ...] = (
+    "quantity",
+    "unit",
+    "model",
+    "n_seeds",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "status",
+    "diff",
+    "diff_low",
+    "diff_high",
+    "p",
+    "denominator",
+)
+
+#: Detection scores compared, as named in the DkNN tables (``{score}_auroc``).
+DETECTION_SCORES: tuple[str, ...] = ("credibility", "msp", "mahalanobis")
+
+
+Quantity = tuple[str, str, str, pd.DataFrame]
+
+
+def _quantity(
+    name: str, unit: str, denominator: str, frame: pd.DataFrame, value: str, count: str
+) -> Iterator[Quantity]:
+    """One quantity as a frame indexed by (model, seed) with ``value`` (the mean of ``value`` over the rows of
+    each model and seed) and ``n`` (the mean of ``count``, the examples behind one value)."""
+    if frame.empty or value not in frame.columns:
+        return
+    n = frame[count] if count in frame.columns else pd.Series(np.nan, index=frame.index)
+    g = frame.assign(_v=frame[value].astype(float), _n=n.astype(float)).groupby(["model", "seed"])
+    out = pd.DataFrame({"value": g["_v"].mean(), "n": g["_n"].mean()}).dropna(subset=["value"])
+    if len(out):
+        yield name, unit, denominator, out
+
+
+def per_seed_quantities(results: Any) -> Iterator[Quantity]:
+    """``(quantity, unit, denominator, frame)`` for every quantity the run has; ``frame`` is indexed by
+    (model, seed) with columns ``value`` and ``n`` (the examples behind the value). ``results`` is an
+    :class:`advbench.evaluation.results.Results` (or anything with its ``clean``, ``dknn``,
+    ``shared_metrics()`` and ``worst_case()``)."""
+    clean = results.clean
+    yield from _quantity("clean accuracy", "%", "the test split", clean, "test_accuracy", "n")
+    worst = results.worst_case()
+    if len(worst):
+        w = worst[worst["quantity"] == "classifier"]
+        for eps, g in w.groupby("eps", sort=True):
+            yield from _quantity(
+                f"robust accuracy @ {eps:g} (worst case)",
+                "%",
+                "attacked test examples, robust to every white-box attack at that eps",
+                g,
+                "robust_accuracy",
+                "n",
+            )
+    m = results.shared_metrics()
+    if len(m):
+        tr = m[(m["metric"] == "transfer_rate") & (m["source"] != m["target"])]
+        denom = "examples the target classifies correctly when clean; mean over other models, attacks and eps"
+        into, out = tr.rename(columns={"target": "model"}), tr.rename(columns={"source": "model"})
+        yield from _quantity("transfer into", "%", denom, into, "value", "denominator")
+        yield from _quantity("transfer out of", "%", denom, out, "value", "denominator")
+    dk = results.dknn
+    if len(dk) and {"kind", "metric", "value"} <= set(dk.columns):
+        adv = dk[dk["kind"] == "adversarial"]
+        if "source" in adv.columns:
+            adv = adv[adv["source"] == adv["model"]]
+        ood = dk[dk["kind"] == "ood"]
+        for what, rows, denom in (
+            ("adversarial", adv, "clean test inputs vs white-box adversarial inputs that fooled the classifier"),
+            ("OOD", ood, "clean test inputs vs every input of each OOD set; mean over the sets"),
+        ):
+            for score in DETECTION_SCORES:
+                sel = rows[rows["metric"] == f"{score}_auroc"]
+                yield from _quantity(f"{what} detection AUROC ({score})", "auroc", denom, sel, "value", "n")
+
+
+def model_comparison(results: Any, reference: str, order: list[str] | None = None) -> pd.DataFrame:
+    """Columns :data:`COMPARISON_COLUMNS`: per quantity and model, the seed mean [95% CI] and the paired
+    difference to ``reference`` [95% CI] with its p-value (NaN for the reference itself).
+
+    Every quantity lies in [0, 1], so its interval is :func:`~.inference.rate_interval`'s logit-scale
+    interval (never outside [0, 1], never clipped; the shown mean is its centre), with each seed's
+    value counted over the ``n`` examples behind it; ``status`` says "saturated" when every seed is at 0
+    or 1. The differences are plain paired t over seeds.
+    """
+    rows: list[dict[str, Any]] = []
+    for name, unit, denom, frame in per_seed_quantities(results):
+        models = list(dict.fromkeys(frame.index.get_level_values("model")))
+        if order:
+            models = [m for m in order if m in models] + [m for m in models if m not in order]
+        ref = frame["value"].xs(reference, level="model") if reference in models else None
+        for model in models:
+            f = frame.xs(model, level="model")
+            v = f["value"]
+            n = f["n"].where(f["n"] > 0, 1000.0).fillna(1000.0).to_numpy(float)  # no count: a neutral 1,000
+            r = _inf.rate_interval(v.to_numpy(float) * n, n)
+            t = _inf.paired_t((v - ref).dropna().to_numpy(float)) if model != reference and ref is not None else None
+            rows.append(
+                {
+                    "quantity": name,
+                    "unit": unit,
+                    "model": model,
+                    "n_seeds": int(v.size),
+                    "mean": r.estimate,
+                    "ci_low": r.low,
+                    "ci_high": r.high,
+                    "status": r.status,
+                    "diff": t.estimate if t else np.nan,
+                    "diff_low": t.low if t else np.nan,
+                    "diff_high": t.high if t else np.nan,
+                    "p": t.p if t else np.nan,
+                    "denominator": denom,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
