@@ -134,3 +134,64 @@ def test_welch_interval_edge_cases():
     assert d == pytest.approx(0.15) and math.isnan(lo) and math.isnan(hi)
     d, lo, hi, _ = welch_interval(np.array([0.5, 0.5]), np.array([0.7, 0.7]))
     assert (d, lo, hi) == pytest.approx((0.2, 0.2, 0.2))
+
+
+ALPHA_RUN = Path(__file__).resolve().parents[1] / "reports" / "alpha-sweep" / "run"
+
+
+def _copy_run(dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(ALPHA_RUN, dst)
+    return dst
+
+
+@pytest.mark.skipif(not ALPHA_RUN.is_dir(), reason="committed alpha-sweep run not present")
+def test_exact_reproduction_ignores_wall_clock_and_gzip_headers(tmp_path, capsys):
+    import gzip
+    import time
+
+    from advbench.evaluation.compare import reproduction_check
+
+    b = _copy_run(tmp_path / "b")
+    tr = pd.read_csv(b / "results" / "training.csv")
+    tr["seconds"] = tr["seconds"] + 1.5  # another run's wall clock
+    tr.to_csv(b / "results" / "training.csv", index=False)
+    gz = b / "results" / "outcomes.csv.gz"
+    data = gzip.decompress(gz.read_bytes())
+    time.sleep(1.1)
+    gz.write_bytes(gzip.compress(data, mtime=int(time.time())))  # same content, another header
+    table = reproduction_check(ALPHA_RUN / "results", b / "results")
+    assert set(table["status"]) == {"identical"} and "suite.json" in set(table["table"])
+    assert main(["compare", str(ALPHA_RUN), str(b), "--exact"]) == 0
+    assert "B reproduces A" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not ALPHA_RUN.is_dir(), reason="committed alpha-sweep run not present")
+def test_exact_reproduction_names_what_differs(tmp_path, capsys):
+    from advbench.evaluation.compare import reproduction_check
+
+    b = _copy_run(tmp_path / "b")
+    clean = pd.read_csv(b / "results" / "clean.csv")
+    clean.loc[3, "test_accuracy"] += 1e-7
+    clean.to_csv(b / "results" / "clean.csv", index=False)
+    (b / "results" / "failures.csv").unlink()
+    table = reproduction_check(ALPHA_RUN / "results", b / "results").set_index("table")
+    assert table.loc["clean.csv", "status"] == "differs" and table.loc["clean.csv", "max_abs_diff"] == pytest.approx(
+        1e-7
+    )
+    assert table.loc["failures.csv", "status"] == "only in A"
+    assert main(["compare", str(ALPHA_RUN), str(b), "--exact"]) == 1
+    assert "does not reproduce" in capsys.readouterr().out
+    loose = reproduction_check(ALPHA_RUN / "results", b / "results", tolerance=1e-6).set_index("table")
+    assert loose.loc["clean.csv", "status"] == "within tolerance"
+    labels = pd.read_csv(b / "results" / "clean.csv")
+    labels.loc[0, "model"] = "renamed"
+    labels.to_csv(b / "results" / "clean.csv", index=False)
+    detail = reproduction_check(ALPHA_RUN / "results", b / "results").set_index("table").loc["clean.csv", "detail"]
+    assert "column model, row 0" in detail
+
+
+def test_tolerance_needs_exact(tmp_path, capsys):
+    assert main(["compare", str(tmp_path), str(tmp_path), "--tolerance", "0.1"]) != 0
+    assert "without --exact" in capsys.readouterr().err

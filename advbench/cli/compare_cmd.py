@@ -6,17 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
+from tabulate import tabulate
+
 from advbench.cli.show_cmd import load_run
-from advbench.evaluation.compare import compare_runs
+from advbench.errors import AdvbenchError
+from advbench.evaluation.compare import compare_runs, reproduction_check
 from advbench.reports.compare import render_comparison
 
 EXAMPLE = """examples:
   advbench compare runs/quick-20261129-060141 runs/quick-20261129-071502
   advbench compare runs/quick-a runs/quick-b --section clean --section transfer --output cmp.md
+  advbench compare reports/transfer/run runs/transfer-20261130-090000 --exact   # a reproduction, bit for bit
 
 Metrics are matched by section, model names, attack, eps and metric name, so runs of different
 suites compare where they overlap; what only one run has is listed at the end. With the same seeds
-in both runs the interval is paired by seed, otherwise it is Welch's unpaired t interval."""
+in both runs the interval is paired by seed, otherwise it is Welch's unpaired t interval.
+
+--exact asks instead whether run B reproduces run A: every tidy table of the two results folders,
+cell by cell, leaving out wall-clock columns (seconds); exit status 0 when every table is identical
+(or within --tolerance, e.g. across thread counts), 1 otherwise."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,10 +44,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     p.add_argument("--output", default=None, help="also write the Markdown to this file")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="check that B reproduces A: every tidy table identical, wall-clock columns left out (exit 1 if not)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="with --exact: the largest absolute numeric difference accepted (default 0: bit for bit)",
+    )
     p.set_defaults(func=main)
 
 
+def _exact(args: argparse.Namespace) -> int:
+    for run in (args.run_a, args.run_b):
+        load_run(run)  # the same clear error as without --exact for a folder that is not a run
+    table = reproduction_check(Path(args.run_a) / "results", Path(args.run_b) / "results", tolerance=args.tolerance)
+    bad = table[~table["status"].isin(["identical", "within tolerance"])]
+    text = tabulate(table.fillna(""), headers="keys", tablefmt="github", showindex=False)
+    verdict = (
+        f"B reproduces A: {len(table)} tables compared, "
+        f"{int((table['status'] == 'identical').sum())} identical"
+        + (f", the rest within {args.tolerance:g}" if (table["status"] == "within tolerance").any() else "")
+        if bad.empty
+        else f"B does not reproduce A: {len(bad)} of {len(table)} tables differ ({', '.join(bad['table'])})"
+    )
+    out = f"{text}\n\n{verdict}\n"
+    sys.stdout.write(out)
+    if args.output:
+        Path(args.output).write_text(out)
+    return 0 if bad.empty else 1
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.exact:
+        return _exact(args)
+    if args.tolerance:
+        raise AdvbenchError(f"--tolerance {args.tolerance:g} was given without --exact; it applies only to --exact")
     a, _ = load_run(args.run_a)
     b, _ = load_run(args.run_b)
     comparison = compare_runs(a, b, confidence=args.confidence)

@@ -16,8 +16,10 @@ What only one run has is listed as unmatched. The intervals are per metric, not 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,18 @@ from scipy import stats as _st
 
 from advbench.evaluation.inference import paired_t
 
-__all__ = ["KEY_COLUMNS", "PAIRED", "WELCH", "Comparison", "compare_runs", "per_seed_metrics", "welch_interval"]
+__all__ = [
+    "KEY_COLUMNS",
+    "PAIRED",
+    "REPRODUCTION_COLUMNS",
+    "WALL_CLOCK_COLUMNS",
+    "WELCH",
+    "Comparison",
+    "compare_runs",
+    "per_seed_metrics",
+    "reproduction_check",
+    "welch_interval",
+]
 
 #: What identifies one metric across runs (``""`` where not applicable).
 KEY_COLUMNS: tuple[str, ...] = ("section", "source", "model", "attack", "eps", "input_set", "metric")
@@ -232,3 +245,82 @@ def _denominators(a: Any, b: Any) -> dict[tuple[str, str], str]:
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
     section = _SECTIONS.index(key[0]) if key[0] in _SECTIONS else len(_SECTIONS)
     return (section, *(str(k) for k in key[1:]))
+
+
+# -- exact reproduction ----------------------------------------------------------------------------
+
+#: Columns that record wall-clock time, not a result; an exact comparison leaves them out.
+WALL_CLOCK_COLUMNS: frozenset[str] = frozenset({"seconds", "wall_s"})
+
+#: Columns of :func:`reproduction_check`.
+REPRODUCTION_COLUMNS: tuple[str, ...] = ("table", "rows_a", "rows_b", "status", "max_abs_diff", "detail")
+
+
+def _read_tidy(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _table_difference(a: pd.DataFrame, b: pd.DataFrame, tolerance: float) -> tuple[str, float, str]:
+    """``(status, max |a - b| over numeric cells, detail)`` for two versions of one tidy table."""
+    a = a.drop(columns=[c for c in a.columns if c in WALL_CLOCK_COLUMNS])
+    b = b.drop(columns=[c for c in b.columns if c in WALL_CLOCK_COLUMNS])
+    if list(a.columns) != list(b.columns):
+        only = sorted(set(a.columns) ^ set(b.columns))
+        return "differs", math.nan, f"columns differ ({', '.join(only) or 'order'})"
+    if a.shape != b.shape:
+        return "differs", math.nan, f"{len(a)} vs {len(b)} rows"
+    worst, where = 0.0, ""
+    for col in a.columns:
+        x, y = a[col], b[col]
+        if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
+            xv, yv = x.to_numpy(float), y.to_numpy(float)
+            both_nan = np.isnan(xv) & np.isnan(yv)
+            if np.any(np.isnan(xv) != np.isnan(yv)):
+                return "differs", math.nan, f"column {col}: missing values in different rows"
+            d = np.abs(np.where(both_nan, 0.0, xv - yv))
+            if d.size and float(d.max()) > worst:
+                worst, where = float(d.max()), f"largest in column {col}"
+        elif not x.astype(str).equals(y.astype(str)):
+            row = int(np.flatnonzero(x.astype(str).to_numpy() != y.astype(str).to_numpy())[0])
+            return "differs", math.nan, f"column {col}, row {row}: {x.iloc[row]!r} vs {y.iloc[row]!r}"
+    if worst == 0.0:
+        return "identical", 0.0, ""
+    return ("within tolerance" if worst <= tolerance else "differs"), worst, where
+
+
+def reproduction_check(results_a: str | Path, results_b: str | Path, *, tolerance: float = 0.0) -> pd.DataFrame:
+    """Whether two runs' tidy results are the same, table by table (columns :data:`REPRODUCTION_COLUMNS`).
+
+    Every ``*.csv`` / ``*.csv.gz`` of the two ``results`` folders is read (a gzip file's header carries
+    its write time, so bytes are not compared) and compared cell by cell after dropping the wall-clock
+    columns (:data:`WALL_CLOCK_COLUMNS`): ``identical`` (every value equal, NaN equal to NaN), ``within
+    tolerance`` (numeric differences at most ``tolerance``, e.g. across thread counts), ``differs``, or
+    ``only in A`` / ``only in B``. ``claims.csv`` and the other derived tables are compared like
+    the rest, and ``suite.json`` (the resolved suite) as parsed JSON.
+    """
+    fa, fb = Path(results_a), Path(results_b)
+    for f in (fa, fb):
+        if not f.is_dir():
+            raise FileNotFoundError(f"{f}: not a folder; expected a run's results folder (RUN/results)")
+    names = sorted({p.name for d in (fa, fb) for p in d.iterdir() if p.name.endswith((".csv", ".csv.gz"))})
+    rows = []
+    for name in names:
+        pa, pb = fa / name, fb / name
+        if not pa.is_file() or not pb.is_file():
+            rows.append({"table": name, "rows_a": math.nan, "rows_b": math.nan, "max_abs_diff": math.nan,
+                         "status": "only in A" if pa.is_file() else "only in B", "detail": ""})  # fmt: skip
+            continue
+        a, b = _read_tidy(pa), _read_tidy(pb)
+        status, diff, detail = _table_difference(a, b, tolerance)
+        rows.append({"table": name, "rows_a": len(a), "rows_b": len(b), "status": status,
+                     "max_abs_diff": diff, "detail": detail})  # fmt: skip
+    sa, sb = fa / "suite.json", fb / "suite.json"
+    if sa.is_file() and sb.is_file():
+        same = json.loads(sa.read_text()) == json.loads(sb.read_text())
+        rows.append({"table": "suite.json", "rows_a": math.nan, "rows_b": math.nan, "max_abs_diff": math.nan,
+                     "status": "identical" if same else "differs",
+                     "detail": "" if same else "the resolved suites differ"})  # fmt: skip
+    return pd.DataFrame(rows, columns=list(REPRODUCTION_COLUMNS))
