@@ -63,7 +63,7 @@ def _exact(args: argparse.Namespace) -> int:
         load_run(run)  # the same clear error as without --exact for a folder that is not a run
     table = reproduction_check(Path(args.run_a) / "results", Path(args.run_b) / "results", tolerance=args.tolerance)
     bad = table[~table["status"].isin(["identical", "within tolerance"])]
-    text = tabulate(table.fillna(""), headers="keys", tablefmt="github", showindex=False)
+    text = tabulate(table.fillna("").to_dict("list"), headers="keys", tablefmt="github")
     verdict = (
         f"B reproduces A: {len(table)} tables compared, "
         f"{int((table['status'] == 'identical').sum())} identical"
