@@ -97,6 +97,16 @@ def test_a_numeric_constant_change_moves_the_right_keys(package_copy, rel, kinds
     assert {k for k in PLAN_KINDS if before[k] != after[k]} >= kinds
 
 
+@pytest.mark.parametrize(
+    "rel", ["evaluation/claims.py", "evaluation/results.py", "evaluation/comparison.py", "evaluation/stats.py"]
+)
+def test_code_that_only_reads_results_moves_no_cell_key(package_copy, rel):
+    """Claims, statistics and the results reader run after the cells: editing them keeps every cached cell."""
+    before = {k: source_hash(KIND_SOURCES[k], package_copy) for k in PLAN_KINDS}
+    _edit_one(package_copy, rel, "code")
+    assert {k: source_hash(KIND_SOURCES[k], package_copy) for k in PLAN_KINDS} == before
+
+
 @pytest.mark.parametrize("how", ["comment", "docstring", "blank-lines"])
 def test_comments_docstrings_and_layout_do_not_move_keys(package_copy, how):
     before = source_hash(KIND_SOURCES["attack"], package_copy)
