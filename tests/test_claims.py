@@ -273,3 +273,16 @@ def test_transfer_into_claim_uses_third_party_sources_only():
 def test_empty_claims_list_means_none():
     assert evaluate_claims(_Results(), []) == []
     assert len(evaluate_claims(_Results())) == len(CLAIMS.list())
+
+
+def test_a_plugin_regulariser_claims_the_same_of_itself():
+    from advbench.evaluation.claims import register_ood_auroc_claim, register_transfer_into_claim
+
+    reg: Registry = Registry("claim", group="test.claims")
+    suite = _reg_suite()
+    suite["models"][3]["recipe"]["regularisers"][0]["name"] = "mine"
+    ood = register_ood_auroc_claim("mine-ood", "mine", "My regulariser", registry=reg)
+    into = register_transfer_into_claim("mine-into", "mine", "My regulariser", registry=reg)
+    assert reg.list() == ["mine-into", "mine-ood"] and "My regulariser improves" in ood.statement
+    r = into.evaluate(_Results(suite=suite))
+    assert r.verdict == "not applicable" and "transfer_metrics.csv" in r.reason

@@ -24,6 +24,7 @@ small :class:`TidyResults` protocol, so this module does not depend on the repor
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -52,6 +53,8 @@ __all__ = [
     "model_roles",
     "ood_auroc_gain",
     "register_claim",
+    "register_ood_auroc_claim",
+    "register_transfer_into_claim",
     "regularised_model",
     "transfer_into_gain",
 ]
@@ -519,9 +522,8 @@ def _claim_g(results: TidyResults) -> Evidence:
 
 
 # -- regulariser claims (suites/regularisers.yaml) ---------------------------------------------------
-# The statistics are public so that a plugin regulariser can pre-register the same claims about itself:
-#   register_claim("my-ood", statement=..., metric=..., direction="greater")(
-#       lambda r: ood_auroc_gain(r, "my-regulariser"))
+# The statistics and their registration are public so that a plugin regulariser can pre-register the
+# same claims about itself: register_ood_auroc_claim("my-ood", "my-regulariser", "My regulariser").
 
 #: The detectors an OOD claim reads, by their column prefix in dknn.csv.
 OOD_DETECTORS: tuple[str, ...] = ("credibility", "mahalanobis")
@@ -572,37 +574,38 @@ def transfer_into_gain(results: TidyResults, regulariser: str) -> Evidence:
     )
 
 
-@register_claim(
-    "h-cdd-ood-auroc-higher",
-    statement="Class data description improves out-of-distribution detection over the baseline, by DkNN "
-    "credibility and by Mahalanobis distance.",
-    metric="clean-vs-OOD AUROC, cdd − baseline, mean over OOD sets, minimum over the two detectors",
-    direction="greater",
-    smallest_effect=0.01,
-)
-def _claim_h(results: TidyResults) -> Evidence:
-    return ood_auroc_gain(results, "cdd")
+def register_ood_auroc_claim(
+    name: str, regulariser: str, label: str, *, registry: Registry[Claim] | None = None
+) -> Claim:
+    """Pre-register "``label`` improves OOD detection over the baseline" for the model trained with
+    ``regulariser`` (:func:`ood_auroc_gain`, both detectors); a plugin regulariser can claim it of itself."""
+    return register_claim(
+        name,
+        statement=f"{label} improves out-of-distribution detection over the baseline, by DkNN credibility and by "
+        "Mahalanobis distance.",
+        metric=f"clean-vs-OOD AUROC, {regulariser} − baseline, mean over OOD sets, minimum over the two detectors",
+        direction="greater",
+        smallest_effect=0.01,
+        registry=registry,
+    )(functools.partial(ood_auroc_gain, regulariser=regulariser))
 
 
-@register_claim(
-    "i-cdd-less-transfer-into",
-    statement="Class data description reduces the transfer of adversarial examples into the model: examples "
-    "crafted on third models fool it less often than they fool the baseline.",
-    metric="transfer rate into cdd − into the baseline, same seed, mean over third-party sources, attacks and eps",
-    direction="less",
-    smallest_effect=0.02,
-)
-def _claim_i(results: TidyResults) -> Evidence:
-    return transfer_into_gain(results, "cdd")
+def register_transfer_into_claim(
+    name: str, regulariser: str, label: str, *, registry: Registry[Claim] | None = None
+) -> Claim:
+    """Pre-register "``label`` reduces transfer into the model" (:func:`transfer_into_gain`)."""
+    return register_claim(
+        name,
+        statement=f"{label} reduces the transfer of adversarial examples into the model: examples crafted on "
+        "third models fool it less often than they fool the baseline.",
+        metric=f"transfer rate into {regulariser} − into the baseline, same seed, mean over third-party sources, "
+        "attacks and eps",
+        direction="less",
+        smallest_effect=0.02,
+        registry=registry,
+    )(functools.partial(transfer_into_gain, regulariser=regulariser))
 
 
-@register_claim(
-    "j-supcon-ood-auroc-higher",
-    statement="Supervised contrastive training improves out-of-distribution detection over the baseline, by "
-    "DkNN credibility and by Mahalanobis distance.",
-    metric="clean-vs-OOD AUROC, supcon − baseline, mean over OOD sets, minimum over the two detectors",
-    direction="greater",
-    smallest_effect=0.01,
-)
-def _claim_j(results: TidyResults) -> Evidence:
-    return ood_auroc_gain(results, "supcon")
+register_ood_auroc_claim("h-cdd-ood-auroc-higher", "cdd", "Class data description")
+register_transfer_into_claim("i-cdd-less-transfer-into", "cdd", "Class data description")
+register_ood_auroc_claim("j-supcon-ood-auroc-higher", "supcon", "Supervised contrastive training")
