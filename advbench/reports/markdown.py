@@ -1089,6 +1089,8 @@ def _provenance_section(manifest: dict[str, Any]) -> list[str]:
     cells = manifest.get("cells", {})
     hits = sum(1 for c in cells.values() if c.get("cached"))
     hw = manifest.get("hardware", {})
+    # the cells' own count (a Ray worker's is not the driver's); older manifests only have the driver's
+    threads = (manifest.get("thread_policy") or {}).get("threads") or hw.get("torch_threads", "")
     versions = ", ".join(f"{k} {v}" for k, v in sorted(manifest.get("versions", {}).items()))
     rows = [
         ("run folder", manifest.get("run_dir", "")),
@@ -1099,7 +1101,7 @@ def _provenance_section(manifest: dict[str, Any]) -> list[str]:
         (
             "machine",
             f"{hw.get('processor', '')}, {hw.get('cpus', '')} CPUs, {hw.get('memory_gib', '?')} GiB, "
-            f"torch threads {hw.get('torch_threads', '')}, GPU: {hw.get('gpu', 'none')}",
+            f"torch threads per cell {threads}, GPU: {hw.get('gpu', 'none')}",
         ),
         ("libraries", versions),
         (
