@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from advbench.evaluation import inference as _inf
+from advbench.evaluation.dknn_summary import white_box
 
 __all__ = ["COMPARISON_COLUMNS", "DETECTION_SCORES", "model_comparison", "per_seed_quantities"]
 
@@ -98,10 +99,7 @@ def per_seed_quantities(results: Any) -> Iterator[Quantity]:
         yield from _quantity("transfer out of", "%", denom, out, "value", "denominator")
     dk = results.dknn
     if len(dk) and {"kind", "metric", "value"} <= set(dk.columns):
-        adv = dk[dk["kind"] == "adversarial"]
-        if "source" in adv.columns:
-            adv = adv[adv["source"] == adv["model"]]
-        ood = dk[dk["kind"] == "ood"]
+        adv, ood = white_box(dk), dk[dk["kind"] == "ood"]
         for what, rows, denom in (
             ("adversarial", adv, "clean test inputs vs white-box adversarial inputs that fooled the classifier"),
             ("OOD", ood, "clean test inputs vs every input of each OOD set; mean over the sets"),
