@@ -24,6 +24,7 @@ from advbench.evaluation.claims import (
     register_claim,
     regularised_model,
 )
+from advbench.evaluation.example_summary import summarise_examples
 from advbench.registry import Registry
 
 RUN = Path(__file__).resolve().parents[1] / "reports" / "transfer" / "run" / "results"
@@ -53,6 +54,9 @@ class _Results:
     dknn: pd.DataFrame = field(default_factory=pd.DataFrame)
     dknn_examples: pd.DataFrame = field(default_factory=pd.DataFrame)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def example_summary(self, name: str) -> pd.DataFrame:
+        return summarise_examples(self.dknn_examples, self.dknn)[name]
 
 
 def test_decide_rule():

@@ -115,6 +115,29 @@ def test_report_written_with_every_section(uninterrupted):
         assert f"| {name} " in text
 
 
+def test_report_renders_the_same_without_the_per_example_table(uninterrupted):
+    """A run folder kept without dknn_examples.csv.gz (too large for git in a powered run) re-renders the same
+    report from the per-seed summaries saved next to it: claims, worst case and figures included."""
+    import shutil
+
+    tmp, results = uninterrupted
+    for f in ("neighbour_agreement.csv", "dknn_worst_case.csv", "dknn_bins.csv"):
+        assert (results / f).is_file(), f
+    texts = {}
+    for name, strip in (("full", False), ("slim", True)):
+        run = tmp / f"copy-{name}"
+        shutil.copytree(results.parent, run)
+        if strip:
+            (run / "results" / "dknn_examples.csv.gz").unlink()
+        proc = _cli("report", str(run), "--output", str(tmp / name / "report.md"), cwd=tmp, env=_env(tmp / "cache"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        texts[name] = (tmp / name / "report.md").read_text().replace(f"copy-{name}", "copy")
+    assert texts["slim"] == texts["full"]
+    assert "| DkNN " in texts["slim"] and "credibility.png" in texts["slim"]
+    for png in ("credibility.png", "reliability_clean.png"):
+        assert (tmp / "slim" / "report" / png).read_bytes() == (tmp / "full" / "report" / png).read_bytes()
+
+
 def test_worst_case_never_weaker_than_any_single_attack(uninterrupted):
     """The ensemble's robust accuracy is at most every white-box attack's accuracy, read from the other tables."""
     tmp, results = uninterrupted

@@ -74,6 +74,9 @@ class TidyResults(Protocol):
     dknn_examples: pd.DataFrame
     metrics: pd.DataFrame
 
+    def example_summary(self, name: str) -> pd.DataFrame:
+        """A per-seed summary of ``dknn_examples`` (:mod:`advbench.evaluation.example_summary`)."""
+
 
 class NotApplicableError(Exception):
     """Raised by a claim's statistic when the run lacks what it needs; the message is the reason."""
@@ -419,22 +422,15 @@ def _claim_d(results: TidyResults) -> Evidence:
 
 
 def _neighbour_agreement(results: TidyResults) -> pd.DataFrame:
-    """Per (model, seed, kind): the mean fraction of the k neighbours (over layers) carrying the predicted label."""
-    ex = results.dknn_examples
-    nbr = [c for c in ex.columns if c.startswith("nbr_pred/")]
-    if ex.empty or not nbr or "k" not in ex.columns:
+    """Per (model, seed) x kind: the mean share of the k neighbours (over layers) carrying the predicted label
+    (:func:`~.example_summary.neighbour_agreement`, from the per-example table or its saved summary)."""
+    table = results.example_summary("neighbour_agreement")
+    if table.empty:
         raise NotApplicableError(
             "dknn_examples.csv lacks the per-layer neighbour counts (`nbr_pred/<layer>` and `k`); "
             "re-run the DkNN evaluation with a version that records them"
         )
-    ex = ex.copy()
-    if "source" not in ex.columns and not results.dknn.empty and "source" in results.dknn.columns:
-        src = results.dknn.drop_duplicates(["model", "seed", "input_set"])[["model", "seed", "input_set", "source"]]
-        ex = ex.merge(src, on=["model", "seed", "input_set"], how="left")
-    if "source" in ex.columns:  # adversarial inputs: the white-box sets (crafted on the scored model)
-        ex = ex[(ex["kind"] != "adversarial") | (ex["source"] == ex["model"])]
-    ex["agree"] = ex[nbr].to_numpy(float).mean(axis=1) / ex["k"].to_numpy(float)
-    return ex.groupby(["model", "seed", "kind"])["agree"].mean().unstack("kind")
+    return table.pivot(index=["model", "seed"], columns="kind", values="agree")
 
 
 def _drop_components(table: pd.DataFrame, base: str, ent: str, kinds: Sequence[str], what: str) -> Evidence:

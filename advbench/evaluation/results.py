@@ -16,6 +16,7 @@ import pandas as pd
 
 from advbench.errors import AdvbenchError
 from advbench.evaluation.claims import claims_table
+from advbench.evaluation.example_summary import SUMMARY_FILES, read_summary, summarise_examples
 from advbench.evaluation.min_norm import minimum_norm_summary
 from advbench.evaluation.stats import (
     PAIRED_COMPARISON_COLUMNS,
@@ -65,6 +66,9 @@ class Results:
     * ``attack_norms``: minimum-norm attacks only (Carlini–Wagner, DeepFool): one row per
       (seed, source, attack, eps) with the median and quartiles of the attack's own perturbation
       norms over the examples it fooled (:func:`~.min_norm.attack_norm_record`). Empty without them.
+    * ``saved_summaries``: what the report reads from ``dknn_examples``, summarised per seed
+      (:mod:`~.example_summary`), as loaded from a run folder; :meth:`example_summary` prefers the
+      per-example table when it is there.
     * ``failures``: cells that failed (a faulty attack plugin, say) or were skipped because a cell
       they need failed: ``cell``, ``kind``, ``status``, ``error``. Empty when everything ran.
     """
@@ -80,6 +84,9 @@ class Results:
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     cross_outcomes: pd.DataFrame = field(default_factory=pd.DataFrame)
     attack_norms: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the per-seed summaries of ``dknn_examples`` as saved with the run (:mod:`~.example_summary`): read when
+    #: the per-example table itself is absent (a run folder kept in git without it)
+    saved_summaries: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
     #: paired differences per (reference, variants), computed once (the bootstrap is not free)
     paired_memo: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -117,6 +124,9 @@ class Results:
         for name, table in (("paired", self.paired()), ("claims", self.claims())):
             with atomic_path(folder / _DERIVED[name], what="a derived results table") as tmp:
                 table.to_csv(tmp, index=False)
+        for name, file in SUMMARY_FILES.items():
+            with atomic_path(folder / file, what="a summary of the per-example table") as tmp:
+                self.example_summary(name).to_csv(tmp, index=False)
 
     @classmethod
     def load(cls, folder: str | Path) -> Results:
@@ -152,7 +162,20 @@ class Results:
             ) from exc
         if not isinstance(suite, dict) or not isinstance(suite.get("report"), dict) or "name" not in suite:
             raise AdvbenchError(f"{folder / 'suite.json'}: expected the suite of a run, got something else; re-run it")
+        summaries = {}
+        for name, file in SUMMARY_FILES.items():
+            if (folder / file).is_file():
+                try:
+                    summaries[name] = read_summary(name, pd.read_csv(folder / file))
+                except pd.errors.EmptyDataError:
+                    summaries[name] = pd.DataFrame()
+                except Exception as exc:
+                    raise AdvbenchError(
+                        f"{folder / file}: the saved summary is damaged ({type(exc).__name__}: {exc}); "
+                        f"re-run `advbench run` on the suite to write it again (cached cells are not recomputed)"
+                    ) from exc
         out = cls(suite=suite, **tables)
+        out.saved_summaries = summaries
         if len(out.metrics) and "target_seed" not in out.metrics.columns:  # a run saved before cross-seed cells
             out.metrics = out.metrics.assign(target_seed=out.metrics["seed"])
         return out
@@ -236,26 +259,36 @@ class Results:
             self.memo["comparison"] = model_comparison(self, self.reference_model(), order)
         return self.memo["comparison"]
 
+    def example_summary(self, name: str) -> pd.DataFrame:
+        """One summary of the per-example DkNN table (:data:`~.example_summary.SUMMARY_FILES`): computed from
+        ``dknn_examples`` when present, else the one saved with the run, else empty."""
+        key = f"summary/{name}"
+        if key not in self.memo:
+            if len(self.dknn_examples):
+                self.memo.update(
+                    {f"summary/{n}": t for n, t in summarise_examples(self.dknn_examples, self.dknn).items()}
+                )
+            else:
+                self.memo[key] = self.saved_summaries.get(name, pd.DataFrame())
+        return self.memo[key]
+
     def worst_case(self) -> pd.DataFrame:
         """Robust accuracy under the ensemble of every white-box attack, per quantity, model, seed and eps.
 
         :func:`~advbench.evaluation.worstcase.worst_case` of the classifier's outcomes and the DkNN's
         per-example results (quantities ``"classifier"`` and ``"dknn"``); empty without either.
         """
-        from advbench.evaluation.worstcase import WORST_CASE_COLUMNS, dknn_long, outcomes_long, worst_case
+        from advbench.evaluation.worstcase import WORST_CASE_COLUMNS, outcomes_long, worst_case
 
         if "worst" in self.memo:
             return self.memo["worst"]
-        parts = []
-        if len(self.outcomes):
-            parts.append(outcomes_long(self.outcomes))
-        ex = self.dknn_examples
-        # runs saved before per-example ids were recorded have no DkNN worst case (examples cannot be matched)
-        if len(ex) and {"kind", "example"} <= set(ex.columns) and (ex["kind"] == "adversarial").any():
-            parts.append(dknn_long(ex))
-        table = (
-            worst_case(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=list(WORST_CASE_COLUMNS))
-        )
+        # worst_case groups per quantity, so the classifier's rows and the DkNN's (saved per seed with the run,
+        # or computed from its per-example table) are computed apart and stacked in its order
+        parts = [worst_case(outcomes_long(self.outcomes))] if len(self.outcomes) else []
+        dknn = self.example_summary("dknn_worst_case")
+        if len(dknn):
+            parts.append(dknn)
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(WORST_CASE_COLUMNS))
         self.memo["worst"] = table
         return table
 

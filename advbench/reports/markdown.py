@@ -867,31 +867,29 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
             "",
         ]
     out += _ood_table(dk) if recorded else []
-    if figures_dir is not None and not results.dknn_examples.empty:
+    bins = results.example_summary("dknn_bins")
+    if figures_dir is not None and not bins.empty:
         # lazy: matplotlib takes about a second to import, and a report without figures needs none
         from advbench.reports.plots import credibility_histograms, reliability_diagram
 
-        ex = results.dknn_examples
-        clean = ex[ex["kind"] == "clean"]
         figs = []
-        if "msp" in ex.columns and "softmax_correct" in ex.columns:
+        if (bins["figure"] == "reliability_msp_clean").any():
             reliability_diagram(
-                clean,
+                bins[bins["figure"] == "reliability_msp_clean"],
                 figures_dir / "reliability_msp_clean.png",
                 title="Softmax reliability (MSP), clean test inputs",
-                score="msp",
-                correct_col="softmax_correct",
                 labels=("maximum softmax probability", "softmax accuracy"),
-                n_bins=15,
             )
             figs.append(f"![MSP reliability, clean]({prefix}reliability_msp_clean.png)")
         reliability_diagram(
-            clean,
+            bins[bins["figure"] == "reliability_clean"],
             figures_dir / "reliability_clean.png",
             title="DkNN accuracy per credibility bin (descriptive), clean",
         )
         credibility_histograms(
-            ex, figures_dir / "credibility.png", title="DkNN credibility by input kind (descriptive)"
+            bins[bins["figure"] == "credibility_histogram"],
+            figures_dir / "credibility.png",
+            title="DkNN credibility by input kind (descriptive)",
         )
         figs += [
             f"![accuracy per credibility bin, clean]({prefix}reliability_clean.png)",

@@ -48,24 +48,21 @@ def transfer_heatmap(matrix: pd.DataFrame, path: Path, *, title: str, fmt: str =
 
 
 def reliability_diagram(
-    examples: pd.DataFrame,
+    bins: pd.DataFrame,
     path: Path,
     *,
     title: str,
-    n_bins: int = 10,
-    score: str = "credibility",
-    correct_col: str = "correct",
     labels: tuple[str, str] = ("DkNN credibility", "DkNN accuracy"),
 ) -> Path:
-    """Accuracy against bins of ``score`` (credibility, or ``msp`` with ``softmax_correct``), one line per model."""
+    """Accuracy per score bin, one line per model, from one figure's rows of
+    :func:`~advbench.evaluation.example_summary.dknn_bins` (kinds pooled; empty bins left out)."""
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    edges = np.linspace(0, 1, n_bins + 1)
-    for model, g in examples.groupby("model"):
-        cred = g[score].to_numpy(dtype=float)
-        correct = g[correct_col].astype(str).str.lower().isin(["true", "1", "1.0"]).to_numpy(dtype=float)
-        b = np.clip(np.digitize(cred, edges[1:-1]), 0, n_bins - 1)
-        acc = [correct[b == i].mean() if (b == i).any() else np.nan for i in range(n_bins)]
-        ax.plot((edges[:-1] + edges[1:]) / 2, acc, marker="o", label=str(model))
+    for model, g in bins.groupby("model"):
+        per_bin = g.groupby("bin").agg(
+            low=("low", "first"), high=("high", "first"), n=("n", "sum"), k=("n_correct", "sum")
+        )
+        acc = np.where(per_bin["n"] > 0, per_bin["k"] / per_bin["n"].where(per_bin["n"] > 0, 1), np.nan)
+        ax.plot((per_bin["low"] + per_bin["high"]) / 2, acc, marker="o", label=str(model))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
@@ -76,15 +73,17 @@ def reliability_diagram(
     return _save(fig, path)
 
 
-def credibility_histograms(examples: pd.DataFrame, path: Path, *, title: str) -> Path:
-    """Credibility distributions of clean, adversarial and OOD inputs, one panel per model."""
-    models = sorted(examples["model"].unique())
+def credibility_histograms(bins: pd.DataFrame, path: Path, *, title: str) -> Path:
+    """Credibility distributions (densities) of each input kind, one panel per model, from the
+    ``credibility_histogram`` rows of :func:`~advbench.evaluation.example_summary.dknn_bins`."""
+    models = sorted(bins["model"].unique())
     fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 3.0), squeeze=False, sharey=True)
-    bins = np.linspace(0, 1, 21)
     for ax, model in zip(axes[0], models, strict=True):
-        g = examples[examples["model"] == model]
-        for kind, h in g.groupby("kind"):
-            ax.hist(h["credibility"], bins=bins, alpha=0.5, density=True, label=str(kind))
+        for kind, h in bins[bins["model"] == model].groupby("kind"):
+            h = h.sort_values("bin")
+            edges = np.append(h["low"].to_numpy(float), h["high"].to_numpy(float)[-1])
+            n = h["n"].to_numpy(float)
+            ax.stairs(n / max(n.sum(), 1.0) / np.diff(edges), edges, fill=True, alpha=0.5, label=str(kind))
         ax.set_title(str(model), fontsize=9)
         ax.set_xlabel("credibility")
     axes[0][0].legend(fontsize=7)
