@@ -26,12 +26,14 @@ from typing import Any
 __all__ = [
     "KIND_SOURCES",
     "REPORT_SOURCES",
+    "RESULTS_SOURCES",
     "THREAD_SENSITIVE_KINDS",
     "code_spec",
     "code_version",
     "kind_files",
     "normalised_source",
     "report_code_version",
+    "results_code_version",
     "source_hash",
     "uncovered_imports",
 ]
@@ -73,6 +75,9 @@ KIND_SOURCES: dict[str, tuple[str, ...]] = {
 #: The report renderer (Markdown, plots, the results reader).
 REPORT_SOURCES: tuple[str, ...] = ("reports/*",)
 
+#: What turns a run's cell outputs into its results folder (the tidy tables, their statistics and claims).
+RESULTS_SOURCES: tuple[str, ...] = ("evaluation/*.py", "suite/runner.py")
+
 #: Kinds whose float results depend on torch's thread count (all of them compute in floats).
 THREAD_SENSITIVE_KINDS = frozenset(KIND_SOURCES)
 
@@ -106,6 +111,13 @@ class _StripDocstrings(ast.NodeTransformer):
 
 def normalised_source(path: str | Path) -> bytes:
     """What of a file counts for its results: for Python, the AST without docstrings, comments or layout."""
+    st = Path(path).stat()
+    return _normalised(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalised(path: str, mtime_ns: int, size: int) -> bytes:
+    """:func:`normalised_source`, parsed once per file version (every kind lists the cell code again)."""
     raw = Path(path).read_bytes()
     if Path(path).suffix != ".py":
         return raw.replace(b"\r\n", b"\n")
@@ -164,6 +176,11 @@ def code_spec(kind: str, threads: int | None = None) -> dict[str, Any]:
     else:
         n = None
     return {"code": code_version(kind), "threads": n}
+
+
+def results_code_version() -> str:
+    """The version of the code that assembles a run's results (:data:`RESULTS_SOURCES`)."""
+    return source_hash(RESULTS_SOURCES)
 
 
 def report_code_version() -> str:

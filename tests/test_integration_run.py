@@ -229,8 +229,20 @@ def test_killed_run_resumes_to_identical_results(uninterrupted, tmp_path):
     # a re-run of a finished suite is all cache hits (its speed is a benchmark, benchmarks/test_bench_suite.py)
     again = _cli(*_run_args(tmp_path, "b"), cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    cells = json.loads((_latest_results(tmp_path / "runs-b").parent / "manifest.json").read_text())["cells"]
-    assert all(c["cached"] for c in cells.values())
+    rerun = _latest_results(tmp_path / "runs-b")
+    cells = json.loads((rerun.parent / "manifest.json").read_text())["cells"]
+    assert all(c["cached"] for c in cells.values()) and len(cells) == len(
+        json.loads((results.parent / "manifest.json").read_text())["cells"]
+    )
+    # ... and a lookup: the finished run's results folder comes from the cache, byte for byte, cells unread
+    manifest = json.loads((rerun.parent / "manifest.json").read_text())
+    assert manifest["results_from_cache"] and "results_from_cache" not in json.loads(
+        (results.parent / "manifest.json").read_text()
+    )
+    assert sorted(p.name for p in rerun.iterdir()) == sorted(p.name for p in results.iterdir())
+    for f in results.iterdir():
+        assert (rerun / f.name).read_bytes() == f.read_bytes(), f.name
+    assert again.stdout.split("Report:")[0] == resumed.stdout.split("Report:")[0]  # the same headline
 
 
 def test_plan_lists_cells_and_computes_nothing(uninterrupted, tmp_path):

@@ -129,7 +129,9 @@ class Results:
                 self.example_summary(name).to_csv(tmp, index=False)
 
     @classmethod
-    def load(cls, folder: str | Path) -> Results:
+    def load(cls, folder: str | Path, *, per_example: bool = True) -> Results:
+        """The results saved in ``folder``. ``per_example=False`` leaves ``dknn_examples`` empty (the largest
+        table): everything read from it then comes from the per-seed summaries saved next to it."""
         folder = Path(folder)
         if not (folder / "suite.json").is_file():
             raise AdvbenchError(
@@ -139,6 +141,9 @@ class Results:
         tables = {}
         for name, file in _FILES.items():
             path = folder / file
+            if name == "dknn_examples" and not per_example:
+                tables[name] = pd.DataFrame()
+                continue
             try:
                 # low_memory=False: read each column whole, so a column with blanks gets one dtype
                 tables[name] = (

@@ -9,6 +9,7 @@ layer does not import :mod:`advbench.reports`.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -19,8 +20,10 @@ import torch
 from tabulate import tabulate
 
 from advbench.attacks import ATTACKS
+from advbench.codeversion import results_code_version
 from advbench.config import Suite
 from advbench.evaluation.results import Results
+from advbench.suite.cache import CacheEntry, cache_key
 from advbench.suite.context import ArtefactStore, CellContext, RunOptions
 from advbench.suite.execute import CellReport, Executor, LocalExecutor
 from advbench.suite.plan import Plan, library_versions
@@ -30,6 +33,9 @@ from advbench.suite.threads import thread_policy
 __all__ = ["Renderer", "Runner", "results_from_store"]
 
 log = logging.getLogger(__name__)
+
+#: The cache kind of a whole run's results folder (see :meth:`Runner.results_key`).
+RESULTS_KIND = "results"
 
 #: Renders the report of a finished run from its results (see ``advbench.cli.run_cmd``).
 Renderer = Callable[[Results, RunDir], None]
@@ -166,12 +172,25 @@ class Runner:
             if on_cell is not None:
                 on_cell(report)
 
-        reports = executor.execute(plan, ctx, store, on_report)
-        if executor.info:
-            run_dir.manifest[self.opt.executor] = executor.info
-        t_collect = time.perf_counter()
-        results = results_from_store(self.suite, store, failures)
-        results.save(run_dir.results)
+        results_key = self.results_key()
+        entry = ctx.cache.get(RESULTS_KIND, results_key)
+        if entry is not None:
+            # every cell's output and the code that assembles them are those of a finished run: its
+            # results folder is the answer, and the cells need not even be read back from the cache
+            reports = self._reuse_results(entry, run_dir, on_report)
+            t_collect = time.perf_counter()
+            results = Results.load(run_dir.results, per_example=False)
+        else:
+            reports = executor.execute(plan, ctx, store, on_report)
+            if executor.info:
+                run_dir.manifest[self.opt.executor] = executor.info
+            t_collect = time.perf_counter()
+            results = results_from_store(self.suite, store, failures)
+            results.save(run_dir.results)
+            if not failures:  # a failed cell may be transient (a time limit, a dead node): never cache that
+                with ctx.cache.writer(RESULTS_KIND, results_key, {"suite": self.suite.name}) as tmp:
+                    for f in sorted(run_dir.results.iterdir()):
+                        shutil.copy2(f, tmp / f.name)
         self.results = results
         self.stage_seconds["collect"] = time.perf_counter() - t_collect
         run_dir.manifest["failed_cells"] = len(failures)
@@ -194,6 +213,35 @@ class Runner:
                 "; ".join(f"{f['cell']}: {f['error']}" for f in failures[:3]) + (" ..." if len(failures) > 3 else ""),
             )
         self.failures = failures
+
+    def results_key(self) -> str:
+        """The cache key of this run's results folder: every cell's key, the resolved suite and the code that
+        assembles results (:func:`~advbench.codeversion.results_code_version`)."""
+        return cache_key(
+            RESULTS_KIND,
+            {
+                "cells": [c.key for c in self.plan.cells],
+                "suite": self.suite.model_dump(mode="json"),
+                "code": results_code_version(),
+            },
+        )
+
+    def _reuse_results(
+        self, entry: CacheEntry, run_dir: RunDir, on_report: Callable[[CellReport], None]
+    ) -> list[CellReport]:
+        """Copy a cached results folder into ``run_dir`` and report every cell as a cache hit."""
+        run_dir.results.mkdir(parents=True, exist_ok=True)
+        for f in sorted(entry.path.iterdir()):
+            if f.name != "MANIFEST.json" and f.is_file():
+                shutil.copyfile(f, run_dir.results / f.name)
+        reports = []
+        for cell in self.plan.cells:
+            report = CellReport(key=cell.key, label=cell.label, kind=cell.kind, status="ok", cached=True)
+            on_report(report)
+            reports.append(report)
+        run_dir.manifest["results_from_cache"] = entry.key
+        log.info("every cell and the results were in the cache (%s); results copied", entry.key[:12])
+        return reports
 
     def _summary(self, plan: Plan, hits: int, wall: float, run_dir: RunDir) -> None:
         rows = [
