@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ from advbench.config import Suite
 from advbench.hashing import sha256_file
 from advbench.suite.cache import MANIFEST
 from advbench.suite.context import RunOptions
-from advbench.suite.runner import Runner
+from advbench.suite.runner import RESULTS_KIND, Runner
 from advbench.training.checkpoint import CARD_FILE, WEIGHTS_FILE, card_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +83,12 @@ def test_poisoned_checkpoint_in_the_cache_is_refused_and_recomputed(tmp_path):
     _poison(entry, marker)
     assert first.ctx.cache.get("train", train.key) is not None  # the cache's own checksums are satisfied
 
+    # a re-run of the finished suite is a lookup of its results folder: no checkpoint is even read
+    lookup = _run(tmp_path, "lookup")
+    assert not marker.exists(), "the pickle payload was executed"
+    assert not lookup.ctx.cache.corrupt_found and not lookup.failures
+    # without that folder the cells are read back, and the poisoned one is refused and recomputed
+    shutil.rmtree(first.ctx.cache.path(RESULTS_KIND, first.results_key()))
     second = _run(tmp_path, "second")
     assert not marker.exists(), "the pickle payload was executed"
     assert f"train/{train.key}" in second.ctx.cache.corrupt_found

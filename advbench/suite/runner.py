@@ -30,7 +30,7 @@ from advbench.suite.plan import Plan, library_versions
 from advbench.suite.rundir import RunDir
 from advbench.suite.threads import thread_policy
 
-__all__ = ["Renderer", "Runner", "results_from_store"]
+__all__ = ["RESULTS_KIND", "Renderer", "Runner", "results_from_store"]
 
 log = logging.getLogger(__name__)
 
