@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 
 from tabulate import tabulate
 
@@ -121,10 +122,12 @@ def main(args: argparse.Namespace) -> int:
         rows = describe_plan(runner.plan, runner.ctx.cache)
         todo = [r for r in rows if not r["cached"]]
         sys.stdout.write(tabulate(rows, headers="keys", tablefmt="github") + "\n\n")
+        bases = Counter(r["basis"] for r in todo)
+        basis = ", ".join(f"{n} from {b}" for b, n in sorted(bases.items()))
         sys.stdout.write(
             f"{len(rows)} cells, {len(rows) - len(todo)} cached, {len(todo)} to compute; "
-            f"estimated {sum(r['estimate_s'] for r in todo) / 60:.1f} min of work on a 2-core CPU "
-            f"(cache: {runner.ctx.cache.root})\n"
+            f"estimated {sum(r['estimate_s'] for r in todo) / 60:.1f} min of work ({basis or 'nothing to do'}; "
+            f"'model' is the work model's 2-core CPU figure) (cache: {runner.ctx.cache.root})\n"
         )
         return 0
     progress = RunProgress(runner.plan, periodic=not opts.progress)

@@ -145,6 +145,16 @@ class Cache:
         """Whether a complete entry is present (checksums are verified on :meth:`get`)."""
         return (self.path(kind, key) / MANIFEST).is_file()
 
+    def recorded_seconds(self, kind: str, key: str) -> float | None:
+        """The compute seconds the entry's producer recorded (``meta.seconds``), read from its manifest without
+        verifying its files: for estimates only. ``None`` if absent, unreadable or not recorded."""
+        try:
+            manifest = json.loads((self.path(kind, key) / MANIFEST).read_text())
+            seconds = manifest["meta"]["seconds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return float(seconds) if isinstance(seconds, int | float) and seconds >= 0 else None
+
     def get(self, kind: str, key: str) -> CacheEntry | None:
         """The verified entry, or ``None`` if absent; a corrupt entry is quarantined and ``None`` returned."""
         folder = self.path(kind, key)

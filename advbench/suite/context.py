@@ -22,7 +22,7 @@ from advbench.errors import AdvbenchError
 from advbench.models import Classifier
 from advbench.suite.cache import Cache
 from advbench.suite.paths import resolve_cache_dir
-from advbench.suite.plan import Cell, Plan, build_plan
+from advbench.suite.plan import Cell, Plan, build_plan, calibrate
 
 if TYPE_CHECKING:
     from advbench.evaluation.dknn import DkNN
@@ -118,13 +118,17 @@ class CellContext:
             n_ood=ood.n_examples if ood and ood.dataset else 0,
             threads={kind: opt.cell_threads(kind) for kind in KIND_SOURCES},
         )
+        # --cache-dir > $ADVBENCH_CACHE > the suite's cache_dir (checked: inside .cache/) > default
+        cache = Cache(resolve_cache_dir(suite, opt.cache_dir))
+        # the estimates (--plan, the ETA) from what this suite's finished cells measured where possible
+        recorded = {c.key: cache.recorded_seconds(c.kind, c.key) for c in plan.cells}
+        plan = calibrate(plan, {k: s for k, s in recorded.items() if s is not None})
         return cls(
             suite=suite,
             options=opt,
             splits=splits,
             plan=plan,
-            # --cache-dir > $ADVBENCH_CACHE > the suite's cache_dir (checked: inside .cache/) > default
-            cache=Cache(resolve_cache_dir(suite, opt.cache_dir)),
+            cache=cache,
             device=resolve_device(opt.device or suite.device),
             transfer_indices=transfer,
             n_dknn=n_dknn,

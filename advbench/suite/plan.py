@@ -13,8 +13,11 @@ it reads, the hashes of the data splits, and the versions of advbench and of the
 from __future__ import annotations
 
 import importlib.metadata
+import re
+import statistics
+from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from advbench import __version__
@@ -25,7 +28,7 @@ from advbench.data import Splits
 from advbench.errors import AdvbenchError
 from advbench.suite.cache import Cache, cache_key
 
-__all__ = ["Cell", "Plan", "build_plan", "cross_seed_targets", "library_versions"]
+__all__ = ["Cell", "Plan", "build_plan", "calibrate", "cross_seed_targets", "library_versions"]
 
 #: Seconds per unit of work on the reference 2-core machine (environment.md), for estimates only.
 _TRAIN_IMAGES_PER_S = 1600.0
@@ -51,6 +54,10 @@ class Cell:
     spec: dict[str, Any]
     estimate_s: float
     params: dict[str, Any] = field(default_factory=dict)  # runtime handles (names), not part of the key
+    #: where :attr:`estimate_s` comes from (see :func:`calibrate`): ``"model"`` (the work model below),
+    #: ``"measured"`` (this cell's own recorded seconds), ``"other seeds"`` (the median of the same cell
+    #: measured on other seeds) or ``"kind ratio"`` (the model scaled by its kind's measured/model ratio)
+    estimate_basis: str = "model"
 
 
 @dataclass
@@ -292,6 +299,43 @@ def build_plan(
     return Plan(suite, cells)
 
 
+_SEED = re.compile(r"\bseed=-?\d+")
+
+
+def cell_family(cell: Cell) -> tuple[str, str]:
+    """The cells that do the same work on another replicate: kind and label with every seed blanked."""
+    return cell.kind, _SEED.sub("seed=*", cell.label)
+
+
+def calibrate(plan: Plan, measured: Mapping[str, float]) -> Plan:
+    """``plan`` with its estimates replaced by measurements where there are some.
+
+    ``measured`` maps cell keys to the seconds their computation took (as recorded in the cache). A cell with
+    a measurement takes it; one without takes the median of its :func:`cell_family` measured on other seeds;
+    failing that, the work model's estimate scaled by the median measured/model ratio of its kind; failing
+    that, the work model alone. The work model's constants were fitted once on one machine and drift from
+    what a given machine and a given attack really cost (6-8x low for the adaptive DkNN attack, measured);
+    a suite's own finished cells are the better guide to its unfinished ones.
+    """
+    family: dict[tuple[str, str], list[float]] = defaultdict(list)
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for c in plan.cells:
+        if c.key in measured:
+            family[cell_family(c)].append(measured[c.key])
+            if c.estimate_s > 0:
+                ratios[c.kind].append(measured[c.key] / c.estimate_s)
+    cells = []
+    for c in plan.cells:
+        if c.key in measured:
+            c = replace(c, estimate_s=measured[c.key], estimate_basis="measured")
+        elif family.get(cell_family(c)):
+            c = replace(c, estimate_s=statistics.median(family[cell_family(c)]), estimate_basis="other seeds")
+        elif ratios.get(c.kind):
+            c = replace(c, estimate_s=c.estimate_s * statistics.median(ratios[c.kind]), estimate_basis="kind ratio")
+        cells.append(c)
+    return Plan(plan.suite, cells)
+
+
 def cross_seed_targets(seeds: list[int], seed: int, mode: str) -> list[int]:
     """The target seeds of the cross-seed transfer cells of source seed ``seed``.
 
@@ -343,6 +387,7 @@ def describe_plan(plan: Plan, cache: Cache) -> list[dict[str, Any]]:
             "cell": c.label,
             "cached": cache.exists(c.kind, c.key),
             "estimate_s": round(c.estimate_s, 1),
+            "basis": c.estimate_basis,
             "key": c.key[:12],
         }
         for c in plan.cells

@@ -1,0 +1,69 @@
+"""The plan's estimates come from what the suite's finished cells measured, where they measured anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from advbench.suite.cache import Cache, cache_key
+from advbench.suite.plan import Cell, Plan, calibrate, cell_family
+
+
+def _cell(kind: str, label: str, estimate: float) -> Cell:
+    return Cell(kind, label, cache_key(kind, {"label": label}), [], {}, estimate)
+
+
+def _plan() -> Plan:
+    cells = [
+        _cell("attack", f"attack {a} eps=0.1 on m seed={s}", est)
+        for a, est in (("dknn-adaptive", 50.0), ("pgd", 4.0), ("fgsm", 0.5))
+        for s in range(3)
+    ]
+    cells.append(_cell("transfer", "transfer pgd eps=0.1 from m seed=0 to seed=1", 0.2))
+    return Plan(suite=None, cells=cells)  # type: ignore[arg-type]  # calibrate never reads the suite
+
+
+def test_a_cell_family_blanks_every_seed_and_nothing_else() -> None:
+    a, b = (
+        _cell("transfer", "transfer pgd eps=0.1 from m seed=0 to seed=1", 1),
+        _cell("transfer", "transfer pgd eps=0.1 from m seed=4 to seed=5", 1),
+    )
+    assert cell_family(a) == cell_family(b) == ("transfer", "transfer pgd eps=0.1 from m seed=* to seed=*")
+    assert cell_family(_cell("attack", "attack pgd eps=0.05 on m seed=0", 1)) != cell_family(
+        _cell("attack", "attack pgd eps=0.1 on m seed=0", 1)
+    )
+
+
+def test_measured_cells_guide_their_unmeasured_relatives() -> None:
+    plan = _plan()
+    by_label = {c.label: c for c in plan.cells}
+    measured = {
+        by_label["attack dknn-adaptive eps=0.1 on m seed=0"].key: 400.0,
+        by_label["attack dknn-adaptive eps=0.1 on m seed=1"].key: 420.0,
+        by_label["attack pgd eps=0.1 on m seed=0"].key: 8.0,
+    }
+    out = {c.label: c for c in calibrate(plan, measured).cells}
+    seed0 = out["attack dknn-adaptive eps=0.1 on m seed=0"]
+    assert (seed0.estimate_s, seed0.estimate_basis) == (400.0, "measured")
+    seed2 = out["attack dknn-adaptive eps=0.1 on m seed=2"]
+    assert (seed2.estimate_s, seed2.estimate_basis) == (410.0, "other seeds")  # the median of 400 and 420
+    # no FGSM cell measured: the model scaled by the attack kind's median measured/model ratio (8, 8.4, 2)
+    fgsm = out["attack fgsm eps=0.1 on m seed=1"]
+    assert fgsm.estimate_basis == "kind ratio" and fgsm.estimate_s == pytest.approx(0.5 * 8.0)
+    # no transfer cell measured at all: the work model's figure stands
+    transfer = out["transfer pgd eps=0.1 from m seed=0 to seed=1"]
+    assert (transfer.estimate_s, transfer.estimate_basis) == (0.2, "model")
+    assert [c.key for c in calibrate(plan, measured).cells] == [c.key for c in plan.cells]  # keys untouched
+
+
+def test_recorded_seconds_come_from_the_entry_manifest_and_tolerate_anything_else(tmp_path) -> None:
+    cache = Cache(tmp_path)
+    timed, untimed = cache_key("attack", {"n": 1}), cache_key("attack", {"n": 2})
+    with cache.writer("attack", timed, {"label": "a", "seconds": 12.5}) as folder:
+        (folder / "x.txt").write_text("x")
+    with cache.writer("attack", untimed, {"label": "b"}) as folder:
+        (folder / "x.txt").write_text("x")
+    assert cache.recorded_seconds("attack", timed) == 12.5
+    assert cache.recorded_seconds("attack", untimed) is None
+    assert cache.recorded_seconds("attack", cache_key("attack", {"n": 3})) is None  # absent
+    (cache.path("attack", untimed) / "MANIFEST.json").write_text("{not json")
+    assert cache.recorded_seconds("attack", untimed) is None  # damaged: no estimate, no crash
