@@ -186,10 +186,10 @@ def test_committed_run_verdicts():
     assert verdicts == {
         "a-entangled-snnl-higher": "supported",
         "b-baseline-snnl-decreases-with-depth": "supported",
-        "c-entangled-clean-accuracy": "inconclusive",
-        "d-entangled-dknn-detects-adversarial": "inconclusive",
-        "e-fewer-neighbours-agree-off-distribution": "not applicable",
-        "f-less-transfer-to-entangled-than-independent-baseline": "not applicable",
+        "c-entangled-clean-accuracy": "contradicted",
+        "d-entangled-dknn-detects-adversarial": "contradicted",
+        "e-fewer-neighbours-agree-off-distribution": "contradicted",
+        "f-less-transfer-to-entangled-than-independent-baseline": "supported",
         "g-ood-lower-credibility": "contradicted",
         "h-cdd-ood-auroc-higher": "not applicable",  # no regularised models in that suite
         "i-cdd-less-transfer-into": "not applicable",
@@ -197,7 +197,7 @@ def test_committed_run_verdicts():
     }
     for r in out.values():
         if r.verdict != "not applicable":
-            assert len(r.per_seed) == 3 and (r.p < 0.05) == (r.verdict in ("supported", "contradicted"))
+            assert len(r.per_seed) == 8 and (r.p < 0.05) == (r.verdict in ("supported", "contradicted"))
 
 
 def test_detection_claim_reads_successful_attack_auroc():

@@ -95,13 +95,15 @@ def test_committed_run_interval_and_test_never_disagree():
     ok = t[np.isfinite(t.ci_low)]
     contains = (ok.ci_low <= 0) & (ok.ci_high >= 0)
     assert ((ok.p_t < 0.05) == contains).sum() == 0
-    assert len(t) == 240 and int(contains.sum()) == 112 and int(t.saturated.sum()) == 34
-    # the example: entangled as source, dknn-adaptive: CI contains 0, McNemar p ~ 1e-214
+    assert len(t) == 288 and int(contains.sum()) == 37 and int(t.saturated.sum()) == 24
+    # the 3-seed run's example (entangled as source, dknn-adaptive: CI contained 0, McNemar p ~ 1e-214) is
+    # decided at 8 seeds: both tests now agree that it transfers less
     row = t[
         (t.variant == "entangled")
         & (t.role == "source")
         & (t.attack == "dknn-adaptive")
         & (t.metric == "transfer_rate")
+        & (t.eps == 0.05)
     ].iloc[0]
-    assert row.ci_low < 0 < row.ci_high and row.p_t > 0.05 and row.conditional_p_mcnemar < 1e-100
-    assert (t.p_signflip.dropna() >= 0.25).all()  # 3 seeds: the sign-flip floor
+    assert row.ci_high < 0 and row.p_t < 0.05 and row.conditional_p_mcnemar < 1e-100
+    assert (t.p_signflip.dropna() >= 2 / 2**8).all()  # 8 seeds: the sign-flip floor
