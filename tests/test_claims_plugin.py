@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +38,17 @@ def test_installed_claim_plugin_appears_in_the_report_with_its_verdict(tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "demo-baseline-beats-chance" in listed.stdout and "advbench-claim-plugin" in listed.stdout
 
+    # the committed run's suite pre-registers claims (a)-(g); a suite without a `claims:` list reads every
+    # registered claim, the installed plugin's included: render a copy of the run with that list removed
+    run_dir = tmp_path / "run"
+    shutil.copytree(ROOT / "reports" / "transfer" / "run", run_dir)
+    suite_json = run_dir / "results" / "suite.json"
+    suite = json.loads(suite_json.read_text())
+    suite.pop("claims", None)
+    suite_json.write_text(json.dumps(suite, indent=1))
     out = tmp_path / "report" / "transfer.md"
     run = subprocess.run(
-        [sys.executable, "-m", "advbench.cli.main", "-q", "report", str(ROOT / "reports" / "transfer" / "run"),
-         "--output", str(out)],
+        [sys.executable, "-m", "advbench.cli.main", "-q", "report", str(run_dir), "--output", str(out)],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
