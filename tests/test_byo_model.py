@@ -124,7 +124,7 @@ def test_brought_models_are_transfer_sources_and_targets(tmp_path, monkeypatch):
         assert (brought, "baseline") in pairs and ("baseline", brought) in pairs and (brought, brought) in pairs
     clean = pd.read_csv(run / "results" / "clean.csv").set_index("model")["test_accuracy"]
     assert clean["mine"] > 0.7 and clean["imported"] > 0.5  # the loaded weights, not a fresh init
-    dknn = pd.read_csv(run / "results" / "dknn.csv")
+    dknn = pd.read_csv(run / "results" / "dknn.csv.gz")
     assert {"mine", "imported"} <= set(dknn["model"])
     manifest = json.loads((run / "manifest.json").read_text())
     ext = manifest["external_models"]

@@ -23,7 +23,7 @@ from advbench.suite.cache import Cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "tests" / "suites" / "tiny.yaml"
-TABLES = ["outcomes.csv.gz", "clean.csv", "dknn.csv", "dknn_examples.csv.gz", "transfer_metrics.csv"]
+TABLES = ["outcomes.csv.gz", "clean.csv", "dknn.csv.gz", "dknn_examples.csv.gz", "transfer_metrics.csv"]
 KILLS = 8
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "suites" / "quick.yaml"
-TABLES = ["outcomes.csv.gz", "clean.csv", "dknn.csv", "dknn_examples.csv.gz", "transfer_metrics.csv"]
+TABLES = ["outcomes.csv.gz", "clean.csv", "dknn.csv.gz", "dknn_examples.csv.gz", "transfer_metrics.csv"]
 pytestmark = pytest.mark.integration
 
 

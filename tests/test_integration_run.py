@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
-TABLES = ["outcomes.csv.gz", "clean.csv", "dknn.csv", "transfer_metrics.csv"]
+TABLES = ["outcomes.csv.gz", "clean.csv", "dknn.csv.gz", "transfer_metrics.csv"]
 
 
 def _cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -146,7 +146,7 @@ def test_worst_case_never_weaker_than_any_single_attack(uninterrupted):
     single = metrics[(metrics["metric"] == "adv_accuracy") & (metrics["source"] == metrics["target"])]
     if "target_seed" in single.columns:  # white-box: the source model itself, not its cross-seed twin
         single = single[single["target_seed"].isna() | (single["target_seed"] == single["seed"])]
-    dk = pd.read_csv(results / "dknn.csv")
+    dk = pd.read_csv(results / "dknn.csv.gz")
     dk_single = dk[(dk["kind"] == "adversarial") & (dk["source"] == dk["model"]) & (dk["metric"] == "dknn_accuracy")]
     pairs = [("classifier", r.target, r.seed, r.eps, r.attack, r.value) for r in single.itertuples()]
     pairs += [("dknn", r.model, r.seed, r.eps, r.attack, r.value) for r in dk_single.itertuples()]

@@ -110,3 +110,19 @@ def test_round_trip_property(values: list[tuple[bool, bool, bool]], targets: set
             for t in sorted(targets) for i, (c, a, s) in enumerate(values)]  # fmt: skip
     long = canonical(pd.DataFrame(rows))
     pd.testing.assert_frame_equal(narrow(widen(long)), long)
+
+
+def test_the_dknn_table_is_saved_gzipped_and_a_folder_saved_before_still_loads(tmp_path) -> None:
+    res = _results(_long(8), _long(9, cross=True))
+    res.dknn = pd.DataFrame({"model": ["a", "b"], "seed": [0, 0], "kind": ["clean"] * 2,
+                             "metric": ["dknn_accuracy"] * 2, "value": [0.9, 0.1 + 0.2]})  # fmt: skip
+    res.save(tmp_path / "new")
+    assert (tmp_path / "new" / "dknn.csv.gz").is_file() and not (tmp_path / "new" / "dknn.csv").exists()
+    with gzip.open(tmp_path / "new" / "dknn.csv.gz", "rt") as f:
+        assert f.readline().strip() == "model,seed,kind,metric,value"
+    pd.testing.assert_frame_equal(Results.load(tmp_path / "new").dknn, res.dknn)  # floats round-trip exactly
+    # a folder saved before the table was compressed keeps its plain dknn.csv
+    res.save(tmp_path / "old")
+    (tmp_path / "old" / "dknn.csv").write_bytes(gzip.decompress((tmp_path / "old" / "dknn.csv.gz").read_bytes()))
+    (tmp_path / "old" / "dknn.csv.gz").unlink()
+    pd.testing.assert_frame_equal(Results.load(tmp_path / "old").dknn, res.dknn)

@@ -399,7 +399,7 @@ def _claim_d(results: TidyResults) -> Evidence:
     base, ent = model_roles(results.suite)
     dk = results.dknn
     if dk.empty or not {"model", "seed", "kind", "metric", "value"} <= set(dk.columns):
-        raise NotApplicableError("dknn.csv is empty or lacks model/seed/kind/metric/value")
+        raise NotApplicableError("dknn.csv.gz is empty or lacks model/seed/kind/metric/value")
     adv = _white_box_sets(dk)
     names = set(adv["metric"])
     # credibility_auroc: clean vs the adversarial inputs that fooled the classifier (dknn_set_records);
@@ -409,14 +409,14 @@ def _claim_d(results: TidyResults) -> Evidence:
     sign, label = 1.0, f"DkNN {metric} (clean vs {what}), entangled − baseline"
     if metric is None:
         if "mean_credibility" not in names:
-            raise NotApplicableError("dknn.csv has neither an AUROC nor mean_credibility on adversarial sets")
+            raise NotApplicableError("dknn.csv.gz has neither an AUROC nor mean_credibility on adversarial sets")
         metric, sign = "mean_credibility", -1.0
         label = "DkNN mean credibility on white-box adversarial sets, baseline − entangled (higher = entangled lower)"
     rows = adv[adv["metric"] == metric]
     keys = [k for k in ("attack", "eps") if k in rows.columns] or ["input_set"]
     wide = rows.pivot_table(index=["seed", *keys], columns="model", values="value", aggfunc="mean")
     if base not in wide.columns or ent not in wide.columns:
-        raise NotApplicableError(f"dknn.csv has no white-box adversarial {metric} for both {base!r} and {ent!r}")
+        raise NotApplicableError(f"dknn.csv.gz has no white-box adversarial {metric} for both {base!r} and {ent!r}")
     diff = (sign * (wide[ent] - wide[base])).dropna().groupby(level="seed").mean()
     return Evidence(diff, metric=label, note=f"averaged over {wide.dropna().groupby(level='seed').size().max()} sets")
 
@@ -500,6 +500,10 @@ def _claim_f(results: TidyResults) -> Evidence:
     )
 
 
+#: Why an OOD claim is not applicable to a run without an OOD set
+_NO_OOD = "dknn.csv.gz has no out-of-distribution set (kind == 'ood'); configure evaluations.ood"
+
+
 @register_claim(
     "g-ood-lower-credibility",
     statement="Out-of-distribution inputs get lower DkNN credibility than clean inputs, more so for the "
@@ -511,17 +515,17 @@ def _claim_g(results: TidyResults) -> Evidence:
     base, ent = model_roles(results.suite)
     dk = results.dknn
     if dk.empty or "kind" not in dk.columns or not (dk["kind"] == "ood").any():
-        raise NotApplicableError("dknn.csv has no out-of-distribution set (kind == 'ood'); configure evaluations.ood")
+        raise NotApplicableError(_NO_OOD)
     cred = dk[(dk["metric"] == "mean_credibility") & dk["kind"].isin(["clean", "ood"])]
     table = cred.groupby(["model", "seed", "kind"])["value"].mean().unstack("kind")
-    return _drop_components(table, base, ent, ("ood",), "dknn.csv")
+    return _drop_components(table, base, ent, ("ood",), "dknn.csv.gz")
 
 
 # -- regulariser claims (suites/regularisers.yaml) ---------------------------------------------------
 # The statistics and their registration are public so that a plugin regulariser can pre-register the
 # same claims about itself: register_ood_auroc_claim("my-ood", "my-regulariser", "My regulariser").
 
-#: The detectors an OOD claim reads, by their column prefix in dknn.csv.
+#: The detectors an OOD claim reads, by their column prefix in dknn.csv.gz.
 OOD_DETECTORS: tuple[str, ...] = ("credibility", "mahalanobis")
 
 
@@ -531,14 +535,14 @@ def ood_auroc_gain(results: TidyResults, regulariser: str, detectors: Sequence[s
     base, model = baseline_model(results.suite), regularised_model(results.suite, regulariser)
     dk = results.dknn
     if dk.empty or "kind" not in dk.columns or not (dk["kind"] == "ood").any():
-        raise NotApplicableError("dknn.csv has no out-of-distribution set (kind == 'ood'); configure evaluations.ood")
+        raise NotApplicableError(_NO_OOD)
     ood = dk[dk["kind"] == "ood"]
     comps: dict[str, pd.Series] = {}
     for det in detectors:
         rows = ood[ood["metric"] == f"{det}_auroc"]
         wide = rows.pivot_table(index=["seed", "input_set"], columns="model", values="value", aggfunc="mean")
         if base not in wide.columns or model not in wide.columns:
-            raise NotApplicableError(f"dknn.csv has no OOD {det}_auroc for both {base!r} and {model!r}")
+            raise NotApplicableError(f"dknn.csv.gz has no OOD {det}_auroc for both {base!r} and {model!r}")
         diff = (wide[model] - wide[base]).dropna()
         comps[f"{det} ({diff.index.get_level_values('input_set').nunique()} OOD sets)"] = diff.groupby(
             level="seed"

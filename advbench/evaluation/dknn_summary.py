@@ -1,4 +1,4 @@
-"""Seed-level summaries of the DkNN set records (``dknn.csv``) for the report's DkNN and OOD tables.
+"""Seed-level summaries of the DkNN set records (``dknn.csv.gz``) for the report's DkNN and OOD tables.
 
 Every function reads the tidy rows of :func:`advbench.evaluation.calibration.dknn_set_records`
 (``model, seed, input_set, kind, metric, value, n[, n_clean, source, attack, eps, distance, shift]``)
@@ -7,7 +7,7 @@ and returns one numeric row per table line; :mod:`advbench.reports.markdown` onl
 Across seeds a metric is summarised by its mean; an AUROC's standard error is that of the seed
 mean, ``sqrt(sum_s SE_s^2) / S`` from the per-seed DeLong SEs. It treats the seeds as independent;
 they score the same test examples, so it understates the SE when the seeds' errors are correlated
-(the per-seed values and SEs are in ``dknn.csv``).
+(the per-seed values and SEs are in ``dknn.csv.gz``).
 """
 
 from __future__ import annotations

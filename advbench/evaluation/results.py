@@ -36,7 +36,7 @@ _FILES = {
     "outcomes": "outcomes.csv.gz",
     "training": "training.csv",
     "clean": "clean.csv",
-    "dknn": "dknn.csv",
+    "dknn": "dknn.csv.gz",
     "dknn_examples": "dknn_examples.csv.gz",
     "gradient_flags": "gradient_flags.csv",
     "metrics": "transfer_metrics.csv",
@@ -46,6 +46,8 @@ _FILES = {
 }
 #: The long outcomes tables, saved one row per adversarial example (:mod:`~.outcome_table`)
 _OUTCOME_TABLES = ("outcomes", "cross_outcomes")
+#: The names a table was saved under by earlier versions, still read when the current name is absent
+_LEGACY_FILES = {"dknn": "dknn.csv"}
 #: Tables derived from the others when saved (for readers of the folder); :meth:`Results.load` recomputes them.
 _DERIVED = {"paired": "paired_comparisons.csv", "claims": "claims.csv"}
 
@@ -124,9 +126,9 @@ class Results:
         for f in fields(self):
             if f.name in _FILES:
                 # fast, reproducible gzip (no timestamp in the header)
-                # the wide outcomes at level 9 (a third smaller for 0.2 s more); the per-example DkNN table,
-                # ten times larger and never committed, at level 1
-                level = 9 if f.name in _OUTCOME_TABLES else 1
+                # the committed tables at level 9 (a third smaller for 0.2 s more); the per-example DkNN
+                # table, ten times larger and never committed, at level 1
+                level = 1 if f.name == "dknn_examples" else 9
                 compression = (
                     {"method": "gzip", "compresslevel": level, "mtime": 0} if _FILES[f.name].endswith(".gz") else None
                 )
@@ -156,6 +158,8 @@ class Results:
         tables = {}
         for name, file in _FILES.items():
             path = folder / file
+            if not path.is_file() and name in _LEGACY_FILES:
+                path = folder / _LEGACY_FILES[name]
             if name == "dknn_examples" and not per_example:
                 tables[name] = pd.DataFrame()
                 continue

@@ -129,8 +129,10 @@ def check_report_path(path: str | Path) -> Path:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path``, gzipped reproducibly (no timestamp in the header) when it ends in ``.gz``."""
+    compression = {"method": "gzip", "compresslevel": 9, "mtime": 0} if path.suffix == ".gz" else None
     with atomic_path(path, what="a report table") as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False, compression=compression)
 
 
 def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any], plots: bool = True) -> Path:
@@ -148,7 +150,7 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
     if len(results.metrics):
         _write_csv(results.metrics, fig_dir / "transfer_metrics.csv")
     if len(results.dknn):
-        _write_csv(results.dknn, fig_dir / "dknn_metrics.csv")
+        _write_csv(results.dknn, fig_dir / "dknn_metrics.csv.gz")
     worst = results.worst_case()
     if len(worst):
         _write_csv(worst, fig_dir / "worst_case.csv")
@@ -749,7 +751,7 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
         "",
         "Deep k-Nearest Neighbors over the hidden layers and logits. Credibility is a conformal p-value, judged "
         "by validity and efficiency; a calibration error is shown only for the softmax's maximum probability "
-        "(MSP), which is a probability. Seed means; every per-set and per-seed number is in `dknn_metrics.csv`.",
+        "(MSP), which is a probability. Seed means; every per-set and per-seed number is in `dknn_metrics.csv.gz`.",
         "",
     ]
     conf = conformal_summary(dk)
@@ -835,7 +837,7 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
             "DeLong SEs; AUPR-out: average precision with the attack as positive; TPR@5%FPR: fraction of fooling "
             "inputs flagged at the threshold that flags 5% of clean inputs. n_clean / n_adv: clean and fooling "
             "inputs, summed over seeds. The AUROC over every adversarial input (failed attacks included) is "
-            "`credibility_auroc_all_examples` in `dknn_metrics.csv`."
+            "`credibility_auroc_all_examples` in `dknn_metrics.csv.gz`."
             + (_MAHALANOBIS_NOTE if _mahalanobis_column(det) else ""),
             "",
             _table(tab),
