@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
+import io
 import logging
 import os
 import secrets
@@ -45,6 +47,7 @@ __all__ = [
     "UnsafePathError",
     "atomic_path",
     "atomic_write_bytes",
+    "atomic_write_csv",
     "atomic_write_text",
     "check_suite_path",
     "display_path",
@@ -301,6 +304,26 @@ _COMMENTS = {
     ".csv": ("# ", ""),
     ".tex": ("% ", ""),
 }
+
+
+def atomic_write_csv(frame: Any, path: str | Path, *, what: str = "", compresslevel: int = 9) -> None:
+    """Write a pandas frame as CSV without its index, atomically; a ``.gz`` path is gzipped reproducibly.
+
+    Given a path, pandas names the gzip member after the file it writes (here the temporary name),
+    so every write gave different bytes; this writes no name and no time, so the same table always
+    gives the same file (a re-rendered report shows no change in git).
+    """
+    path = Path(path)
+    with atomic_path(path, what=what) as tmp:
+        if path.suffix != ".gz":
+            frame.to_csv(tmp, index=False)
+            return
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", compresslevel=compresslevel, fileobj=raw, mtime=0) as gz,
+            io.TextIOWrapper(gz, encoding="utf-8", newline="") as text,
+        ):
+            frame.to_csv(text, index=False)
 
 
 def generated_marker(path: str | Path, note: str = "do not edit; advbench replaces this file") -> str:

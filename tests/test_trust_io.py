@@ -5,6 +5,7 @@ cannot leave the project's folders."""
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import stat
 from pathlib import Path
@@ -20,6 +21,7 @@ from advbench.io import (
     UnsafePathError,
     atomic_path,
     atomic_write_bytes,
+    atomic_write_csv,
     atomic_write_text,
     check_suite_path,
     generated_marker,
@@ -237,3 +239,17 @@ def test_relative_to_project(tmp_path):
     assert relative_to_project(tmp_path, tmp_path) == "."
     out = relative_to_project("/home/someone/.cache/advbench/cells", tmp_path)
     assert out == "<outside project>/cells" and "/home" not in out
+
+
+def test_a_gzipped_csv_is_the_same_bytes_every_time_and_reads_back(tmp_path):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1, 2], "b": [0.1 + 0.2, float("nan")], "c": ["x", "y,z"]})
+    atomic_write_csv(frame, tmp_path / "one.csv.gz", what="a table")
+    atomic_write_csv(frame, tmp_path / "two.csv.gz", what="a table")
+    one = (tmp_path / "one.csv.gz").read_bytes()
+    assert one == (tmp_path / "two.csv.gz").read_bytes()  # no file name, no time in the header
+    assert one[3] & 0x08 == 0 and one[4:8] == b"\0\0\0\0"
+    atomic_write_csv(frame, tmp_path / "plain.csv", what="a table")
+    assert gzip.decompress(one) == (tmp_path / "plain.csv").read_bytes() == frame.to_csv(index=False).encode()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one.csv.gz"), frame)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv.gz", "plain.csv", "two.csv.gz"]

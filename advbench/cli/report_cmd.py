@@ -11,7 +11,7 @@ from typing import Any
 from advbench.errors import AdvbenchError
 from advbench.evaluation.results import Results
 from advbench.io import project_root, relative_to_project, suite_path_problems
-from advbench.reports.markdown import check_report_path, write_report
+from advbench.reports.markdown import check_report_path, write_run_report
 from advbench.suite.paths import report_template_problems
 
 EXAMPLE = """example:
@@ -57,7 +57,8 @@ def main(args: argparse.Namespace) -> int:
     results = Results.load(run_dir / "results")
     out = Path(args.output) if args.output else check_report_path(_suite_output(results.suite))
     manifest["run_dir"] = relative_to_project(run_dir)
-    write_report(results, out, manifest=manifest, plots=bool(results.suite["report"].get("plots", True)))
+    # rendered even when up to date (that is what the command is for); its stamp lets a re-run skip it
+    write_run_report(results, out, results_dir=run_dir / "results", manifest=manifest, force=True)
     sys.stdout.write(f"report written to {out}\n")
     failed = int(manifest.get("failed_cells") or 0)
     if failed:

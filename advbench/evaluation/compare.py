@@ -258,7 +258,7 @@ REPRODUCTION_COLUMNS: tuple[str, ...] = ("table", "rows_a", "rows_b", "status", 
 
 def _read_tidy(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, keep_default_na=True)
+        return pd.read_csv(path, keep_default_na=True, low_memory=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 

@@ -21,7 +21,7 @@ from advbench.errors import AdvbenchError
 from advbench.evaluation.flags import evaluation_flags
 from advbench.evaluation.results import Results
 from advbench.evaluation.stats import rate_intervals
-from advbench.io import atomic_path, atomic_write_text, is_generated_file, write_generated_text
+from advbench.io import atomic_write_csv, atomic_write_text, is_generated_file, write_generated_text
 
 __all__ = ["render_report", "results_digest", "write_report", "write_run_report"]
 
@@ -129,10 +129,7 @@ def check_report_path(path: str | Path) -> Path:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path``, gzipped reproducibly (no timestamp in the header) when it ends in ``.gz``."""
-    compression = {"method": "gzip", "compresslevel": 9, "mtime": 0} if path.suffix == ".gz" else None
-    with atomic_path(path, what="a report table") as tmp:
-        frame.to_csv(tmp, index=False, compression=compression)
+    atomic_write_csv(frame, path, what="a report table")
 
 
 def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any], plots: bool = True) -> Path:
@@ -1113,18 +1110,21 @@ def _provenance_section(manifest: dict[str, Any]) -> list[str]:
     return ["## Provenance", "", tabulate(rows, headers=["", ""], tablefmt="github"), ""]
 
 
-def write_run_report(results: Results, out: str | Path, *, results_dir: Path, manifest: dict[str, Any]) -> bool:
-    """Write the report of a run's results to ``out`` unless it is up to date; whether it was written.
+def write_run_report(
+    results: Results, out: str | Path, *, results_dir: Path, manifest: dict[str, Any], force: bool = False
+) -> bool:
+    """Write the report of a run's results to ``out`` unless it is up to date (or ``force``); whether it was.
 
     The report is a pure function of the results and of the renderer's code: when the digest of
     ``results_dir`` and :func:`~advbench.codeversion.report_code_version` both match the stamp
-    left by the last rendering, nothing is re-rendered.
+    left by the last rendering, nothing is re-rendered. The stamp is written after every rendering, so
+    a report committed with its stamp is not re-rendered by a re-run whose results are the same.
     """
     out = Path(out)
     stamp = out.with_suffix("") / "results.sha256"
     digest = results_digest(results_dir)
     want = f"{digest}\nreport-code {report_code_version()}\n"
-    if out.is_file() and stamp.is_file() and stamp.read_text() == want:
+    if not force and out.is_file() and stamp.is_file() and stamp.read_text() == want:
         log.info("report %s is up to date (results and report code unchanged, sha256 %s)", out, digest[:12])
         return False
     write_report(results, out, manifest=manifest, plots=results.suite["report"].get("plots", True))
@@ -1133,11 +1133,20 @@ def write_run_report(results: Results, out: str | Path, *, results_dir: Path, ma
     return True
 
 
+#: Results files a report does not read: the per-example DkNN table (tens of MB, not committed) is read
+#: through its per-seed summaries, which are saved beside it and digested.
+_UNREAD_BY_REPORT = frozenset({"dknn_examples.csv.gz"})
+
+
 def results_digest(folder: Path) -> str:
-    """SHA-256 over a results folder's files (names and bytes), to tell whether a report is stale."""
+    """SHA-256 over a results folder's files (names and bytes), to tell whether a report is stale.
+
+    The per-example DkNN table is left out (:data:`_UNREAD_BY_REPORT`): a committed run folder does not
+    carry it, and the report it renders is the same with or without it.
+    """
     h = hashlib.sha256()
     for f in sorted(folder.iterdir()):
-        if f.is_file():
+        if f.is_file() and f.name not in _UNREAD_BY_REPORT:
             h.update(f.name.encode())
             data = f.read_bytes()
             h.update(gzip.decompress(data) if f.suffix == ".gz" else data)  # gzip headers carry a timestamp
