@@ -140,3 +140,43 @@ def test_adaptive_is_the_strongest_on_the_dknn_more_seeds(digits_splits, alpha, 
     eps_grid = (0.05, 0.1, 0.2)
     acc = _dknn_accuracies(digits_splits, seed=seed, alpha=alpha, n=300, eps_grid=eps_grid)
     _assert_strongest(acc, eps_grid, f"alpha={alpha} seed={seed}")
+
+
+@pytest.mark.parametrize("width", [7, 300, 5000])
+def test_guide_distances_are_the_direct_norm_and_its_gradient_bit_for_bit(width: int, monkeypatch) -> None:
+    import advbench.attacks.dknn_adaptive as adaptive
+
+    gen = torch.Generator().manual_seed(width)
+    points = torch.randn(13, 9, width, generator=gen) * 3
+    x = torch.randn(13, width, generator=gen)
+    x[2] = points[2, 4]  # on a guide: distance 0, where the norm's gradient is defined as 0
+    weights = torch.rand(13, 9, generator=gen)
+    h = x.clone().requires_grad_(True)
+    direct = (h[:, None, :] - points).norm(dim=2)
+    (g_direct,) = torch.autograd.grad((weights * direct).sum(), h)
+    assert direct[2, 4] == 0
+    for chunk_bytes in (1, 4 * 9 * width * 5, 1 << 20, 1 << 30):  # one example, 5, 1 MB, all at once
+        monkeypatch.setattr(adaptive, "_GUIDE_CHUNK_BYTES", chunk_bytes)
+        h = x.clone().requires_grad_(True)
+        chunked = adaptive.guide_distances(h, points)
+        (g_chunked,) = torch.autograd.grad((weights * chunked).sum(), h)
+        assert torch.equal(chunked, direct), chunk_bytes
+        assert torch.equal(g_chunked, g_direct), chunk_bytes  # so the attack's sign steps do not move
+
+
+def test_training_features_from_the_dknn_index_are_the_ones_the_attack_would_compute(
+    dknn, digits_model, digits_splits
+) -> None:
+    from advbench.attacks.dknn_adaptive import _flat_features
+
+    s = digits_splits
+    know = DkNNKnowledge.from_dknn(dknn, s.train.x, s.train.y)
+    with torch.no_grad():
+        computed = _flat_features(digits_model, s.train.x, list(know.layers))
+    assert know.train_features is not None
+    for layer in know.layers:
+        stored = know.train_features(layer)
+        assert stored is not None
+        np.testing.assert_array_equal(stored, computed[layer].numpy())  # bit for bit, so results do not move
+    approx = DkNN(digits_model, k=25, index="hnsw").fit(s.train.x[:300], s.train.y[:300])
+    assert all(approx.stored_features(layer) is None for layer in approx.layers)

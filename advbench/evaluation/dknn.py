@@ -533,6 +533,15 @@ class DkNN:
         parts.append({"exact": "Flat", "ivf": f"IVF{nlist},Flat", "hnsw": f"HNSW{self.hnsw_m}"}[self.index])
         return ",".join(parts)
 
+    def stored_features(self, layer: str) -> np.ndarray | None:
+        """The training representations of ``layer`` exactly as indexed ((N, D) float32, a copy), or ``None``
+        when the index does not keep them verbatim (a PCA, a cosine normalisation, an approximate index)."""
+        self._require_fitted()
+        if self.index_specs.get(layer) != "Flat":
+            return None
+        index = self.indices[layer]
+        return np.asarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
+
     def _is_exact(self, name: str) -> bool:
         return self.index == "exact" and "PCA" not in self.index_specs.get(name, "")
 
