@@ -336,18 +336,24 @@ def guide_distances(h: Tensor, guides: Tensor) -> Tensor:
     The same floats, forward and backward, as ``(h[:, None] - guides).norm(dim=2)`` under autograd
     (``tests/test_dknn_adaptive.py`` checks both bit for bit), computed a few examples at a time so the
     (B, m, D) differences and their gradient never exist whole: at the CNN's 3,136-wide layer and
-    75 guides, 2.4x faster on one thread. Written by hand: torch has no chunked norm with this backward.
+    75 guides, a quarter of the time on one thread (`benchmarks/test_bench_adaptive.py`). Written by hand:
+    torch has no chunked norm with this backward.
     """
     chunk = max(1, _GUIDE_CHUNK_BYTES // max(1, guides.shape[1] * guides.shape[2] * guides.element_size()))
     return _GuideDistance.apply(h, guides.detach(), chunk)
 
 
 class _GuideDistance(torch.autograd.Function):
+    """:func:`guide_distances`: each chunk's differences go to one reused buffer, updated in place."""
+
     @staticmethod
     def forward(ctx: Any, h: Tensor, guides: Tensor, chunk: int) -> Tensor:
         out = h.new_empty(h.shape[0], guides.shape[1])
+        buf = h.new_empty(min(chunk, h.shape[0]), *guides.shape[1:])
         for s in range(0, h.shape[0], chunk):
-            out[s : s + chunk] = (h[s : s + chunk, None, :] - guides[s : s + chunk]).norm(dim=2)
+            diff = buf[: min(chunk, h.shape[0] - s)]
+            torch.sub(h[s : s + chunk, None, :], guides[s : s + chunk], out=diff)
+            out[s : s + chunk] = diff.norm(dim=2)
         ctx.save_for_backward(h, guides, out)
         ctx.chunk = chunk
         return out
@@ -356,14 +362,21 @@ class _GuideDistance(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         h, guides, out = ctx.saved_tensors
         grad_h = torch.empty_like(h)
+        buf = h.new_empty(min(ctx.chunk, h.shape[0]), *guides.shape[1:])
+        on_guide = out == 0
+        any_on_guide = bool(on_guide.any())
         for s in range(0, h.shape[0], ctx.chunk):
-            diff = h[s : s + ctx.chunk, None, :] - guides[s : s + ctx.chunk]
-            norm = out[s : s + ctx.chunk, :, None]
-            # torch's own rule for the 2-norm (grad * (x / norm), 0 where the norm is 0), then the broadcast's
-            # sum over the guides: the same operations in the same order as autograd's, so the same floats
-            grad_h[s : s + ctx.chunk] = (
-                grad[s : s + ctx.chunk, :, None] * (diff / norm).masked_fill(norm == 0, 0)
-            ).sum(1)
+            sl = slice(s, s + ctx.chunk)
+            diff = buf[: min(ctx.chunk, h.shape[0] - s)]
+            torch.sub(h[sl, None, :], guides[sl], out=diff)
+            # torch's own rule for the 2-norm, grad * (x / norm) and 0 where the norm is 0, then the broadcast's
+            # sum over the guides: the same operations as autograd's (a product commutes exactly), so the same
+            # floats; the fill only runs where it changes something
+            diff.div_(out[sl, :, None])
+            if any_on_guide:
+                diff.masked_fill_(on_guide[sl, :, None], 0)
+            diff.mul_(grad[sl, :, None])
+            torch.sum(diff, 1, out=grad_h[sl])
         return grad_h, None, None
 
 
