@@ -92,16 +92,22 @@ def test_changing_one_kinds_code_moves_its_keys_and_those_downstream(monkeypatch
     assert all(after[label] == keys_before[label] for label in untouched)
 
 
-def test_report_is_rerendered_when_its_code_changes(tmp_path, monkeypatch):
-    results_dir = tmp_path / "results"
-    res = _results()
-    res.save(results_dir)
-    calls = []
+@pytest.fixture
+def renderings(tmp_path, monkeypatch) -> list[int]:
+    """Saved results in ``tmp_path/results``; ``write_report`` replaced by a stub that writes ``tmp_path/r.md``
+    and records each call in the returned list."""
+    _results().save(tmp_path / "results")
+    calls: list[int] = []
     monkeypatch.setattr(
         markdown,
         "write_report",
         lambda *a, **k: calls.append(1) or (tmp_path / "r.md").write_text(generated_marker("r.md")),
     )
+    return calls
+
+
+def test_report_is_rerendered_when_its_code_changes(tmp_path, monkeypatch, renderings):
+    results_dir, res, calls = tmp_path / "results", _results(), renderings
     out = tmp_path / "r.md"
     assert markdown.write_run_report(res, out, results_dir=results_dir, manifest={})
     assert not markdown.write_run_report(res, out, results_dir=results_dir, manifest={})
@@ -110,15 +116,8 @@ def test_report_is_rerendered_when_its_code_changes(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
-def test_a_forced_rendering_leaves_a_stamp_and_the_per_example_table_is_not_digested(tmp_path, monkeypatch):
-    results_dir = tmp_path / "results"
-    _results().save(results_dir)
-    calls = []
-    monkeypatch.setattr(
-        markdown,
-        "write_report",
-        lambda *a, **k: calls.append(1) or (tmp_path / "r.md").write_text(generated_marker("r.md")),
-    )
+def test_a_forced_rendering_leaves_a_stamp_and_the_per_example_table_is_not_digested(tmp_path, renderings):
+    results_dir, calls = tmp_path / "results", renderings
     out = tmp_path / "r.md"
     assert markdown.write_run_report(_results(), out, results_dir=results_dir, manifest={}, force=True)
     assert markdown.write_run_report(_results(), out, results_dir=results_dir, manifest={}, force=True)
