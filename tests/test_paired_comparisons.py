@@ -107,3 +107,21 @@ def test_committed_run_interval_and_test_never_disagree():
     ].iloc[0]
     assert row.ci_high < 0 and row.p_t < 0.05 and row.conditional_p_mcnemar < 1e-100
     assert (t.p_signflip.dropna() >= 2 / 2**8).all()  # 8 seeds: the sign-flip floor
+
+
+def test_examples_only_one_side_has_are_left_out_of_both_paired_tables():
+    from advbench.evaluation.stats import paired_differences
+
+    o = _two_seed_suite()
+    # the variant's white-box cell of seed 0 also has examples 100 and 101, which no reference cell has
+    cell = o[(o.seed == 0) & (o.source == "entangled") & (o.target == "entangled")]
+    extra = pd.concat([cell.head(2).assign(example=[100, 101], adv_correct=False)], ignore_index=True)
+    more = pd.concat([o, extra], ignore_index=True)
+    # they count in that cell's own metric (so per_seed_diff moves) but never in the paired counts
+    pd.testing.assert_frame_equal(
+        paired_differences(more, reference="baseline", variants=["entangled"]),
+        paired_differences(o, reference="baseline", variants=["entangled"]),
+    )
+    a = paired_comparisons(transfer_metrics(more), "baseline", ["entangled"], outcomes=more)
+    b = paired_comparisons(transfer_metrics(o), "baseline", ["entangled"], outcomes=o)
+    pd.testing.assert_frame_equal(a[["n_paired", "conditional_p_mcnemar"]], b[["n_paired", "conditional_p_mcnemar"]])

@@ -481,9 +481,7 @@ def paired_differences(
                     rc, vc = cells.get((s, rs, rt, attack, eps)), cells.get((s, vs, vt, attack, eps))
                     if rc is None or vc is None:
                         continue
-                    common = np.intersect1d(rc["example"].to_numpy(), vc["example"].to_numpy())
-                    rc2 = rc[rc["example"].isin(common)]
-                    vc2 = vc[vc["example"].isin(common)]
+                    rc2, vc2 = _on_common_examples(rc, vc)
                     for m in metrics:
                         r_pop, r_num = m.masks(rc2)
                         v_pop, v_num = m.masks(vc2)
@@ -509,7 +507,7 @@ def paired_differences(
                                 "diff": v_val - r_val,
                                 "reference_value": r_val,
                                 "variant_value": v_val,
-                                "n": len(common),
+                                "n": len(rc2),
                                 "n_paired": int(both.sum()),
                                 "discordant_reference": b,
                                 "discordant_variant": c,
@@ -828,6 +826,15 @@ def paired_comparisons(
     )
 
 
+def _on_common_examples(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two cells' rows (each sorted by ``example``) restricted to the examples both have."""
+    a_ex, b_ex = a["example"].to_numpy(), b["example"].to_numpy()
+    if np.array_equal(a_ex, b_ex):  # one subset per seed, the usual case: nothing to drop, no copies
+        return a, b
+    common = np.intersect1d(a_ex, b_ex)
+    return a[a["example"].isin(common)], b[b["example"].isin(common)]
+
+
 def _seed_record(
     rr: Any, vr: Any, rcell: pd.DataFrame | None, vcell: pd.DataFrame | None, metric: CellMetric | None
 ) -> dict:
@@ -843,9 +850,9 @@ def _seed_record(
         "n_paired": None,
     }
     if rcell is not None and vcell is not None and metric is not None:
-        common = np.intersect1d(rcell["example"].to_numpy(), vcell["example"].to_numpy())
-        r_pop, r_num = metric.masks(rcell[rcell["example"].isin(common)])
-        v_pop, v_num = metric.masks(vcell[vcell["example"].isin(common)])
+        rcell, vcell = _on_common_examples(rcell, vcell)
+        r_pop, r_num = metric.masks(rcell)
+        v_pop, v_num = metric.masks(vcell)
         both = r_pop & v_pop
         rec["var"] = _inf.difference_variance(v_num, v_pop, r_num, r_pop)
         rec["b"], rec["c"] = int((both & r_num & ~v_num).sum()), int((both & v_num & ~r_num).sum())
