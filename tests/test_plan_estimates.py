@@ -67,3 +67,38 @@ def test_recorded_seconds_come_from_the_entry_manifest_and_tolerate_anything_els
     assert cache.recorded_seconds("attack", cache_key("attack", {"n": 3})) is None  # absent
     (cache.path("attack", untimed) / "MANIFEST.json").write_text("{not json")
     assert cache.recorded_seconds("attack", untimed) is None  # damaged: no estimate, no crash
+
+
+def test_a_cell_measured_under_earlier_code_is_found_again_by_its_label() -> None:
+    plan = _plan()
+    by_label = {c.label: c for c in plan.cells}
+    measured = {by_label["attack pgd eps=0.1 on m seed=0"].key: 8.0}
+    earlier = {"attack dknn-adaptive eps=0.1 on m seed=2": 450.0, "attack pgd eps=0.1 on m seed=1": 99.0}
+    out = {c.label: c for c in calibrate(plan, measured, earlier=earlier).cells}
+    adaptive = out["attack dknn-adaptive eps=0.1 on m seed=2"]
+    assert (adaptive.estimate_s, adaptive.estimate_basis) == (450.0, "earlier code")
+    # this code's own measurements of the family come first
+    assert out["attack pgd eps=0.1 on m seed=1"].estimate_basis == "other seeds"
+    assert out["attack dknn-adaptive eps=0.1 on m seed=0"].estimate_basis == "kind ratio"
+
+
+def test_run_manifests_give_computed_cells_seconds_by_key_and_label(tmp_path) -> None:
+    import json
+    import os
+
+    from advbench.suite.rundir import RunDir
+
+    def run(folder: str, cells: dict, *, suite: str = "t", mtime: float) -> None:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "manifest.json").write_text(json.dumps({"suite": suite, "cells": cells}))
+        os.utime(tmp_path / folder, (mtime, mtime))
+
+    cell = {"kind": "attack", "key": "k1", "cached": False, "seconds": 40.0}
+    run("t-1", {"attack a": cell, "attack b": {**cell, "key": "k2", "cached": True, "seconds": 0.0}}, mtime=1)
+    run("t-2", {"attack a": {**cell, "seconds": 42.0}}, mtime=2)  # the later run's measurement wins
+    run("t-3", {"attack c": {**cell, "key": "k3"}}, suite="t-other", mtime=3)  # another suite's run
+    (tmp_path / "t-4").mkdir()
+    (tmp_path / "t-4" / "manifest.json").write_text("{damaged")
+    by_key, by_label = RunDir.measured_seconds(tmp_path, "t")
+    assert by_key == {"k1": 42.0} and by_label == {"attack a": 42.0}  # a cache hit measured nothing
+    assert RunDir.measured_seconds(tmp_path / "absent", "t") == ({}, {})

@@ -23,6 +23,7 @@ from advbench.models import Classifier
 from advbench.suite.cache import Cache
 from advbench.suite.paths import resolve_cache_dir
 from advbench.suite.plan import Cell, Plan, build_plan, calibrate
+from advbench.suite.rundir import RunDir
 
 if TYPE_CHECKING:
     from advbench.evaluation.dknn import DkNN
@@ -120,9 +121,14 @@ class CellContext:
         )
         # --cache-dir > $ADVBENCH_CACHE > the suite's cache_dir (checked: inside .cache/) > default
         cache = Cache(resolve_cache_dir(suite, opt.cache_dir))
-        # the estimates (--plan, the ETA) from what this suite's finished cells measured where possible
-        recorded = {c.key: cache.recorded_seconds(c.kind, c.key) for c in plan.cells}
-        plan = calibrate(plan, {k: s for k, s in recorded.items() if s is not None})
+        # the estimates (--plan, the ETA) from what this suite's finished cells measured where possible: the
+        # seconds the runs' manifests recorded, and those kept with cache entries (which a run folder may lack)
+        measured, by_label = RunDir.measured_seconds(opt.runs_dir, suite.name)
+        for c in plan.cells:
+            recorded = cache.recorded_seconds(c.kind, c.key)
+            if recorded is not None:
+                measured[c.key] = recorded
+        plan = calibrate(plan, measured, earlier=by_label)
         return cls(
             suite=suite,
             options=opt,

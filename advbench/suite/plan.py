@@ -56,7 +56,8 @@ class Cell:
     params: dict[str, Any] = field(default_factory=dict)  # runtime handles (names), not part of the key
     #: where :attr:`estimate_s` comes from (see :func:`calibrate`): ``"model"`` (the work model below),
     #: ``"measured"`` (this cell's own recorded seconds), ``"other seeds"`` (the median of the same cell
-    #: measured on other seeds) or ``"kind ratio"`` (the model scaled by its kind's measured/model ratio)
+    #: measured on other seeds), ``"earlier code"`` (the same cell measured under another code version) or
+    #: ``"kind ratio"`` (the model scaled by its kind's measured/model ratio)
     estimate_basis: str = "model"
 
 
@@ -307,15 +308,17 @@ def cell_family(cell: Cell) -> tuple[str, str]:
     return cell.kind, _SEED.sub("seed=*", cell.label)
 
 
-def calibrate(plan: Plan, measured: Mapping[str, float]) -> Plan:
+def calibrate(plan: Plan, measured: Mapping[str, float], *, earlier: Mapping[str, float] | None = None) -> Plan:
     """``plan`` with its estimates replaced by measurements where there are some.
 
-    ``measured`` maps cell keys to the seconds their computation took (as recorded in the cache). A cell with
-    a measurement takes it; one without takes the median of its :func:`cell_family` measured on other seeds;
-    failing that, the work model's estimate scaled by the median measured/model ratio of its kind; failing
-    that, the work model alone. The work model's constants were fitted once on one machine and drift from
-    what a given machine and a given attack really cost (6-8x low for the adaptive DkNN attack, measured);
-    a suite's own finished cells are the better guide to its unfinished ones.
+    ``measured`` maps cell keys to the seconds their computation took (run manifests, cache entries);
+    ``earlier`` maps cell labels to the same, so that a cell is found again under another code version. A cell
+    with a measurement takes it; one without takes the median of its :func:`cell_family` measured on other
+    seeds; failing that, what the same cell took under earlier code; failing that, the work model's estimate
+    scaled by the median measured/model ratio of its kind; failing that, the work model alone. The work
+    model's constants were fitted once on one machine and drift from what a given machine and a given attack
+    really cost (6-8x low for the adaptive DkNN attack, measured); a suite's own finished cells are the better
+    guide to its unfinished ones.
     """
     family: dict[tuple[str, str], list[float]] = defaultdict(list)
     ratios: dict[str, list[float]] = defaultdict(list)
@@ -330,6 +333,8 @@ def calibrate(plan: Plan, measured: Mapping[str, float]) -> Plan:
             c = replace(c, estimate_s=measured[c.key], estimate_basis="measured")
         elif family.get(cell_family(c)):
             c = replace(c, estimate_s=statistics.median(family[cell_family(c)]), estimate_basis="other seeds")
+        elif earlier and c.label in earlier:
+            c = replace(c, estimate_s=earlier[c.label], estimate_basis="earlier code")
         elif ratios.get(c.kind):
             c = replace(c, estimate_s=c.estimate_s * statistics.median(ratios[c.kind]), estimate_basis="kind ratio")
         cells.append(c)

@@ -175,6 +175,41 @@ class RunDir:
             found.append((entry.stat(follow_symlinks=False).st_mtime, path))
         return max(found)[1] if found else None
 
+    @staticmethod
+    def measured_seconds(runs_dir: str | Path, name: str) -> tuple[dict[str, float], dict[str, float]]:
+        """The seconds computed cells took, by cell key and by cell label, from the manifests of the runs of suite
+        ``name`` under ``runs_dir``; cells a run read from the cache are left out and a later run's measurement
+        wins. By label, a cell is found again after its code (so its key) changed.
+
+        Every cell kind is recorded there, not only those whose cache entries keep their seconds. For estimates
+        (``--plan``, the ETA) only: unreadable manifests are skipped.
+        """
+        runs: list[tuple[float, dict[str, Any]]] = []
+        try:
+            entries = [e for e in os.scandir(runs_dir) if e.name.startswith(f"{name}-")]
+        except OSError:
+            return {}, {}
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                manifest = json.loads((Path(entry.path) / "manifest.json").read_text(encoding="utf-8"))
+                if isinstance(manifest, dict) and manifest.get("suite") == name:
+                    runs.append((entry.stat(follow_symlinks=False).st_mtime, manifest))
+            except (OSError, ValueError):
+                continue
+        by_key: dict[str, float] = {}
+        by_label: dict[str, float] = {}
+        for _, manifest in sorted(runs, key=lambda r: r[0]):
+            cells = manifest.get("cells")
+            for label, cell in cells.items() if isinstance(cells, dict) else ():
+                if not isinstance(cell, dict) or cell.get("cached") is not False:
+                    continue
+                key, seconds = cell.get("key"), cell.get("seconds")
+                if isinstance(key, str) and isinstance(seconds, int | float) and seconds > 0:
+                    by_key[key] = by_label[label] = float(seconds)
+        return by_key, by_label
+
     def write_config(self, suite: Suite, source: str) -> None:
         text = f"# resolved from {source}\n" + yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
         atomic_write_text(self.path / "config.yaml", text, what="the resolved config")
