@@ -47,6 +47,20 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, *, warmup: in
     return out
 
 
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The float32 matrix-product throughput torch reaches here (best of ``repeats`` n x n products)."""
+    import torch
+
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def median(ts: Iterable[Timing], clock: str = "cpu") -> float:
     return statistics.median(getattr(t, clock) for t in ts)
 

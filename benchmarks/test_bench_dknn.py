@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from _bench import interleaved, median
+from _bench import interleaved, matmul_peak_gflops, median
 
 from advbench.evaluation.dknn import DkNN
 from advbench.models import create_model
@@ -65,17 +65,6 @@ def setup():
     y_cal = torch.randint(0, 10, (N_CAL,), generator=g)
     x_query = torch.rand(N_QUERY, 1, 28, 28, generator=g)
     return model, x_train, y_train, x_cal, y_cal, x_query
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def test_bench_dknn_exact_scoring(benchmark, figure, setup) -> None:

@@ -5,6 +5,9 @@ Run: ``python -m pytest benchmarks/test_bench_training.py -m benchmark -p no:cac
 * Steps of the entangled and the baseline model are interleaved so that load on a shared machine hits
   both alike; the ratio of medians must stay within 1.15 at batch 128. ``extra_info``
   carries both medians, the ratio and the SNNL's share of the entangled step.
+* The baseline step's throughput: its matrix-product and convolution FLOPs (counted by torch's
+  ``FlopCounterMode`` on one step) per second of its median time, against the float32 matmul peak
+  measured in the same interleaved rounds (1,024 x 1,024 products), both on 1 thread; target >= 75%.
 * The SNNL alone (pairwise distances and the loss, forward and backward, over the 28x28 ``cnn``'s
   three hidden layers: ``conv1`` 32x14x14 = 6,272 wide, ``conv2`` 64x7x7 = 3,136, ``fc1`` 128) for
   batches of 64, 128, 256 and 512, each timed side by side with the baseline training step at the same
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.benchmark
 
 BATCH = 128
 MAX_RATIO = 1.15
+MIN_FRACTION_OF_PEAK = 0.75
 SNNL_BATCHES = (64, 128, 256, 512)
 
 
@@ -103,3 +107,44 @@ def test_snnl_forward_backward(benchmark, figure, batch: int):
     )
     figure("SNNL fwd+bwd, 3 layers", snnl_ms, unit="ms")
     figure("SNNL / baseline CNN step", snnl_ms / base_ms, unit="x")
+
+
+def test_training_step_fraction_of_matmul_peak(benchmark, figure):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, y = _batch(BATCH)
+        step, _ = _stepper(0.0, x, y)
+        step()
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops()
+        n = 1024
+        a, b = torch.rand(n, n), torch.rand(n, n)
+
+        def matmul() -> None:
+            a @ b
+
+        t = interleaved({"step": step, "matmul": matmul}, rounds=20, warmup=3)
+        benchmark.pedantic(step, rounds=3, iterations=1)
+        step_gflops = flops / median(t["step"], "wall") / 1e9
+        peak_gflops = 2 * n**3 / median(t["matmul"], "wall") / 1e9
+        fraction = step_gflops / peak_gflops
+        benchmark.extra_info.update(
+            batch=BATCH,
+            step_gflop=round(flops / 1e9, 3),
+            step_ms=round(1000 * median(t["step"], "wall"), 2),
+            step_gflops=round(step_gflops, 1),
+            matmul_peak_gflops=round(peak_gflops, 1),
+            fraction_of_peak=round(fraction, 3),
+            threads=torch.get_num_threads(),
+        )
+        figure("baseline step, 1 thread", 1000 * median(t["step"], "wall"), unit="ms")
+        figure("baseline step GFLOP (matmul + conv)", flops / 1e9, unit="GFLOP")
+        figure("matmul peak, 1 thread", peak_gflops, unit="GFLOP/s")
+        ok = figure("training step / matmul peak", fraction, target=MIN_FRACTION_OF_PEAK, op=">=")
+        assert ok, f"the training step ran at {step_gflops:.1f} GFLOP/s, {fraction:.0%} of {peak_gflops:.1f} GFLOP/s"
+    finally:
+        torch.set_num_threads(threads)
