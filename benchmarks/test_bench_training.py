@@ -3,7 +3,7 @@
 Run: ``python -m pytest benchmarks/test_bench_training.py -m benchmark -p no:cacheprovider``.
 
 * Steps of the entangled and the baseline model are interleaved so that load on a shared machine hits
-  both alike; the ratio of medians must stay within 1.15 at batch 128. ``extra_info``
+  both alike; the ratio of medians must stay within 1.10 at batch 128. ``extra_info``
   carries both medians, the ratio and the SNNL's share of the entangled step.
 * The baseline step's throughput: its matrix-product and convolution FLOPs (counted by torch's
   ``FlopCounterMode`` on one step) per second of its median time, against the float32 matmul peak
@@ -13,7 +13,8 @@ Run: ``python -m pytest benchmarks/test_bench_training.py -m benchmark -p no:cac
   batches of 64, 128, 256 and 512, each timed side by side with the baseline training step at the same
   batch size; no target, the share shows how the (b, b) terms grow with the batch.
 
-Threads: torch's default (2 on the project machine), as training runs.
+Threads: torch's default (2 on the project machine), as a local run trains; the step ratio also at 1 thread,
+as each cell of a Ray run trains.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from advbench.training import TrainStep, init_model, pairwise_distances, snnl_fr
 pytestmark = pytest.mark.benchmark
 
 BATCH = 128
-MAX_RATIO = 1.15
+MAX_RATIO = 1.10
 MIN_FRACTION_OF_PEAK = 0.75
 SNNL_BATCHES = (64, 128, 256, 512)
 
@@ -62,7 +63,18 @@ def _snnl_only(model, x: torch.Tensor, y: torch.Tensor):
     return run, {k: int(v[0].numel()) for k, v in feats.items()}
 
 
-def test_entangled_step_costs_at_most_115x_the_baseline(benchmark, figure):
+@pytest.mark.parametrize("threads", [None, 1], ids=["default-threads", "1-thread"])
+def test_entangled_step_costs_at_most_110x_the_baseline(benchmark, figure, threads: int | None):
+    """At torch's default thread count (a local run) and at 1 thread (each cell of a Ray run)."""
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads or default)
+    try:
+        _entangled_vs_baseline(benchmark, figure)
+    finally:
+        torch.set_num_threads(default)
+
+
+def _entangled_vs_baseline(benchmark, figure) -> None:
     x, y = _batch(BATCH)
     base, _ = _stepper(0.0, x, y)
     ent, model = _stepper(-10.0, x, y)
