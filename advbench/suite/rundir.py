@@ -155,24 +155,8 @@ class RunDir:
         ``config_hash``, or for older runs the hash of its ``config.yaml``), never by folder-name prefix.
         Symlinked folders and unreadable manifests are skipped.
         """
-        found: list[tuple[float, Path]] = []
-        try:
-            entries = list(os.scandir(runs_dir))
-        except OSError:
-            return None
-        for entry in entries:
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            path = Path(entry.path)
-            try:
-                manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if not isinstance(manifest, dict) or manifest.get("suite") != name:
-                continue
-            if chash is not None and _recorded_hash(path, manifest) != chash:
-                continue
-            found.append((entry.stat(follow_symlinks=False).st_mtime, path))
+        found = [(mtime, path) for mtime, path, manifest in _suite_runs(runs_dir, name)
+                 if chash is None or _recorded_hash(path, manifest) == chash]  # fmt: skip
         return max(found)[1] if found else None
 
     @staticmethod
@@ -184,23 +168,9 @@ class RunDir:
         Every cell kind is recorded there, not only those whose cache entries keep their seconds. For estimates
         (``--plan``, the ETA) only: unreadable manifests are skipped.
         """
-        runs: list[tuple[float, dict[str, Any]]] = []
-        try:
-            entries = [e for e in os.scandir(runs_dir) if e.name.startswith(f"{name}-")]
-        except OSError:
-            return {}, {}
-        for entry in entries:
-            try:
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-                manifest = json.loads((Path(entry.path) / "manifest.json").read_text(encoding="utf-8"))
-                if isinstance(manifest, dict) and manifest.get("suite") == name:
-                    runs.append((entry.stat(follow_symlinks=False).st_mtime, manifest))
-            except (OSError, ValueError):
-                continue
         by_key: dict[str, float] = {}
         by_label: dict[str, float] = {}
-        for _, manifest in sorted(runs, key=lambda r: r[0]):
+        for _, _, manifest in sorted(_suite_runs(runs_dir, name), key=lambda r: r[0]):
             cells = manifest.get("cells")
             for label, cell in cells.items() if isinstance(cells, dict) else ():
                 if not isinstance(cell, dict) or cell.get("cached") is not False:
@@ -313,6 +283,27 @@ class RunDir:
             json.dumps(self.manifest, indent=1, sort_keys=True, default=str),
             what="the run manifest",
         )
+
+
+def _suite_runs(runs_dir: str | Path, name: str) -> list[tuple[float, Path, dict[str, Any]]]:
+    """(mtime, folder, manifest) of every run of suite ``name`` under ``runs_dir``, matched by what its
+    ``manifest.json`` records, never by folder-name prefix; symlinked folders and unreadable manifests are
+    skipped."""
+    try:
+        entries = list(os.scandir(runs_dir))
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            manifest = json.loads((Path(entry.path) / "manifest.json").read_text(encoding="utf-8"))
+            if isinstance(manifest, dict) and manifest.get("suite") == name:
+                out.append((entry.stat(follow_symlinks=False).st_mtime, Path(entry.path), manifest))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def _recorded_hash(path: Path, manifest: dict[str, Any]) -> str | None:
