@@ -281,6 +281,10 @@ class DkNNAdaptive(Attack):
         feats = clf.features(x_adv, list(dict.fromkeys([*layers, *clf.layer_names[-1:]])))
         loss = x_adv.new_zeros(x_adv.shape[0])
         for n in layers:
+            # for a 2-d layer h *is* feats[n], which the logit margin below also reads, so autograd sums its
+            # gradient parts (own, target, margin) in arrival order; before 3f4b9e0 one shared h[:, None] view
+            # summed own + target first. Float addition is not associative: 4 of the powered run's 48,000
+            # adversarial examples came out different (README, Latest results). Neither order is more correct.
             h = feats[n].flatten(1)
             r = radius[n][:, None]
             scale = self.temperature * r.clamp_min(1e-12)
