@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from advbench.cli import OPENMP_DEFAULTS, passive_openmp
-from advbench.cli.run_cmd import _threads
+from advbench.cli.run_cmd import parse_threads
 from advbench.suite.threads import AUTO, available_cpus, free_cpus, resolve_threads, thread_policy
 
 
@@ -49,9 +49,9 @@ def test_resolve_threads():
 
 
 def test_threads_flag_accepts_auto_and_counts():
-    assert _threads("auto") == AUTO
-    assert _threads(" AUTO ") == AUTO
-    assert _threads("2") == 2
+    assert parse_threads("auto") == AUTO
+    assert parse_threads(" AUTO ") == AUTO
+    assert parse_threads("2") == 2
 
 
 def test_thread_policy_warns_when_the_default_oversubscribes(monkeypatch, caplog):

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 import advbench.codeversion as cv
-import advbench.suite.plan as plan_mod
 from advbench.attacks.contract import CHILD_THREADS
 from advbench.config import Suite
 from advbench.errors import AdvbenchError
@@ -52,9 +51,10 @@ def _kinds(**opts) -> dict[str, dict]:
     return {c.label: (c.kind, c.spec["code"]) for c in ctx.plan.cells}
 
 
-def test_every_cell_key_holds_its_kinds_code_version_and_threads():
+def test_every_cell_key_holds_its_kinds_handler_and_threads():
     for _label, (kind, code) in _kinds(threads=3).items():
-        assert code == {"code": cv.code_version(kind), "threads": 3}
+        assert code["threads"] == 3
+        assert code["components"]["cell"].startswith(f"advbench.suite.cells.{kind.replace('-', '_')}@")
 
 
 def test_local_and_ray_with_equal_threads_give_equal_keys():
@@ -78,12 +78,9 @@ def test_time_limited_attacks_are_keyed_with_the_childs_thread_count():
 def test_changing_one_kinds_code_moves_its_keys_and_those_downstream(monkeypatch, kind):
     before = _kinds(threads=1)
     keys_before = _keys(threads=1)
-    real = cv.code_version
-    monkeypatch.setattr(
-        plan_mod,
-        "code_spec",
-        lambda k, threads=None: {"code": real(k) + ("x" if k == kind else ""), "threads": threads},
-    )
+    module = f"advbench.suite.cells.{kind.replace('-', '_')}"
+    lock = {m: {**v, "version": v["version"] + (m == module)} for m, v in cv.read_lock().items()}
+    monkeypatch.setattr(cv, "_lock", lambda: lock)
     after = _keys(threads=1)
     for label, (k, _) in before.items():
         if k == kind:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -58,10 +58,31 @@ from advbench.attacks import register_attack
 from advbench.attacks.base import Attack, ThreatModel, check_steps
 from advbench.params import ParamSpec
 
-if TYPE_CHECKING:
-    from advbench.evaluation.dknn import DkNN
 
-__all__ = ["DkNNAdaptive", "DkNNKnowledge", "dknn_badness"]
+class FittedDkNN(Protocol):
+    """What the attacker reads of the DkNN it attacks (:class:`advbench.evaluation.dknn.DkNN` has it all).
+
+    A structural type, so that the attack does not import the DkNN's code: the attack's cells carry the
+    DkNN's code through the knowledge provider that hands it over (``advbench.suite.cells.dknn_knowledge``).
+    """
+
+    layers: tuple[str, ...]
+    k: int
+    num_classes: int
+    y_train: np.ndarray | None
+
+    @property
+    def is_fitted(self) -> bool: ...
+
+    @property
+    def is_calibrated(self) -> bool: ...
+
+    def predict(self, x: Any) -> Any: ...
+
+    def stored_features(self, layer: str) -> np.ndarray | None: ...
+
+
+__all__ = ["DkNNAdaptive", "DkNNKnowledge", "FittedDkNN", "dknn_badness"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +125,7 @@ class DkNNKnowledge:
             raise ValueError(f"expected 1 <= k <= {self.x_train.shape[0]} (training points), got k={self.k}")
 
     @classmethod
-    def from_dknn(cls, dknn: DkNN, x_train: Tensor, y_train: Tensor) -> DkNNKnowledge:
+    def from_dknn(cls, dknn: FittedDkNN, x_train: Tensor, y_train: Tensor) -> DkNNKnowledge:
         """The knowledge of a fitted, calibrated ``dknn`` whose training set was ``(x_train, y_train)``."""
         if not (dknn.is_fitted and dknn.is_calibrated):
             raise ValueError("expected a fitted and calibrated DkNN; call dknn.fit(...).calibrate(...) first")

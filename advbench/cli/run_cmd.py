@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=parse_threads,
         default=None,
         metavar="N",
         help="torch threads per cell (default: torch's own locally, i.e. the CPUs this process may use, "
@@ -155,7 +155,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _threads(text: str) -> int | str:
+def parse_threads(text: str) -> int | str:
     return AUTO if text.strip().lower() == AUTO else _positive_int(text)
 
 

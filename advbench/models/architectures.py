@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from advbench.models import register_model
+from advbench.models.blocks import BasicBlock
 from advbench.models.classifier import Classifier
 
 
@@ -74,27 +75,6 @@ def cnn_digits(
     )
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        )
-        self.skip = (
-            nn.Identity()
-            if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        )
-        self.act = nn.ReLU()
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return self.act(self.body(x) + self.skip(x))
-
-
 @register_model("resnet-small", layers=("stem", "stage1", "stage2", "stage3", "pool"))
 def resnet_small(
     *, num_classes: int, input_shape: tuple[int, int, int], widths: tuple[int, int, int] = (16, 32, 64)
@@ -116,7 +96,3 @@ def resnet_small(
         input_shape=input_shape,
         arch="resnet-small",
     )
-
-
-# ResNet-20 (He et al.) lives in its own module; importing it registers it with the built-ins.
-from advbench.models import resnet as _resnet  # noqa: E402,F401

@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from advbench.models import register_model
-from advbench.models.architectures import BasicBlock
+from advbench.models.blocks import BasicBlock
 from advbench.models.classifier import Classifier
 
 __all__ = ["RESNET_LAYERS", "resnet20"]

@@ -202,6 +202,31 @@ class Cache:
             self.corrupt_found.append(f"{kind}/{key}")
             self._quarantine(folder)
 
+    def adopt(self, kind: str, old_key: str, new_key: str, note: str) -> bool:
+        """Publish the verified entry ``old_key`` again under ``new_key`` (hard links where possible, else copies).
+
+        For a change of key scheme whose code is unchanged (``advbench code migrate``). The old entry stays;
+        ``note`` and the old key go into the new entry's meta. ``False`` if the old entry is absent or corrupt
+        or the new one exists already.
+        """
+        if self.exists(kind, new_key):
+            return False
+        entry = self.get(kind, old_key)
+        if entry is None:
+            return False
+        meta = {**entry.meta, "migrated_from": old_key, "migration": note}
+        with self.writer(kind, new_key, meta) as folder:
+            for src in sorted(entry.path.rglob("*")):
+                if not src.is_file() or src.is_symlink() or src.name == MANIFEST:
+                    continue
+                dest = folder / src.relative_to(entry.path)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    shutil.copy2(src, dest)
+        return True
+
     def _quarantine(self, folder: Path) -> None:
         dest = self.root / "corrupt" / f"{folder.name}-{int(time.time() * 1000)}"
         dest.parent.mkdir(parents=True, exist_ok=True)

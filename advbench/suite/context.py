@@ -8,6 +8,7 @@ store per task, so every input a handler reads must also be readable back from t
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from advbench.codeversion import KIND_SOURCES
 from advbench.config import Suite
 from advbench.data import Splits, load_dataset, make_splits
 from advbench.errors import AdvbenchError
@@ -28,7 +28,10 @@ from advbench.suite.rundir import RunDir
 if TYPE_CHECKING:
     from advbench.evaluation.dknn import DkNN
 
-__all__ = ["TABLES", "ArtefactStore", "CellContext", "RunOptions", "resolve_device"]
+#: The kinds of cell a plan holds (each has a handler in :mod:`advbench.suite.cells`).
+CELL_KINDS = ("train", "clean-eval", "attack", "transfer", "dknn-index", "dknn-score")
+
+__all__ = ["CELL_KINDS", "TABLES", "ArtefactStore", "CellContext", "RunOptions", "resolve_device"]
 
 
 @dataclass
@@ -117,7 +120,8 @@ class CellContext:
             n_transfer=len(transfer),
             n_dknn=n_dknn,
             n_ood=ood.n_examples if ood and ood.dataset else 0,
-            threads={kind: opt.cell_threads(kind) for kind in KIND_SOURCES},
+            threads={kind: opt.cell_threads(kind) for kind in CELL_KINDS},
+            examples=hashlib.sha256(np.ascontiguousarray(transfer, dtype=np.int64).tobytes()).hexdigest(),
         )
         # --cache-dir > $ADVBENCH_CACHE > the suite's cache_dir (checked: inside .cache/) > default
         cache = Cache(resolve_cache_dir(suite, opt.cache_dir))

@@ -1,18 +1,21 @@
 """Expand a suite into cells with content-addressed keys and dependencies.
 
-train (model x seed) -> attack (source x attack x eps x seed) -> transfer (one per adversarial
-set, evaluated on every model of its seed, plus one per other seed the suite's
-``transfer.cross_seed`` names: the independent-training control) ; train -> dknn-index (model x
+train (model x seed) -> clean-eval (clean accuracy, gradient checks) ; train -> attack (source x attack x
+eps x seed) -> transfer (one per adversarial set, evaluated on every model of its seed, plus one per
+other seed the suite's ``transfer.cross_seed`` names: the independent-training control) ; train -> dknn-index (model x
 seed) -> dknn-score (model x seed, over clean, every adversarial set and the OOD sets) ; all -> report.
 An attack on the DkNN (property ``adaptive-dknn``) also depends on the dknn-index cell it attacks.
 
 A cell's key hashes everything that determines its output: its own config, the keys of the cells
-it reads, the hashes of the data splits, and the versions of advbench and of the libraries it uses.
+it reads, the hashes of the data splits and of the examples it reads, and its code identity (the
+components it uses, the versions of the libraries they import, its thread count:
+:mod:`advbench.codeversion`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import re
 import statistics
 from collections import defaultdict
@@ -22,13 +25,16 @@ from typing import Any
 
 from advbench import __version__
 from advbench.attacks import ATTACKS
-from advbench.codeversion import code_spec
+from advbench.codeversion import BACKENDS, Component, advbench_component, cell_code, entry_component
 from advbench.config import AttackConfig, ModelConfig, Suite
 from advbench.data import Splits
 from advbench.errors import AdvbenchError
 from advbench.suite.cache import Cache, cache_key
 
-__all__ = ["Cell", "Plan", "build_plan", "calibrate", "cross_seed_targets", "library_versions"]
+__all__ = ["N_GRAD", "Cell", "CellCode", "Plan", "build_plan", "calibrate", "cross_seed_targets", "library_versions"]
+
+#: Test examples whose input gradients the clean evaluation checks for masking (zero or non-finite).
+N_GRAD = 256
 
 #: Seconds per unit of work on the reference 2-core machine (environment.md), for estimates only.
 _TRAIN_IMAGES_PER_S = 1600.0
@@ -114,6 +120,78 @@ def _adaptive_dknn_extra(a: AttackConfig, n: int, n_train: int) -> float:
     return queries * n_train / 2.0e7 + n_train / 5000.0
 
 
+class CellCode:
+    """The one spec builder of a plan: every cell's ``code`` (components, libraries, threads) comes from here.
+
+    Components are memoised per plan (a suite of 1,000 cells uses a dozen). ``threads``: the torch thread
+    count each kind runs with (one for all, or per kind; ``None``: this process's).
+    """
+
+    def __init__(self, threads: Mapping[str, int] | int | None = None) -> None:
+        self.threads = threads
+        self._components: dict[tuple[str, str], Component] = {}
+
+    def _threads(self, kind: str) -> int:
+        n = self.threads.get(kind) if isinstance(self.threads, Mapping) else self.threads
+        if n is None:
+            import torch
+
+            n = torch.get_num_threads()
+        return int(n)
+
+    def handler(self, kind: str) -> Component:
+        """The handler module of cell kind ``kind``."""
+        from advbench.suite.handlers import HANDLERS
+
+        if kind not in HANDLERS:
+            raise AdvbenchError(f"no handler for cell kind {kind!r}; registered: {', '.join(sorted(HANDLERS))}")
+        return self._memo("cell", kind, lambda: advbench_component(HANDLERS[kind].__module__))
+
+    def knowledge(self, prop: str) -> Component | None:
+        """The module that hands attacks with property ``prop`` their knowledge (None: no provider)."""
+        from advbench.suite.handlers import KNOWLEDGE
+
+        if prop not in KNOWLEDGE:
+            return None
+        return self._memo("knowledge", prop, lambda: advbench_component(KNOWLEDGE[prop].__module__))
+
+    def entry(self, registry: Any, name: str) -> Component:
+        """The component of registry entry ``name`` (advbench's module, a plugin's distribution, user code)."""
+        return self._memo(registry.kind, name, lambda: entry_component(registry, name))
+
+    def _memo(self, role: str, name: str, make: Any) -> Component:
+        key = (role, name)
+        if key not in self._components:
+            self._components[key] = make()
+        comp: Component = self._components[key]
+        return comp
+
+    def spec(
+        self, kind: str, body: dict[str, Any], roles: Mapping[str, Any] | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        """``body`` with the cell's ``code``: its kind's handler, the components in ``roles``, threads."""
+        code = cell_code({"cell": self.handler(kind), **(roles or {})}, self._threads(kind), **kw)
+        return {**body, "code": code}
+
+
+def attack_unused_backends(a: AttackConfig) -> frozenset[str]:
+    """The attack backends ``a`` does not run (their versions stay out of its key)."""
+    try:
+        cls = ATTACKS.get(a.name)
+    except Exception:  # an unregistered name: validation reports it
+        return frozenset()
+    used = getattr(cls, "package", None)
+    if used not in BACKENDS:
+        used = a.backend
+        if used is None:
+            try:
+                default = inspect.signature(cls).parameters.get("backend")
+            except (TypeError, ValueError):
+                default = None
+            used = default.default if default is not None and default.default is not inspect.Parameter.empty else None
+    return BACKENDS - {used}
+
+
 def build_plan(
     suite: Suite,
     splits: Splits,
@@ -122,34 +200,41 @@ def build_plan(
     n_dknn: int,
     n_ood: int,
     threads: Mapping[str, int] | int | None = None,
+    examples: str = "",
 ) -> Plan:
     """The cells of ``suite``; ``threads``: the torch thread count each kind runs with (one for all, or per kind).
 
-    Every spec includes ``code_spec(kind, threads=...)``: the version of the code behind its kind and
-    the thread count, so a change to either gives new keys and cells computed differently never mix.
+    Every spec is built by :class:`CellCode`: the code identity of the components the cell uses and its
+    thread count, so a change to either gives new keys and cells computed differently never mix.
+    ``examples``: a digest of the test examples the attacks and evaluations read (their ids).
     """
+    from advbench.data.base import DATASETS
+    from advbench.models import MODELS
+    from advbench.training.regularisers import REGULARISERS
 
-    def code(kind: str) -> dict[str, Any]:
-        n = threads.get(kind) if isinstance(threads, Mapping) else threads
-        return code_spec(kind, threads=n)
-
-    versions = library_versions()
-    core = {k: versions[k] for k in ("advbench", "torch", "numpy")}
+    code = CellCode(threads)
     data = {"dataset": suite.dataset.name, "hashes": splits.hashes}
     cells: list[Cell] = []
     train_keys: dict[tuple[str, int], str] = {}
     n_train = len(splits.train)
+    val = splits.validation
     for seed in suite.seeds:
         for m in suite.models:
-            spec = {
-                "model": _model_spec(m),
-                "seed": seed,
-                # the entanglement probe reads the validation split (none without one; never test images)
-                "probe": "validation" if splits.validation is not None else None,
-                "data": data,
-                "versions": {**core, "safetensors": versions["safetensors"]},
-                "code": code("train"),
-            }
+            roles: dict[str, Any] = {"dataset": code.entry(DATASETS, suite.dataset.name)}
+            if m.recipe is not None and m.architecture is not None:
+                roles["architecture"] = code.entry(MODELS, m.architecture)
+                roles["regularisers"] = [code.entry(REGULARISERS, r.name) for r in m.recipe.regularisers]
+            spec = code.spec(
+                "train",
+                {
+                    "model": _model_spec(m),
+                    "seed": seed,
+                    # the entanglement probe reads the validation split (none without one; never test images)
+                    "probe": "validation" if val is not None else None,
+                    "data": data,
+                },
+                roles,
+            )
             key = cache_key("train", spec)
             train_keys[(m.name, seed)] = key
             if m.recipe is None:  # a model brought by the user: loaded, not trained
@@ -162,26 +247,37 @@ def build_plan(
                     * (1.6 if m.recipe.snnl.alpha or m.recipe.regularisers else 1.0)
                     * _model_cost(m)
                 )
+            params = {"model": m.name, "seed": seed}
+            cells.append(Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, params))
+            espec = code.spec(
+                "clean-eval",
+                {"model": key, "test": splits.hashes["test"], "n_grad": N_GRAD, "examples": examples}
+                | ({"validation": val.sha256} if val is not None else {}),
+            )
             cells.append(
-                Cell("train", f"train {m.name} seed={seed}", key, [], spec, work, {"model": m.name, "seed": seed})
+                Cell(
+                    "clean-eval",
+                    f"clean evaluation {m.name} seed={seed}",
+                    cache_key("clean-eval", espec),
+                    [key],
+                    espec,
+                    (len(splits.test) + (len(val) if val is not None else 0)) / 20000.0 + N_GRAD / 2000.0,
+                    dict(params),
+                )
             )
     # DkNN index cells come before the attacks: an attack on the DkNN (``adaptive-dknn``) reads the
     # index it attacks (the white-box attacker's knowledge), and cells run in plan order.
     dk = suite.evaluations.dknn
     index_keys: dict[tuple[str, int], str] = {}
-    index_specs: dict[tuple[str, int], dict[str, Any]] = {}
     if dk is not None and dk.enabled:
         for seed in suite.seeds:
             for m in suite.models:
-                ispec = {
-                    "model": train_keys[(m.name, seed)],
-                    "dknn": dk.model_dump(exclude={"n_examples"}),
-                    "data": data,
-                    "versions": {**core, "faiss": versions["faiss-cpu"]},
-                    "code": code("dknn-index"),
-                }
+                ispec = code.spec(
+                    "dknn-index",
+                    {"model": train_keys[(m.name, seed)], "dknn": dk.model_dump(exclude={"n_examples"}), "data": data},
+                )
                 ikey = cache_key("dknn-index", ispec)
-                index_keys[(m.name, seed)], index_specs[(m.name, seed)] = ikey, ispec
+                index_keys[(m.name, seed)] = ikey
                 cells.append(
                     Cell(
                         "dknn-index",
@@ -197,31 +293,33 @@ def build_plan(
     for seed in suite.seeds:
         for m in suite.models:
             for a in suite.attacks:
-                lib = {k: versions[k] for k in ("torchattacks", "foolbox")}
-                adaptive = "adaptive-dknn" in attack_properties(a)
+                props = attack_properties(a)
+                adaptive = "adaptive-dknn" in props
                 if adaptive and (m.name, seed) not in index_keys:
                     raise AdvbenchError(
                         f"attack {a.key!r} ({a.name}) attacks the DkNN and needs its index (the white-box "
                         f"attacker's knowledge), but evaluations.dknn is not enabled; enable evaluations.dknn or "
                         f"remove the attack"
                     )
+                roles = {"attack": code.entry(ATTACKS, a.name)} if a.name in ATTACKS else {}
+                roles |= {f"knowledge:{p}": code.knowledge(p) for p in sorted(props) if code.knowledge(p)}
                 for eps in a.eps:
-                    spec = {
+                    body = {
                         "source": train_keys[(m.name, seed)],
                         "attack": a.model_dump(exclude={"eps", "label"}),
                         "eps": eps,
                         "n": n_transfer,
+                        "examples": examples,
                         "seed": seed,
                         "data": data,
-                        "versions": {**core, **lib},
-                        "code": code("attack"),
                     }
                     deps = [train_keys[(m.name, seed)]]
                     work = n_transfer * attack_passes(a) / _ATTACK_STEPS_IMAGES_PER_S * _model_cost(m)
                     if adaptive:  # the DkNN it attacks: its index is part of the attacker's knowledge
-                        spec["dknn_index"] = index_keys[(m.name, seed)]
+                        body["dknn_index"] = index_keys[(m.name, seed)]
                         deps.append(index_keys[(m.name, seed)])
                         work += _adaptive_dknn_extra(a, n_transfer, n_train)
+                    spec = code.spec("attack", body, roles, drop_libraries=attack_unused_backends(a))
                     key = cache_key("attack", spec)
                     attack_keys[(seed, m.name, a.key, eps)] = key
                     cells.append(
@@ -238,7 +336,7 @@ def build_plan(
     if suite.evaluations.transfer.enabled:
         for (seed, source, attack, eps), akey in attack_keys.items():
             targets = {m.name: train_keys[(m.name, seed)] for m in suite.models}
-            spec = {"adv": akey, "targets": targets, "versions": core, "code": code("transfer")}
+            spec = code.spec("transfer", {"adv": akey, "targets": targets})
             cells.append(
                 Cell(
                     "transfer",
@@ -256,8 +354,9 @@ def build_plan(
             for target_seed in cross_seed_targets(suite.seeds, seed, suite.evaluations.transfer.cross_seed):
                 targets = {m.name: train_keys[(m.name, target_seed)] for m in suite.models}
                 source_key = train_keys[(source, seed)]
-                spec = {"adv": akey, "source": source_key, "targets": targets, "target_seed": target_seed}
-                spec["versions"] = core
+                spec = code.spec(
+                    "transfer", {"adv": akey, "source": source_key, "targets": targets, "target_seed": target_seed}
+                )
                 cells.append(
                     Cell(
                         "transfer",
@@ -270,21 +369,24 @@ def build_plan(
                     )
                 )
     if dk is not None and dk.enabled:
+        ocfg = suite.evaluations.ood
+        ood_roles = {"ood dataset": code.entry(DATASETS, ocfg.dataset)} if ocfg and ocfg.dataset else {}
         for seed in suite.seeds:
             for m in suite.models:
-                ikey, ispec = index_keys[(m.name, seed)], index_specs[(m.name, seed)]
+                ikey = index_keys[(m.name, seed)]
                 adv = sorted(k for (s, *_), k in attack_keys.items() if s == seed)
-                ood = suite.evaluations.ood.model_dump() if suite.evaluations.ood else None
-                sspec = {
-                    "index": ikey,
-                    "adv": adv,
-                    "ood": ood,
-                    "n": n_dknn,
-                    "n_ood": n_ood,
-                    "versions": ispec["versions"],
-                    "code": code("dknn-score"),
-                }
-                ocfg = suite.evaluations.ood
+                sspec = code.spec(
+                    "dknn-score",
+                    {
+                        "index": ikey,
+                        "adv": adv,
+                        "ood": ocfg.model_dump() if ocfg else None,
+                        "n": n_dknn,
+                        "n_ood": n_ood,
+                        "examples": examples,
+                    },
+                    ood_roles,
+                )
                 n_sets = 1 + len(adv) + (int(ocfg.dataset is not None) + len(ocfg.shifts) if ocfg else 0)
                 cells.append(
                     Cell(

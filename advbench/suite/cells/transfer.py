@@ -1,0 +1,60 @@
+"""Cell kind ``transfer``: one adversarial set evaluated on every model of a seed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from advbench.evaluation.transfer import outcomes_for
+from advbench.suite.cells import handler
+from advbench.suite.cells.store import adversarial_set, trained_model
+
+if TYPE_CHECKING:
+    from advbench.suite.context import ArtefactStore, CellContext
+    from advbench.suite.plan import Cell
+
+__all__ = ["run_transfer"]
+
+
+@handler("transfer")
+def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
+    """One adversarial set on every model of ``target_seed``: its own seed (the paired, shared-path
+    design; table ``outcomes``) or another seed (the independent-training control; ``cross_outcomes``)."""
+    seed, source, akey, eps = cell.params["seed"], cell.params["source"], cell.params["attack"], cell.params["eps"]
+    target_seed = cell.params.get("target_seed", seed)
+    table = "outcomes" if target_seed == seed else "cross_outcomes"
+    entry = ctx.cache.get(cell.kind, cell.key)
+    if entry is not None:
+        try:
+            store.add(table, pd.read_csv(entry.file("outcomes.csv.gz")).assign(target_seed=target_seed))
+            return True
+        except (OSError, ValueError) as exc:
+            ctx.cache.discard(cell.kind, cell.key, f"unreadable outcomes: {exc}")
+    adv = adversarial_set(ctx, store, seed, source, akey, eps)
+    test = ctx.splits.test
+    idx = adv["indices"].long()
+    targets = {m.name: trained_model(ctx, store, m.name, target_seed) for m in ctx.suite.models}
+    src = source
+    if target_seed != seed:
+        # the source (of `seed`) gives source_success; the targets are the models of `target_seed`
+        src = f"{source}@seed{seed}"
+        targets = {src: trained_model(ctx, store, source, seed), **targets}
+    df = outcomes_for(
+        seed=seed,
+        source=src,
+        attack=akey,
+        eps=eps,
+        x_clean=test.x[idx].to(ctx.device),
+        x_adv=adv["x_adv"].to(ctx.device),
+        y=test.y[idx].to(ctx.device),
+        targets=targets,
+        examples=idx.numpy(),
+        norm=next(a.norm for a in ctx.suite.attacks if a.key == akey),
+    )
+    if src != source:
+        df = df[df["target"] != src].assign(source=source).reset_index(drop=True)
+    with ctx.cache.writer("transfer", cell.key, {"label": cell.label}) as folder:
+        df.to_csv(folder / "outcomes.csv.gz", index=False)
+    store.add(table, df.assign(target_seed=target_seed))
+    return False
