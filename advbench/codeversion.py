@@ -97,7 +97,7 @@ NEUTRAL_LIBRARIES = frozenset({"tqdm", "pydantic", "pyyaml", "typing-extensions"
 #: The report renderer (Markdown, plots, the results reader).
 REPORT_SOURCES: tuple[str, ...] = ("reports/*",)
 #: What turns a run's cell outputs into its results folder (the tidy tables, their statistics and claims).
-RESULTS_SOURCES: tuple[str, ...] = ("evaluation/*.py", "suite/runner.py")
+RESULTS_SOURCES: tuple[str, ...] = ("analysis/*.py", "evaluation/*.py", "suite/runner.py")
 
 #: The attack backends: an attack cell's key carries only the one its attack uses.
 BACKENDS = frozenset({"torchattacks", "foolbox"})

@@ -81,7 +81,7 @@ def test_cache_hit_of_an_adversarial_set(benchmark, figure, tmp_path):
 
 
 def test_render_transfer_report(benchmark, figure, tmp_path):
-    from advbench.evaluation.results import Results
+    from advbench.analysis.results import Results
     from advbench.reports.markdown import write_report
 
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advbench.evaluation.claims import (
+from advbench.analysis.claims import (
     CLAIM_COLUMNS,
     CLAIMS,
     ClaimResult,
@@ -24,7 +24,7 @@ from advbench.evaluation.claims import (
     register_claim,
     regularised_model,
 )
-from advbench.evaluation.example_summary import summarise_examples
+from advbench.analysis.example_summary import summarise_examples
 from advbench.registry import Registry
 
 RUN = Path(__file__).resolve().parents[1] / "reports" / "transfer" / "run" / "results"
@@ -165,7 +165,7 @@ def test_plugin_claim_by_decorator_and_entry_point(monkeypatch):
         name, value, dist = "from-plugin", "demo:claim", _Dist()
 
         def load(self):
-            from advbench.evaluation.claims import Claim
+            from advbench.analysis.claims import Claim
 
             return Claim("from-plugin", "plugin statement", "plugin metric", "less", lambda r: pd.Series([1.0, 2.0]))
 
@@ -179,7 +179,7 @@ def test_plugin_claim_by_decorator_and_entry_point(monkeypatch):
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="committed transfer run not present")
 def test_committed_run_verdicts():
-    from advbench.evaluation.results import Results
+    from advbench.analysis.results import Results
 
     out: dict[str, ClaimResult] = {r.name: r for r in evaluate_claims(Results.load(RUN), BUILTINS)}
     verdicts = {n: r.verdict for n, r in out.items()}
@@ -280,7 +280,7 @@ def test_empty_claims_list_means_none():
 
 
 def test_a_plugin_regulariser_claims_the_same_of_itself():
-    from advbench.evaluation.claims import register_ood_auroc_claim, register_transfer_into_claim
+    from advbench.analysis.claims import register_ood_auroc_claim, register_transfer_into_claim
 
     reg: Registry = Registry("claim", group="test.claims")
     suite = _reg_suite()

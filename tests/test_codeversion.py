@@ -100,11 +100,11 @@ def test_an_edit_changes_exactly_the_components_that_import_it(package_copy, roo
 @pytest.mark.parametrize(
     "rel",
     [
-        "evaluation/claims.py",
-        "evaluation/stats.py",
-        "evaluation/inference.py",
-        "evaluation/results.py",
-        "evaluation/comparison.py",
+        "analysis/claims.py",
+        "analysis/stats.py",
+        "analysis/inference.py",
+        "analysis/results.py",
+        "analysis/comparison.py",
         "reports/markdown.py",
         "suite/runner.py",
         "suite/plan.py",

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from advbench.analysis.compare import PAIRED, WELCH, compare_runs, welch_interval
+from advbench.analysis.results import Results
 from advbench.cli.main import main
-from advbench.evaluation.compare import PAIRED, WELCH, compare_runs, welch_interval
-from advbench.evaluation.results import Results
 
 
 def _outcomes(models: list[str], seeds: list[int], shift: float, n: int = 60) -> pd.DataFrame:
@@ -151,7 +151,7 @@ def test_exact_reproduction_ignores_wall_clock_and_gzip_headers(tmp_path, capsys
     import gzip
     import time
 
-    from advbench.evaluation.compare import reproduction_check
+    from advbench.analysis.compare import reproduction_check
 
     b = _copy_run(tmp_path / "b")
     tr = pd.read_csv(b / "results" / "training.csv")
@@ -169,7 +169,7 @@ def test_exact_reproduction_ignores_wall_clock_and_gzip_headers(tmp_path, capsys
 
 @pytest.mark.skipif(not ALPHA_RUN.is_dir(), reason="committed alpha-sweep run not present")
 def test_exact_reproduction_names_what_differs(tmp_path, capsys):
-    from advbench.evaluation.compare import reproduction_check
+    from advbench.analysis.compare import reproduction_check
 
     b = _copy_run(tmp_path / "b")
     clean = pd.read_csv(b / "results" / "clean.csv")

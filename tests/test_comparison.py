@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advbench.evaluation.comparison import COMPARISON_COLUMNS, model_comparison
-from advbench.evaluation.inference import paired_t
+from advbench.analysis.comparison import COMPARISON_COLUMNS, model_comparison
+from advbench.analysis.inference import paired_t
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advbench.evaluation.example_summary import (
+from advbench.analysis.example_summary import (
     BIN_COLUMNS,
     dknn_bins,
     dknn_worst_case,
@@ -14,7 +14,7 @@ from advbench.evaluation.example_summary import (
     read_summary,
     summarise_examples,
 )
-from advbench.evaluation.results import Results
+from advbench.analysis.results import Results
 
 
 def _examples(seed: int = 0, n: int = 40) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import advbench.attacks.builtin  # noqa: F401  (registers the built-ins)
+from advbench.analysis.stats import summarize
 from advbench.attacks import ThreatModel, create_attack, generate
 from advbench.attacks.dknn_adaptive import DkNNAdaptive, DkNNKnowledge
 from advbench.evaluation.dknn import DkNN
@@ -28,7 +29,6 @@ from advbench.evaluation.flags import (
     success_not_increasing,
     transfer_stronger_than_white_box,
 )
-from advbench.evaluation.stats import summarize
 from advbench.evaluation.transfer import OUTCOME_COLUMNS, outcomes_for, transfer_metrics
 
 SINGLE = frozenset({"single-step", "gradient-based"})

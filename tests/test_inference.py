@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from advbench.evaluation.inference import (
+from advbench.analysis.inference import (
     binomial_difference_variance,
     difference_variance,
     heterogeneity,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advbench.evaluation.outcome_table import canonical, narrow, read_outcomes, widen
-from advbench.evaluation.results import Results
+from advbench.analysis.outcome_table import canonical, narrow, read_outcomes, widen
+from advbench.analysis.results import Results
 from advbench.evaluation.transfer import OUTCOME_COLUMNS
 
 

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 from test_stats import _two_seed_suite
 
-from advbench.evaluation.stats import PAIRED_COMPARISON_COLUMNS, paired_comparisons, rate_intervals
+from advbench.analysis.stats import PAIRED_COMPARISON_COLUMNS, paired_comparisons, rate_intervals
 from advbench.evaluation.transfer import transfer_metrics
 
 RUN = Path(__file__).resolve().parents[1] / "reports" / "transfer" / "run" / "results"
@@ -88,7 +88,7 @@ def test_rate_intervals_respect_unit_interval():
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="committed transfer run not present")
 def test_committed_run_interval_and_test_never_disagree():
-    from advbench.evaluation.results import Results
+    from advbench.analysis.results import Results
 
     res = Results.load(RUN)
     t = paired_comparisons(res.metrics, "baseline", ["entangled", "disentangled"], outcomes=res.outcomes)
@@ -110,7 +110,7 @@ def test_committed_run_interval_and_test_never_disagree():
 
 
 def test_examples_only_one_side_has_are_left_out_of_both_paired_tables():
-    from advbench.evaluation.stats import paired_differences
+    from advbench.analysis.stats import paired_differences
 
     o = _two_seed_suite()
     # the variant's white-box cell of seed 0 also has examples 100 and 101, which no reference cell has

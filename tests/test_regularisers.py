@@ -422,7 +422,7 @@ def test_regularisers_suite_plan(tmp_path):
 def test_regulariser_summary_has_last_epoch_terms_only_for_models_with_them():
     import pandas as pd
 
-    from advbench.evaluation.results import Results
+    from advbench.analysis.results import Results
 
     def hist(model, seed, **cols):
         return pd.DataFrame({"model": model, "seed": seed, "epoch": [1, 2], "loss": [1.0, 0.5], **cols})

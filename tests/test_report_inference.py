@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from test_stats import _two_seed_suite
 
+from advbench.analysis.results import Results, all_transfer_metrics
 from advbench.cli.main import main as cli
 from advbench.config import Suite
-from advbench.evaluation.results import Results, all_transfer_metrics
 from advbench.reports.markdown import render_report
 from advbench.suite.plan import cross_seed_targets
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advbench.evaluation.stats import (
+from advbench.analysis.stats import (
     PAIRED_COLUMNS,
     PAIRED_SEED_COLUMNS,
     SUMMARY_COLUMNS,

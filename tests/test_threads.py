@@ -54,17 +54,35 @@ def test_threads_flag_accepts_auto_and_counts():
     assert parse_threads("2") == 2
 
 
-def test_thread_policy_warns_when_the_default_oversubscribes(monkeypatch, caplog):
+def test_thread_policy_records_the_machine_and_never_asks_to_change_the_default(monkeypatch, caplog):
     import advbench.suite.threads as threads
 
     monkeypatch.setattr(threads, "_load", lambda: 5.0)
     monkeypatch.setattr(threads, "available_cpus", lambda: 2)
     with caplog.at_level(logging.WARNING, logger="advbench.suite.threads"):
-        record = thread_policy(None, 2)
+        record = thread_policy(None, 1)
+        thread_policy(2, 2)  # an explicit count is the user's choice: no warning either
     assert record["free_cpus"] == 1 and record["cpus"] == 2 and record["loadavg_1m"] == 5.0
-    assert "--threads 1" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="advbench.suite.threads"):
-        thread_policy(1, 1)  # an explicit count is the user's choice: no warning
-        thread_policy(None, 1)
     assert caplog.text == ""
+
+
+def test_cells_run_one_thread_each_by_default_on_every_executor():
+    from advbench.suite.context import RunOptions
+
+    for executor in ("local", "ray"):
+        assert RunOptions(executor=executor).cell_threads("train") == 1
+        assert RunOptions(executor=executor, threads=3).cell_threads("attack") == 3
+
+
+def test_the_local_executor_runs_a_worker_per_cpu(monkeypatch):
+    import torch
+
+    import advbench.suite.threads as threads
+    from advbench.suite.context import RunOptions
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: 8)
+    assert RunOptions().local_workers() == 8
+    assert RunOptions(threads=2).local_workers() == 4
+    assert RunOptions(threads=16).local_workers() == 1
+    assert RunOptions(workers=3).local_workers() == 3
+    assert RunOptions().local_workers(torch.device("cuda")) == 1  # one process keeps a GPU busy

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
+from advbench.analysis.results import Results
 from advbench.attacks import ATTACKS
 from advbench.attacks.base import Attack, ThreatModel
 from advbench.cli.run_cmd import markdown_renderer
 from advbench.config import Suite
-from advbench.evaluation.results import Results
 from advbench.io import DiskFullError
 from advbench.suite.context import RunOptions
 from advbench.suite.runner import Runner

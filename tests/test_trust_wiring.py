@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 import advbench.codeversion as cv
+from advbench.analysis.results import Results
 from advbench.attacks.contract import CHILD_THREADS
 from advbench.config import Suite
 from advbench.errors import AdvbenchError
-from advbench.evaluation.results import Results
 from advbench.io import DiskFullError, generated_marker
 from advbench.reports import markdown
 from advbench.suite.context import CellContext, RunOptions

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advbench.evaluation.worstcase import (
+from advbench.analysis.worstcase import (
     WORST_CASE_COLUMNS,
     dknn_long,
     outcomes_long,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from advbench.analysis.compare import compare_runs, reproduction_check
 from advbench.cli.show_cmd import load_run
 from advbench.errors import AdvbenchError
-from advbench.evaluation.compare import compare_runs, reproduction_check
 from advbench.reports.compare import render_comparison
 
 EXAMPLE = """examples:

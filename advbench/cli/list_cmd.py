@@ -43,7 +43,7 @@ def _registry(kind: str) -> Any:
 
         return ATTACKS
     if kind == "claims":
-        from advbench.evaluation.claims import CLAIMS
+        from advbench.analysis.claims import CLAIMS
 
         return CLAIMS
     if kind == "models":

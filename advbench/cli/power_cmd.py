@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from advbench.analysis.results import Results
 from advbench.errors import AdvbenchError
-from advbench.evaluation.results import Results
 
 EXAMPLE = """example:
   advbench power reports/transfer/run
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def power_table(results: Results, *, delta: float = 0.02, metric: str | None = None) -> pd.DataFrame:
     """One row per paired comparison of ``results`` with :data:`POWER_COLUMNS` (saturated rows left out)."""
-    from advbench.evaluation.stats import paired_comparisons
+    from advbench.analysis.stats import paired_comparisons
 
     m = results.shared_metrics()
     if m.empty:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from advbench.analysis.results import Results
 from advbench.errors import AdvbenchError
-from advbench.evaluation.results import Results
 from advbench.io import project_root, relative_to_project, suite_path_problems
 from advbench.reports.markdown import check_report_path, write_run_report
 from advbench.suite.paths import report_template_problems

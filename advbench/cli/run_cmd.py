@@ -9,11 +9,11 @@ from collections import Counter
 
 from tabulate import tabulate
 
+from advbench.analysis.results import Results
 from advbench.cli.console import RunProgress
 from advbench.cli.show_cmd import run_headline
 from advbench.config import Suite
 from advbench.errors import ConfigError
-from advbench.evaluation.results import Results
 from advbench.io import display_path, relative_to_project
 from advbench.reports.markdown import check_report_path, write_run_report
 from advbench.suite.context import RunOptions
@@ -68,9 +68,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=parse_threads,
         default=None,
         metavar="N",
-        help="torch threads per cell (default: torch's own locally, i.e. the CPUs this process may use, "
-        "1 per Ray task; 'auto': the CPUs free when the run starts, recorded in the manifest); results "
-        "are bit-identical across executors for the same N",
+        help="torch threads per cell (default 1: cells run in parallel, one per CPU, locally and on Ray; "
+        "'auto': the CPUs free when the run starts, recorded in the manifest); part of every cell's key, and "
+        "results are bit-identical across executors and worker counts for the same N",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help="worker processes of the local executor (default: the CPUs this process may use divided by "
+        "--threads; 1 runs every cell in this process); does not change any result",
     )
     p.set_defaults(func=main)
 
@@ -114,6 +122,7 @@ def main(args: argparse.Namespace) -> int:
         time_limit=args.time_limit,
         threads=resolve_threads(args.threads),
         threads_auto=args.threads == AUTO,
+        workers=args.workers,
     )
     # before any data is loaded or cell run: a refused report path or template fails here
     render = None if args.plan else markdown_renderer(suite, args.report)
@@ -157,6 +166,16 @@ def _positive_float(text: str) -> float:
 
 def parse_threads(text: str) -> int | str:
     return AUTO if text.strip().lower() == AUTO else _positive_int(text)
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of worker processes, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 worker process, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

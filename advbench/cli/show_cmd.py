@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from advbench.analysis.headline import headline
+from advbench.analysis.results import Results
 from advbench.errors import AdvbenchError
-from advbench.evaluation.headline import headline
-from advbench.evaluation.results import Results
 from advbench.io import display_path, project_root
 from advbench.reports.headline import render_headline
 

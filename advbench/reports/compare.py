@@ -1,4 +1,4 @@
-"""Markdown rendering of a comparison of two runs (:mod:`advbench.evaluation.compare`)."""
+"""Markdown rendering of a comparison of two runs (:mod:`advbench.analysis.compare`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from advbench.evaluation.compare import Comparison
+from advbench.analysis.compare import Comparison
 
 __all__ = ["render_comparison"]
 

@@ -1,4 +1,4 @@
-"""Plain-text rendering of a run's headline (:mod:`advbench.evaluation.headline`) for the console."""
+"""Plain-text rendering of a run's headline (:mod:`advbench.analysis.headline`) for the console."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from advbench.evaluation.headline import SINGLE_ATTACK, Headline
+from advbench.analysis.headline import SINGLE_ATTACK, Headline
 
 __all__ = ["render_headline"]
 

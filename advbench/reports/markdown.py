@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from advbench.analysis.results import Results
+from advbench.analysis.stats import rate_intervals
 from advbench.codeversion import report_code_version
 from advbench.errors import AdvbenchError
 from advbench.evaluation.flags import evaluation_flags
-from advbench.evaluation.results import Results
-from advbench.evaluation.stats import rate_intervals
 from advbench.io import atomic_write_csv, atomic_write_text, is_generated_file, write_generated_text
 
 __all__ = ["render_report", "results_digest", "write_report", "write_run_report"]
@@ -45,7 +45,7 @@ def _ci(mean: Any, lo: Any, hi: Any, *, pct: bool = True) -> str:
 
 
 def _rate(r: dict[str, Any]) -> str:
-    """A row of :func:`~advbench.evaluation.stats.rate_intervals` in percent: ``mean [lo, hi]``, or the
+    """A row of :func:`~advbench.analysis.stats.rate_intervals` in percent: ``mean [lo, hi]``, or the
     mean marked ``saturated`` (0% or 100% in every seed) or ``1 seed`` instead of an interval."""
     est, lo, hi = float(r["estimate"]), float(r["ci_low"]), float(r["ci_high"])
     if bool(r["saturated"]):
@@ -738,7 +738,7 @@ def _mahalanobis_column(det: pd.DataFrame) -> dict[str, list[str]]:
 
 def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> list[str]:
     # lazy: the summaries import scikit-learn (through calibration), a report without a DkNN needs none
-    from advbench.evaluation.dknn_summary import conformal_summary, detection_summary, softmax_summary
+    from advbench.analysis.dknn_summary import conformal_summary, detection_summary, softmax_summary
 
     dk = results.dknn
     if dk.empty or "kind" not in dk.columns:
@@ -915,7 +915,7 @@ def _dknn_set_labels(det: pd.DataFrame, norms: dict[str, str]) -> list[str]:
 
 
 def _ood_table(dk: pd.DataFrame) -> list[str]:
-    from advbench.evaluation.dknn_summary import ood_summary
+    from advbench.analysis.dknn_summary import ood_summary
 
     ood = ood_summary(dk)
     if ood.empty:

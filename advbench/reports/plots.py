@@ -55,7 +55,7 @@ def reliability_diagram(
     labels: tuple[str, str] = ("DkNN credibility", "DkNN accuracy"),
 ) -> Path:
     """Accuracy per score bin, one line per model, from one figure's rows of
-    :func:`~advbench.evaluation.example_summary.dknn_bins` (kinds pooled; empty bins left out)."""
+    :func:`~advbench.analysis.example_summary.dknn_bins` (kinds pooled; empty bins left out)."""
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     for model, g in bins.groupby("model"):
         per_bin = g.groupby("bin").agg(
@@ -75,7 +75,7 @@ def reliability_diagram(
 
 def credibility_histograms(bins: pd.DataFrame, path: Path, *, title: str) -> Path:
     """Credibility distributions (densities) of each input kind, one panel per model, from the
-    ``credibility_histogram`` rows of :func:`~advbench.evaluation.example_summary.dknn_bins`."""
+    ``credibility_histogram`` rows of :func:`~advbench.analysis.example_summary.dknn_bins`."""
     models = sorted(bins["model"].unique())
     fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 3.0), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models, strict=True):

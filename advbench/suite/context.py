@@ -49,23 +49,36 @@ class RunOptions:
     address: str | None = None  # Ray cluster address; None starts a local Ray instance
     fail_fast: bool = False  # stop at the first failed cell instead of recording it and going on
     time_limit: float | None = None  # seconds per attack cell (plugins can hang); None: no limit
-    threads: int | None = None  # torch threads per cell; None: torch's default locally, 1 on Ray
+    threads: int | None = None  # torch threads per cell; None: 1 (cells run in parallel instead)
     threads_auto: bool = False  # ``threads`` came from --threads auto (the free CPUs at the start of the run)
+    workers: int | None = None  # local worker processes; None: the CPUs this process may use // threads
 
     def cell_threads(self, kind: str) -> int:
         """The torch thread count a cell of ``kind`` runs with (part of its cache key).
 
         An attack under ``--time-limit`` runs in a child process with ``CHILD_THREADS``; otherwise
-        ``--threads``, else 1 in a Ray task, else this process's ``torch.get_num_threads()``. Local
-        and Ray runs with the same ``--threads`` get the same keys.
+        ``--threads``, else 1: by default the cells run in parallel, one thread each, in worker
+        processes or on Ray, so every executor and worker count gives the same keys and bits.
         """
         if kind == "attack" and self.time_limit:
             from advbench.attacks.contract import CHILD_THREADS
 
             return CHILD_THREADS
-        if self.threads:
-            return int(self.threads)
-        return 1 if self.executor == "ray" else torch.get_num_threads()
+        return int(self.threads) if self.threads else 1
+
+    def local_workers(self, device: torch.device | None = None) -> int:
+        """How many worker processes the local executor runs (1: every cell in this process).
+
+        ``--workers``, else the CPUs this process may use divided by the threads per cell; 1 on a GPU,
+        which one process keeps busy.
+        """
+        if self.workers:
+            return int(self.workers)
+        if device is not None and device.type != "cpu":
+            return 1
+        from advbench.suite.threads import available_cpus
+
+        return max(1, available_cpus() // self.cell_threads("train"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,7 +175,7 @@ class CellContext:
         return self.plan.by_kind(kind)
 
 
-#: The result tables handlers append to, in the order :class:`~advbench.evaluation.results.Results` names them.
+#: The result tables handlers append to, in the order :class:`~advbench.analysis.results.Results` names them.
 TABLES = (
     "outcomes",
     "training",

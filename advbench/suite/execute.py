@@ -38,6 +38,7 @@ __all__ = [
     "execute_cell",
     "failure_message",
     "is_fatal",
+    "log_problem",
     "time_limit",
     "without_failed",
 ]
@@ -157,7 +158,11 @@ def run_one(
 
 
 class LocalExecutor:
-    """Every cell in this process, in plan order (each reads its inputs from the cells before it)."""
+    """Every cell in this process, in plan order (each reads its inputs from the cells before it).
+
+    The parallel default is :class:`~advbench.suite.pool_executor.PoolExecutor`; this one runs with
+    ``--workers 1``, on a GPU, and for suites that use code registered by the calling script.
+    """
 
     def __init__(self) -> None:
         self.info: dict[str, Any] = {}
@@ -172,16 +177,22 @@ class LocalExecutor:
         for planned in bar:
             bar.set_postfix_str(planned.label[:60])
             report = run_one(ctx, planned, store, failed, labels)
-            if report.status != "ok":
-                failed[planned.key] = report.error
-                if report.status == "failed":
-                    log.error("cell %s failed: %s (the run goes on; --fail-fast stops it)", report.label, report.error)
-                else:
-                    log.warning("skipped %s: %s", planned.label, report.error)
+            log_problem(report, failed, planned.key)
             reports.append(report)
             on_report(report)
         bar.close()
         return reports
+
+
+def log_problem(report: CellReport, failed: dict[str, str], key: str) -> None:
+    """Record a cell that did not complete in ``failed`` (its planned ``key`` -> error) and log it."""
+    if report.status == "ok":
+        return
+    failed[key] = report.error
+    if report.status == "failed":
+        log.error("cell %s failed: %s (the run goes on; --fail-fast stops it)", report.label, report.error)
+    else:
+        log.warning("skipped %s: %s", report.label, report.error)
 
 
 def is_fatal(exc: BaseException) -> bool:

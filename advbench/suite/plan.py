@@ -31,7 +31,17 @@ from advbench.data import Splits
 from advbench.errors import AdvbenchError
 from advbench.suite.cache import Cache, cache_key
 
-__all__ = ["N_GRAD", "Cell", "CellCode", "Plan", "build_plan", "calibrate", "cross_seed_targets", "library_versions"]
+__all__ = [
+    "N_GRAD",
+    "Cell",
+    "CellCode",
+    "Plan",
+    "build_plan",
+    "calibrate",
+    "cross_seed_targets",
+    "library_versions",
+    "process_local_components",
+]
 
 #: Test examples whose input gradients the clean evaluation checks for masking (zero or non-finite).
 N_GRAD = 256
@@ -400,6 +410,18 @@ def build_plan(
                     )
                 )
     return Plan(suite, cells)
+
+
+def process_local_components(plan: Plan) -> list[str]:
+    """The components of ``plan``'s cells registered by code running in this process (a script's decorator).
+
+    A fresh worker process does not have them, so such a plan runs in this process.
+    """
+    found: set[str] = set()
+    for c in plan.cells:
+        for ident in c.spec["code"]["components"].values():
+            found.update(i for i in (ident if isinstance(ident, list) else [ident]) if i.startswith("user:"))
+    return sorted(found)
 
 
 _SEED = re.compile(r"\bseed=-?\d+")

@@ -8,8 +8,8 @@ reach: a shared filesystem on a multi-node cluster), with the same atomic writes
 worker process dies is retried by Ray (``max_retries``). Every planned cell is a task (a cached one
 is a cheap read); each returns its :class:`~advbench.suite.execute.CellReport` and the result-table
 rows it made, which the driver adds to its store in plan order, so the tables are the local run's.
-A worker builds a :class:`~advbench.suite.context.CellContext` from the suite and options, once per
-process and run, and keeps the models it loaded for the run's later tasks.
+A worker builds its context from the suite and options once per process and run, and keeps the models
+it loaded for the run's later tasks (:mod:`advbench.suite.worker`, shared with the local process pool).
 
 Ray is an optional dependency (``pip install 'advbench[ray]'``), imported only here, lazily.
 """
@@ -17,25 +17,22 @@ Ray is an optional dependency (``pip install 'advbench[ray]'``), imported only h
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from advbench.config import Suite
 from advbench.errors import AdvbenchError
-from advbench.suite.context import ArtefactStore, CellContext, RunOptions
-from advbench.suite.execute import CellReport, run_one
+from advbench.suite.context import ArtefactStore, CellContext
+from advbench.suite.execute import CellReport
 from advbench.suite.plan import Cell, Plan
+from advbench.suite.worker import payload, run_cell_in_worker
 
 __all__ = ["MAX_RETRIES", "RayExecutor", "require_ray"]
 
@@ -43,18 +40,6 @@ log = logging.getLogger(__name__)
 
 #: How often Ray re-runs a task whose worker process died (a crash, an OOM kill, a lost node).
 MAX_RETRIES = 3
-
-
-@dataclass
-class _Worker:
-    """One worker process's context and model store, reused by every task of the same run."""
-
-    digest: str = ""
-    ctx: CellContext | None = None
-    store: ArtefactStore = field(default_factory=ArtefactStore)
-
-
-_WORKER = _Worker()
 
 
 def require_ray() -> Any:
@@ -69,36 +54,6 @@ def require_ray() -> Any:
     return ray
 
 
-def _payload(ctx: CellContext, want_gpu: bool, attempts_log: Path) -> dict[str, Any]:
-    opts = asdict(ctx.options)
-    opts.update(
-        executor="local",
-        address=None,
-        progress=False,
-        resume=False,
-        threads=ctx.options.threads or 1,
-        cache_dir=str(ctx.cache.root.resolve()),
-        data_dir=str(Path(ctx.options.data_dir).resolve()) if ctx.options.data_dir else None,
-        device="cuda" if want_gpu else "cpu",
-    )
-    body = {"suite": ctx.suite.model_dump(mode="json"), "options": opts}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-    return body | {"digest": digest, "cwd": os.getcwd(), "attempts_log": str(attempts_log)}
-
-
-def _worker_context(payload: dict[str, Any]) -> CellContext:
-    """This worker's context for the payload's run (built once per process and run)."""
-    if _WORKER.ctx is None or _WORKER.digest != payload["digest"]:
-        with contextlib.suppress(OSError):
-            os.chdir(payload["cwd"])  # relative paths in the suite mean what they meant to the driver
-        suite = Suite.model_validate(payload["suite"])
-        _WORKER.ctx = CellContext.create(suite, RunOptions(**payload["options"]))
-        _WORKER.digest = payload["digest"]
-        _WORKER.store = ArtefactStore()
-    torch.set_num_threads(int(_WORKER.ctx.options.threads or 1))
-    return _WORKER.ctx
-
-
 def _node() -> str:
     import ray  # lazy: Ray is optional; this runs only inside a Ray task
 
@@ -106,28 +61,19 @@ def _node() -> str:
     return f"{platform.node()}/{ctx.get_node_id()[:12]}"
 
 
-def _run_cell(payload: dict[str, Any], key: str, *deps: dict[str, Any]) -> dict[str, Any]:
-    """The Ray task: run one cell through the cache. Failures come back as a status, not an exception.
+def _run_cell(body: dict[str, Any], key: str, *deps: dict[str, Any]) -> dict[str, Any]:
+    """The Ray task: run one cell through the cache (:func:`~advbench.suite.worker.run_cell_in_worker`).
 
-    Returns the cell's report (as a dict) and, under ``"tables"``, the result-table frames it added.
+    Failures come back as a status, not an exception; the task's tables come back under ``"tables"``.
     """
     node = _node()
-    with open(payload["attempts_log"], "a") as fh:  # one short line per attempt: retries are visible
+    with open(body["attempts_log"], "a") as fh:  # one short line per attempt: retries are visible
         fh.write(json.dumps({"key": key, "pid": os.getpid(), "node": node}) + "\n")
-    ctx = _worker_context(payload)
-    by_key = {c.key: c for c in ctx.plan.cells}
-    if key not in by_key:
-        raise AdvbenchError(
-            f"worker {node} plans different cells than the driver (no cell with key {key[:12]}); its advbench, "
-            f"torch or data differ from the driver's. Install the same versions on every node"
-        )
-    failed = {d["key"]: d["error"] for d in deps if d["status"] != "ok"}
-    labels = {d["key"]: d["label"] for d in deps}
-    # Each task starts from the models this worker already loaded, and nothing else.
-    store = _WORKER.store.with_models_only()
-    report = run_one(ctx, by_key[key], store, failed, labels)
-    report.node = node
-    return asdict(report) | {"tables": {t: frames for t, frames in store.tables.items() if frames}}
+    return run_cell_in_worker(body, key, [_dep_report(d) for d in deps], node=node)
+
+
+def _dep_report(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("key", "label", "status", "error")}
 
 
 class RayExecutor:
@@ -161,7 +107,7 @@ class RayExecutor:
                     f"--threads {threads} asks for {threads} CPUs per cell, but the Ray cluster has "
                     f"{resources.get('CPU', 0):g}; pass a smaller --threads"
                 )
-            payload = ray.put(_payload(ctx, want_gpu, self.attempts_log))
+            body = ray.put(payload(ctx, device="cuda" if want_gpu else "cpu", attempts_log=str(self.attempts_log)))
             task = ray.remote(_run_cell).options(
                 num_cpus=threads, num_gpus=1 if want_gpu else 0, max_retries=MAX_RETRIES, retry_exceptions=False
             )
@@ -187,7 +133,7 @@ class RayExecutor:
             )
             refs: dict[str, Any] = {}
             for cell in plan.cells:
-                refs[cell.key] = task.remote(payload, cell.key, *[refs[d] for d in cell.deps if d in refs])
+                refs[cell.key] = task.remote(body, cell.key, *[refs[d] for d in cell.deps if d in refs])
             out = _gather(ray, refs, {c.key: c for c in plan.cells}, self.attempts_log, on_report, ctx.options.progress)
         finally:
             if started_here:

@@ -19,14 +19,15 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
+from advbench.analysis.results import Results
 from advbench.attacks import ATTACKS
 from advbench.codeversion import results_code_version
 from advbench.config import Suite
-from advbench.evaluation.results import Results
 from advbench.suite.cache import CacheEntry, cache_key
 from advbench.suite.context import ArtefactStore, CellContext, RunOptions
 from advbench.suite.execute import CellReport, Executor, LocalExecutor
-from advbench.suite.plan import Plan, library_versions
+from advbench.suite.plan import Plan, library_versions, process_local_components
+from advbench.suite.pool_executor import PoolExecutor
 from advbench.suite.rundir import RunDir
 from advbench.suite.threads import thread_policy
 
@@ -82,6 +83,16 @@ class Runner:
             from advbench.suite.ray_executor import RayExecutor
 
             return RayExecutor(self.opt.address, attempts_log=run_dir.path / "ray-attempts.jsonl")
+        workers = self.opt.local_workers(self.ctx.device)
+        if workers > 1:
+            local_code = process_local_components(self.plan)
+            if not local_code:
+                return PoolExecutor(workers)
+            log.info(
+                "running every cell in this process: the suite uses code registered here (%s), which a worker "
+                "process would not have; install it as a plugin to run cells in parallel",
+                ", ".join(local_code),
+            )
         return LocalExecutor()
 
     def run(self, render: Renderer | None = None, on_cell: Callable[[CellReport], None] | None = None) -> RunDir:
@@ -90,9 +101,16 @@ class Runner:
         ``on_cell`` is called with each cell's report as it finishes (the CLI's progress lines).
         """
         t0 = time.perf_counter()
+        # the cells this process runs use the thread count their keys record; restored afterwards
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.opt.cell_threads("train"))
+        try:
+            return self._run(t0, render, on_cell)
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _run(self, t0: float, render: Renderer | None, on_cell: Callable[[CellReport], None] | None) -> RunDir:
         ctx, plan = self.ctx, self.ctx.plan
-        if self.opt.threads:
-            torch.set_num_threads(self.opt.threads)
         run_dir = RunDir.create(self.opt.runs_dir, self.suite, resume=self.opt.resume)
         run_dir.write_config(self.suite, self.source)
         splits = ctx.splits

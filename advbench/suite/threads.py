@@ -4,11 +4,10 @@ The thread count is part of every cell's cache key (float reductions split per t
 not drift with the machine's load from run to run. The policy:
 
 * ``--threads N``: N threads per cell, always.
-* no ``--threads`` (the default): torch's own count, which is the CPUs this process may run on
-  (its affinity mask, e.g. ``taskset`` or a container's cpuset). The same on every run on the same
-  machine, so keys and numbers are reproducible. When the 1-minute load average says those CPUs are
-  already busy, the run logs a warning naming ``--threads 1`` / ``--threads auto``; it does not
-  change the count behind the user's back.
+* no ``--threads`` (the default): 1 thread per cell, the cells in parallel: as many worker processes as
+  the CPUs this process may run on (its affinity mask, e.g. ``taskset`` or a container's cpuset), or as
+  many Ray tasks as the cluster has CPUs. The same on every machine, so keys and numbers do not depend
+  on the machine's size, and many 1-thread cells use the cores better than one many-thread cell.
 * ``--threads auto``: the CPUs actually free when the run starts (affinity minus the rounded 1-minute
   load, at least 1), resolved once and recorded in the manifest. Fast on a shared machine, but a
   busier machine gives a different count and so different keys (the cells are recomputed, never mixed).
@@ -67,7 +66,7 @@ def resolve_threads(requested: int | str | None) -> int | None:
 
 
 def thread_policy(requested: int | str | None, threads: int) -> dict[str, Any]:
-    """What the manifest records about the thread policy, and a warning when the default oversubscribes.
+    """What the manifest records about the thread policy.
 
     ``requested``: the ``--threads`` value as given; ``threads``: the count the cells run with.
     """
@@ -81,15 +80,6 @@ def thread_policy(requested: int | str | None, threads: int) -> dict[str, Any]:
         "free_cpus": free,
         **{k: os.environ.get(k) for k in OPENMP_VARIABLES},
     }
-    if requested is None and threads > 1 and threads > free:
-        log.warning(
-            "the machine is busy (1-minute load %.1f on %d CPUs): each cell runs %d torch threads, which "
-            "contend with the other jobs; --threads 1 (or --threads auto) is usually much faster here, "
-            "at the cost of new cache keys",
-            load,
-            cpus,
-            threads,
-        )
     return record
 
 

@@ -8,13 +8,13 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from advbench.analysis.claims import CLAIMS
 from advbench.attacks import ATTACKS
 from advbench.attacks.backends import BACKEND_INSTALL, missing_backend, missing_package_message
 from advbench.config import Suite
 from advbench.data import DATASETS, dataset_sizes
 from advbench.data.shift import parse_shift
 from advbench.errors import DataError, UnknownNameError
-from advbench.evaluation.claims import CLAIMS
 from advbench.io import suite_path_problems
 from advbench.models import MODELS, declared_hidden_layers
 from advbench.suite.validate.keywords import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from advbench.evaluation.claims import NotApplicableError, TidyResults, model_roles, register_claim
+from advbench.analysis.claims import NotApplicableError, TidyResults, model_roles, register_claim
 
 
 @register_claim(

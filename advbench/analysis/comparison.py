@@ -2,12 +2,12 @@
 
 One row per (quantity, model): the seed mean with its 95% Student-t interval and, for every model but
 the reference, the paired difference to the reference (same seed = same initial weights and batch
-order) with its interval and paired t-test (:func:`advbench.evaluation.inference.paired_t`, so the
+order) with its interval and paired t-test (:func:`advbench.analysis.inference.paired_t`, so the
 interval and the test agree). The quantities, each one value per seed:
 
 * ``clean accuracy``: test accuracy (denominator: the test split);
 * ``robust accuracy @ eps``: the per-example worst case over every white-box attack at that eps
-  (:func:`advbench.evaluation.worstcase.worst_case`, classifier; denominator: the attacked examples);
+  (:func:`advbench.analysis.worstcase.worst_case`, classifier; denominator: the attacked examples);
 * ``transfer into``: the transfer rate of examples crafted on every *other* model of the seed into
   this one (denominator: examples this model classifies correctly when clean), mean over sources,
   attacks and eps; ``transfer out of``: the same from this model to every other;
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from advbench.evaluation import inference as _inf
-from advbench.evaluation.dknn_summary import white_box
+from advbench.analysis import inference as _inf
+from advbench.analysis.dknn_summary import white_box
 
 __all__ = ["COMPARISON_COLUMNS", "DETECTION_SCORES", "model_comparison", "per_seed_quantities"]
 
@@ -74,7 +74,7 @@ def _quantity(
 def per_seed_quantities(results: Any) -> Iterator[Quantity]:
     """``(quantity, unit, denominator, frame)`` for every quantity the run has; ``frame`` is indexed by
     (model, seed) with columns ``value`` and ``n`` (the examples behind the value). ``results`` is an
-    :class:`advbench.evaluation.results.Results` (or anything with its ``clean``, ``dknn``,
+    :class:`advbench.analysis.results.Results` (or anything with its ``clean``, ``dknn``,
     ``shared_metrics()`` and ``worst_case()``)."""
     clean = results.clean
     yield from _quantity("clean accuracy", "%", "the test split", clean, "test_accuracy", "n")

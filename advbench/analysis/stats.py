@@ -1,7 +1,7 @@
 """Statistics for transfer matrices: intervals across seeds, bootstrap over examples, paired comparisons.
 
 The headline paired table is :func:`paired_comparisons` (seed-level inference, see
-:mod:`advbench.evaluation.inference`); :func:`paired_differences` is the older per-example table whose
+:mod:`advbench.analysis.inference`); :func:`paired_differences` is the older per-example table whose
 McNemar test is conditional on the trained networks, kept for callers that read it.
 
 Conventions
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from advbench.evaluation import inference as _inf
+from advbench.analysis import inference as _inf
 from advbench.evaluation.transfer import CELL_KEYS, TRANSFER_METRICS, CellMetric, check_outcomes
 
 __all__ = [
@@ -406,7 +406,7 @@ def paired_differences(
     ``p_value`` here is a per-example McNemar test **conditional on these trained networks**: it does
     not test the training method and must not be shown as a headline (on the null simulations of
     ``tests/test_inference.py`` its false-positive rate is about 0.26, see
-    :func:`advbench.evaluation.inference.mcnemar_pooled_p`). Kept for callers that read its columns.
+    :func:`advbench.analysis.inference.mcnemar_pooled_p`). Kept for callers that read its columns.
 
     Within one seed, a *variant* V (e.g. ``"entangled"``) and the *reference* R (``"baseline"``)
     share initial weights and data order; the other models of that seed are the *third* models M.
@@ -628,7 +628,7 @@ def rate_intervals(
     ``table`` has one row per seed and group with integer counts in ``numerator``/``denominator``
     (``transfer_metrics``' table as is; for ``clean.csv`` pass ``test_accuracy · n`` as the numerator
     and ``n`` as the denominator). Columns: ``keys`` then :data:`RATE_INTERVAL_COLUMNS`; see
-    :func:`advbench.evaluation.inference.rate_interval` for the interval and the ``saturated`` flag
+    :func:`advbench.analysis.inference.rate_interval` for the interval and the ``saturated`` flag
     (0% or 100% in every seed: NaN interval, status ``"saturated"``).
     """
     missing = sorted({*keys, numerator, denominator} - set(table.columns))
@@ -722,7 +722,7 @@ def paired_comparisons(
     (V→M − R→M for a third model M in ``other``), ``target`` (M→V − M→R) and ``cross`` (V→R − R→V).
 
     Per seed s the difference ``d_s`` of the two cells' metric is one replicate (the trained network
-    is the unit; see :mod:`advbench.evaluation.inference`):
+    is the unit; see :mod:`advbench.analysis.inference`):
 
     * ``estimate``, ``ci_low``, ``ci_high``: mean of ``d`` and its Student-t interval (``n_seeds − 1``
       df); ``p_t``: the paired t-test on the same ``d``, so ``p_t < 1 − confidence`` exactly when the

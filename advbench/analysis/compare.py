@@ -6,7 +6,7 @@ the attack label, eps (compared as ``%g`` text) and the metric's name; the suite
 matched metric the per-seed values of each run give the difference ``mean_B − mean_A`` and its interval:
 
 * **paired by seed** when both runs have the same seeds (at least two): the Student-t interval of the
-  per-seed differences ``B_s − A_s`` (``n − 1`` df; :func:`~advbench.evaluation.inference.paired_t`).
+  per-seed differences ``B_s − A_s`` (``n − 1`` df; :func:`~advbench.analysis.inference.paired_t`).
   Same seed means the same initialisation and data order, so pairing removes that variation;
 * **Welch** otherwise: the unpaired t interval with Welch–Satterthwaite df, from each run's seed mean
   and variance (each run needs at least two seeds).
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from advbench.evaluation.inference import paired_t
+from advbench.analysis.inference import paired_t
 
 __all__ = [
     "KEY_COLUMNS",
@@ -164,7 +164,7 @@ class Comparison:
 
 
 def compare_runs(a: Any, b: Any, *, confidence: float = 0.95) -> Comparison:
-    """Compare run ``b`` with run ``a`` (both :class:`~advbench.evaluation.results.Results`) metric by metric."""
+    """Compare run ``b`` with run ``a`` (both :class:`~advbench.analysis.results.Results`) metric by metric."""
     la, lb = per_seed_metrics(a), per_seed_metrics(b)
     seeds_a, seeds_b = sorted(set(la["seed"].astype(int))), sorted(set(lb["seed"].astype(int)))
     paired = seeds_a == seeds_b and len(seeds_a) >= 2

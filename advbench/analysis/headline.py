@@ -4,7 +4,7 @@
 * worst-case white-box robust accuracy per model and eps: from the per-example worst case over
   attacks (``results.worst_case``, quantity ``classifier``) when the results carry it, else the
   lowest single attack's white-box accuracy (an upper bound on the worst case; the headline says which);
-* the suite's pre-registered claims and their verdicts (:meth:`~advbench.evaluation.results.Results.claims`).
+* the suite's pre-registered claims and their verdicts (:meth:`~advbench.analysis.results.Results.claims`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from advbench.evaluation.inference import rate_interval
-from advbench.evaluation.stats import mean_ci
+from advbench.analysis.inference import rate_interval
+from advbench.analysis.stats import mean_ci
 
 __all__ = ["PER_EXAMPLE", "SINGLE_ATTACK", "Headline", "headline"]
 
@@ -116,7 +116,7 @@ def _robust_lowest_single(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def headline(results: Any, *, claims: bool = True) -> Headline:
-    """The headline of ``results`` (an :class:`~advbench.evaluation.results.Results`)."""
+    """The headline of ``results`` (an :class:`~advbench.analysis.results.Results`)."""
     models = [m["name"] for m in (results.suite.get("models") or [])]
     order = {m: i for i, m in enumerate(models)}
     clean = _clean(results)

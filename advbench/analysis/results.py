@@ -14,12 +14,10 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from advbench.errors import AdvbenchError
-from advbench.evaluation.claims import claims_table
-from advbench.evaluation.example_summary import SUMMARY_FILES, read_summary, summarise_examples
-from advbench.evaluation.min_norm import minimum_norm_summary
-from advbench.evaluation.outcome_table import canonical, read_outcomes, widen
-from advbench.evaluation.stats import (
+from advbench.analysis.claims import claims_table
+from advbench.analysis.example_summary import SUMMARY_FILES, read_summary, summarise_examples
+from advbench.analysis.outcome_table import canonical, read_outcomes, widen
+from advbench.analysis.stats import (
     PAIRED_COMPARISON_COLUMNS,
     mean_ci,
     paired_comparisons,
@@ -27,6 +25,8 @@ from advbench.evaluation.stats import (
     rate_intervals,
     summarize,
 )
+from advbench.errors import AdvbenchError
+from advbench.evaluation.min_norm import minimum_norm_summary
 from advbench.evaluation.transfer import transfer_metrics
 from advbench.io import atomic_write_csv, atomic_write_text
 
@@ -270,7 +270,7 @@ class Results:
     def model_comparison(self) -> pd.DataFrame:
         """Every model against :meth:`reference_model` on clean and robust accuracy, transfer into and out of
         it, and adversarial and OOD detection (:func:`~.comparison.model_comparison`)."""
-        from advbench.evaluation.comparison import model_comparison
+        from advbench.analysis.comparison import model_comparison
 
         if "comparison" not in self.memo:
             order = [m["name"] for m in self.suite["models"]]
@@ -293,10 +293,10 @@ class Results:
     def worst_case(self) -> pd.DataFrame:
         """Robust accuracy under the ensemble of every white-box attack, per quantity, model, seed and eps.
 
-        :func:`~advbench.evaluation.worstcase.worst_case` of the classifier's outcomes and the DkNN's
+        :func:`~advbench.analysis.worstcase.worst_case` of the classifier's outcomes and the DkNN's
         per-example results (quantities ``"classifier"`` and ``"dknn"``); empty without either.
         """
-        from advbench.evaluation.worstcase import WORST_CASE_COLUMNS, outcomes_long, worst_case
+        from advbench.analysis.worstcase import WORST_CASE_COLUMNS, outcomes_long, worst_case
 
         if "worst" in self.memo:
             return self.memo["worst"]

@@ -8,12 +8,12 @@ seeds, pooled over seeds for the figures):
 * ``neighbour_agreement``: the mean share of the k neighbours carrying the predicted label, per
   (model, seed, kind), the statistic of claim e;
 * ``dknn_worst_case``: the DkNN's robust accuracy under the ensemble of white-box attacks
-  (:func:`~advbench.evaluation.worstcase.worst_case` of :func:`~advbench.evaluation.worstcase.dknn_long`);
+  (:func:`~advbench.analysis.worstcase.worst_case` of :func:`~advbench.analysis.worstcase.dknn_long`);
 * ``dknn_bins``: the counts behind the report's figures (reliability diagrams and credibility
   histograms), per model, kind and bin.
 
-:meth:`advbench.evaluation.results.Results.save` writes them next to the tables;
-:meth:`~advbench.evaluation.results.Results.load` reads them back, and the report and claims use them
+:meth:`advbench.analysis.results.Results.save` writes them next to the tables;
+:meth:`~advbench.analysis.results.Results.load` reads them back, and the report and claims use them
 whether or not the per-example table is present, so a run folder re-renders the same without it.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from advbench.evaluation.worstcase import WORST_CASE_COLUMNS, dknn_long, worst_case
+from advbench.analysis.worstcase import WORST_CASE_COLUMNS, dknn_long, worst_case
 
 __all__ = [
     "BIN_COLUMNS",

@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import pandas as pd
 
-from advbench.evaluation import inference as _inf
+from advbench.analysis import inference as _inf
 from advbench.registry import Registry
 
 __all__ = [
@@ -75,7 +75,7 @@ class TidyResults(Protocol):
     metrics: pd.DataFrame
 
     def example_summary(self, name: str) -> pd.DataFrame:
-        """A per-seed summary of ``dknn_examples`` (:mod:`advbench.evaluation.example_summary`)."""
+        """A per-seed summary of ``dknn_examples`` (:mod:`advbench.analysis.example_summary`)."""
 
 
 class NotApplicableError(Exception):

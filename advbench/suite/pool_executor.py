@@ -1,0 +1,174 @@
+"""The local parallel executor: the plan's cells in worker processes on this machine's free cores.
+
+The driver reads the cached cells itself (a cheap read whose result tables it needs anyway) and sends
+each cell still to compute to a worker process (:mod:`advbench.suite.worker`) once every cell it needs
+has finished, the earliest in plan order first, never more at once than there are workers. A worker
+builds the run's context from the suite and options and reads every input from the cache, so a cell
+computes the same bits here as in one process or on Ray with the same thread count, under the same key.
+The result tables are added to the store in plan order, as the in-process executor adds them.
+
+A worker that dies (an OOM kill, a crash in native code) breaks the pool: the pool is replaced and the
+cells that were running are tried again, each up to :data:`MAX_ATTEMPTS` times, then recorded as failed.
+Workers start with ``forkserver`` (``spawn`` where there is none): forking a process whose OpenMP runtime
+already has threads can deadlock the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from advbench.suite.context import ArtefactStore, CellContext
+from advbench.suite.execute import CellReport, log_problem, run_one
+from advbench.suite.plan import Plan
+from advbench.suite.worker import payload, run_cell_in_worker
+
+__all__ = ["MAX_ATTEMPTS", "PoolExecutor"]
+
+log = logging.getLogger(__name__)
+
+#: How often a cell is started before a worker that keeps dying makes it a failed cell.
+MAX_ATTEMPTS = 3
+
+Tables = dict[str, list[pd.DataFrame]]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+class PoolExecutor:
+    """The plan's cells to compute in ``workers`` processes, the cached ones read in this one."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 2:
+            raise ValueError(f"a pool needs at least 2 workers, got {workers}; use the in-process LocalExecutor")
+        self.workers = workers
+        #: what the pool looked like (for the run manifest)
+        self.info: dict[str, Any] = {}
+
+    def execute(
+        self, plan: Plan, ctx: CellContext, store: ArtefactStore, on_report: Callable[[CellReport], None]
+    ) -> list[CellReport]:
+        cells = {c.key: c for c in plan.cells}
+        to_compute = {c.key for c in plan.cells if not ctx.cache.exists(c.kind, c.key)}
+        threads = ctx.options.cell_threads("train")
+        workers = max(1, min(self.workers, len(to_compute)))
+        self.info = {"workers": workers, "threads_per_cell": threads, "cells_to_compute": len(to_compute)}
+        log.info(
+            "%d cells (%d to compute) on %d worker processes, %d thread(s) each",
+            len(cells),
+            len(to_compute),
+            workers,
+            threads,
+        )
+        body = payload(ctx)
+        labels = {k: c.label for k, c in cells.items()}
+        out: dict[str, tuple[CellReport, Tables]] = {}
+        failed: dict[str, str] = {}
+        attempts: Counter[str] = Counter()
+        order = {c.key: i for i, c in enumerate(plan.cells)}
+        waiting = [c.key for c in plan.cells]  # not started, in plan order
+        running: dict[Future[dict[str, Any]], str] = {}
+
+        def finish(key: str, report: CellReport, tables: Tables) -> None:
+            log_problem(report, failed, key)
+            out[key] = (report, tables)
+            on_report(report)
+            bar.update(1)
+
+        def ready() -> list[str]:
+            return [k for k in waiting if all(d in out for d in cells[k].deps)]
+
+        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,))
+        bar = tqdm(total=len(cells), desc=f"suite {ctx.suite.name}", unit="cell", disable=not ctx.options.progress)
+        try:
+            while waiting or running:
+                for key in ready():
+                    cell = cells[key]
+                    if key not in to_compute:  # cached (or skipped for a failed input): read here
+                        waiting.remove(key)
+                        cell_store = store.with_models_only()
+                        finish(key, run_one(ctx, cell, cell_store, failed, labels), _tables(cell_store))
+                    elif len(running) < workers:
+                        waiting.remove(key)
+                        attempts[key] += 1
+                        deps = [_dep(out[d][0]) for d in cell.deps]
+                        running[pool.submit(run_cell_in_worker, body, key, deps)] = key
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = False
+                for fut in done:
+                    key = running.pop(fut)
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        waiting.insert(0, key)
+                        continue
+                    tables = result.pop("tables")
+                    report = CellReport(**result)
+                    report.attempts = attempts[key]
+                    finish(key, report, tables)
+                if broken:
+                    pool = self._replace(pool, running, waiting, order, threads, workers)
+                    for key in [k for k in waiting if attempts[k] >= MAX_ATTEMPTS]:
+                        waiting.remove(key)
+                        error = f"its worker process died {attempts[key]} times (out of memory or a crash)"
+                        report = CellReport(key, labels[key], cells[key].kind, "failed", error=error)
+                        report.attempts = attempts[key]
+                        finish(key, report, {})
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+        pool.shutdown(wait=True)
+        reports = []
+        for cell in plan.cells:  # tables in plan order, as the in-process executor adds them
+            report, tables = out[cell.key]
+            for table, frames in tables.items():
+                for frame in frames:
+                    store.add(table, frame)
+            reports.append(report)
+        return reports
+
+    @staticmethod
+    def _replace(
+        pool: ProcessPoolExecutor,
+        running: dict[Future[dict[str, Any]], str],
+        waiting: list[str],
+        order: dict[str, int],
+        threads: int,
+        workers: int,
+    ) -> ProcessPoolExecutor:
+        """A new pool for a broken one; the cells that were running on it wait to be started again."""
+        log.warning("a worker process died; restarting the pool and retrying %d cell(s)", len(running) + 1)
+        waiting.extend(running.values())
+        running.clear()
+        pool.shutdown(wait=False, cancel_futures=True)
+        waiting.sort(key=order.__getitem__)
+        return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,))
+
+
+def _dep(report: CellReport) -> dict[str, Any]:
+    return {"key": report.key, "label": report.label, "status": report.status, "error": report.error}
+
+
+def _tables(store: ArtefactStore) -> Tables:
+    return {t: frames for t, frames in store.tables.items() if frames}
