@@ -324,6 +324,9 @@ class Component:
     libraries: frozenset[str] = frozenset()
     #: the advbench (or plugin) modules of its closure, for ``advbench code why``
     modules: tuple[str, ...] = ()
+    #: whether a fresh process finds it (advbench's own code, an entry point); ``False`` for code
+    #: registered by the running program, which only this process has
+    portable: bool = True
 
     @property
     def ident(self) -> str:
@@ -397,7 +400,7 @@ def entry_component(registry: Any, name: str) -> Component:
         return advbench_component(module)
     if entry.source == "user":
         digest, user_modules = _object_source_hash(entry.obj)
-        return Component(f"user:{module}", f"src.{digest}", frozenset(), user_modules)
+        return Component(f"user:{module}", f"src.{digest}", frozenset(), user_modules, portable=False)
     dist = entry.source
     version = _dist_version(dist)
     modules: tuple[str, ...] = (module,)
@@ -410,7 +413,11 @@ def entry_component(registry: Any, name: str) -> Component:
             libraries = closure_libraries(module) - {_canonical(dist)}
         except (AdvbenchError, OSError, SyntaxError, ValueError, ImportError):
             pass
-    return Component(f"plugin:{dist}", version, libraries, modules)
+    group = getattr(registry, "group", None)
+    portable = isinstance(group, str) and any(
+        getattr(getattr(ep, "dist", None), "name", None) == dist for ep in importlib.metadata.entry_points(group=group)
+    )
+    return Component(f"plugin:{dist}", version, libraries, modules, portable=portable)
 
 
 # -- a cell's code --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from advbench.suite.paths import resolve_report_path
 from advbench.suite.plan import describe_plan
 from advbench.suite.rundir import RunDir
 from advbench.suite.runner import Renderer, Runner
-from advbench.suite.threads import AUTO, resolve_threads
+from advbench.suite.threads import AUTO, available_memory_mb, resolve_threads
 from advbench.suite.validate import load_suite
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ def main(args: argparse.Namespace) -> int:
             f"estimated {sum(r['estimate_s'] for r in todo) / 60:.1f} min of work ({basis or 'nothing to do'}; "
             f"'model' is the work model's 2-core CPU figure) (cache: {runner.ctx.cache.root})\n"
         )
+        sys.stdout.write(_execution_line(runner) + "\n")
         return 0
     progress = RunProgress(runner.plan, periodic=not opts.progress)
     run_dir = runner.run(render=render, on_cell=progress)
@@ -152,6 +153,24 @@ def main(args: argparse.Namespace) -> int:
         )
     # 1 when cells failed: the results are partial (the report lists what is missing).
     return 1 if runner.failures else 0
+
+
+def _execution_line(runner: Runner) -> str:
+    """Where the cells would run: executor, workers, threads, and the memory a worker needs."""
+    threads = runner.opt.cell_threads("train")
+    if runner.opt.executor == "ray":
+        return f"executor: ray, {threads} thread(s) per cell, one task per {threads} cluster CPU(s)"
+    workers = runner.local_workers() if not runner.plan.local_code else 1
+    measured = runner.worker_memory()
+    free = available_memory_mb()
+    memory = (
+        f"{measured[0]:,.0f} MiB per worker at most (measured in {display_path(measured[1])})"
+        if measured
+        else "memory per worker not measured yet (the first run records it)"
+    )
+    avail = f"; {free:,.0f} MiB available" if free is not None else ""
+    where = f"{workers} worker processes" if workers > 1 else "this process"
+    return f"executor: local, {where}, {threads} thread(s) per cell; {memory}{avail}"
 
 
 def _positive_float(text: str) -> float:

@@ -66,19 +66,24 @@ class RunOptions:
             return CHILD_THREADS
         return int(self.threads) if self.threads else 1
 
-    def local_workers(self, device: torch.device | None = None) -> int:
+    def local_workers(self, device: torch.device | None = None, *, worker_mb: float | None = None) -> int:
         """How many worker processes the local executor runs (1: every cell in this process).
 
-        ``--workers``, else the CPUs this process may use divided by the threads per cell; 1 on a GPU,
-        which one process keeps busy.
+        ``--workers``, else the CPUs this process may use divided by the threads per cell, and no more than
+        the available memory holds at ``worker_mb`` each (a worker's peak measured by an earlier run); 1 on
+        a GPU, which one process keeps busy.
         """
         if self.workers:
             return int(self.workers)
         if device is not None and device.type != "cpu":
             return 1
-        from advbench.suite.threads import available_cpus
+        from advbench.suite.threads import available_cpus, available_memory_mb
 
-        return max(1, available_cpus() // self.cell_threads("train"))
+        n = max(1, available_cpus() // self.cell_threads("train"))
+        free = available_memory_mb()
+        if worker_mb and free is not None:
+            n = min(n, max(1, int(0.9 * free // worker_mb)))
+        return n
 
 
 def resolve_device(name: str) -> torch.device:

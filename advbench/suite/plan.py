@@ -40,7 +40,6 @@ __all__ = [
     "calibrate",
     "cross_seed_targets",
     "library_versions",
-    "process_local_components",
 ]
 
 #: Test examples whose input gradients the clean evaluation checks for masking (zero or non-finite).
@@ -81,6 +80,9 @@ class Cell:
 class Plan:
     suite: Suite
     cells: list[Cell]
+    #: components registered by code running in this process (not advbench's, not an entry point's): a
+    #: fresh worker process lacks them, so a plan that uses any runs in this process
+    local_code: list[str] = field(default_factory=list)
 
     def by_kind(self, kind: str) -> list[Cell]:
         return [c for c in self.cells if c.kind == kind]
@@ -168,6 +170,10 @@ class CellCode:
     def entry(self, registry: Any, name: str) -> Component:
         """The component of registry entry ``name`` (advbench's module, a plugin's distribution, user code)."""
         return self._memo(registry.kind, name, lambda: entry_component(registry, name))
+
+    def local_code(self) -> list[str]:
+        """The components used so far that only this process has (see :attr:`Plan.local_code`)."""
+        return sorted(c.ident for c in self._components.values() if not c.portable)
 
     def _memo(self, role: str, name: str, make: Any) -> Component:
         key = (role, name)
@@ -409,19 +415,7 @@ def build_plan(
                         {"model": m.name, "seed": seed},
                     )
                 )
-    return Plan(suite, cells)
-
-
-def process_local_components(plan: Plan) -> list[str]:
-    """The components of ``plan``'s cells registered by code running in this process (a script's decorator).
-
-    A fresh worker process does not have them, so such a plan runs in this process.
-    """
-    found: set[str] = set()
-    for c in plan.cells:
-        for ident in c.spec["code"]["components"].values():
-            found.update(i for i in (ident if isinstance(ident, list) else [ident]) if i.startswith("user:"))
-    return sorted(found)
+    return Plan(suite, cells, code.local_code())
 
 
 _SEED = re.compile(r"\bseed=-?\d+")
@@ -462,7 +456,7 @@ def calibrate(plan: Plan, measured: Mapping[str, float], *, earlier: Mapping[str
         elif ratios.get(c.kind):
             c = replace(c, estimate_s=c.estimate_s * statistics.median(ratios[c.kind]), estimate_basis="kind ratio")
         cells.append(c)
-    return Plan(plan.suite, cells)
+    return replace(plan, cells=cells)
 
 
 def cross_seed_targets(seeds: list[int], seed: int, mode: str) -> list[int]:

@@ -8,7 +8,8 @@ computes the same bits here as in one process or on Ray with the same thread cou
 The result tables are added to the store in plan order, as the in-process executor adds them.
 
 A worker that dies (an OOM kill, a crash in native code) breaks the pool: the pool is replaced and the
-cells that were running are tried again, each up to :data:`MAX_ATTEMPTS` times, then recorded as failed.
+cells that were running on it are tried again, one at a time, so that a death is blamed on the cell that
+caused it; a cell whose worker dies :data:`MAX_ATTEMPTS` times is recorded as failed and the run goes on.
 Workers start with ``forkserver`` (``spawn`` where there is none): forking a process whose OpenMP runtime
 already has threads can deadlock the child.
 """
@@ -36,7 +37,7 @@ __all__ = ["MAX_ATTEMPTS", "PoolExecutor"]
 
 log = logging.getLogger(__name__)
 
-#: How often a cell is started before a worker that keeps dying makes it a failed cell.
+#: How often a cell's worker may die (the cell running alone) before the cell is recorded as failed.
 MAX_ATTEMPTS = 3
 
 Tables = dict[str, list[pd.DataFrame]]
@@ -85,60 +86,84 @@ class PoolExecutor:
         waiting = [c.key for c in plan.cells]  # not started, in plan order
         running: dict[Future[dict[str, Any]], str] = {}
 
+        #: cells that were running when a worker died beside others: each runs alone until it finishes, so
+        #: that a death is blamed on the cell that caused it, never on an innocent neighbour
+        suspects: set[str] = set()
+        deaths: Counter[str] = Counter()
+        peak = 0.0
+
         def finish(key: str, report: CellReport, tables: Tables) -> None:
             log_problem(report, failed, key)
             out[key] = (report, tables)
             on_report(report)
             bar.update(1)
 
-        def ready() -> list[str]:
-            return [k for k in waiting if all(d in out for d in cells[k].deps)]
+        def start(key: str) -> None:
+            waiting.remove(key)
+            attempts[key] += 1
+            deps = [_dep(out[d][0]) for d in cells[key].deps]
+            running[pool.submit(run_cell_in_worker, body, key, deps)] = key
 
-        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,))
+        pool = _pool(workers, threads)
         bar = tqdm(total=len(cells), desc=f"suite {ctx.suite.name}", unit="cell", disable=not ctx.options.progress)
         try:
             while waiting or running:
-                for key in ready():
-                    cell = cells[key]
+                for key in [k for k in waiting if all(d in out for d in cells[k].deps)]:
                     if key not in to_compute:  # cached (or skipped for a failed input): read here
                         waiting.remove(key)
                         cell_store = store.with_models_only()
-                        finish(key, run_one(ctx, cell, cell_store, failed, labels), _tables(cell_store))
+                        finish(key, run_one(ctx, cells[key], cell_store, failed, labels), _tables(cell_store))
+                    elif suspects:
+                        if not running and key in suspects:
+                            start(key)  # alone: nothing else starts until it is done
                     elif len(running) < workers:
-                        waiting.remove(key)
-                        attempts[key] += 1
-                        deps = [_dep(out[d][0]) for d in cell.deps]
-                        running[pool.submit(run_cell_in_worker, body, key, deps)] = key
+                        start(key)
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
-                broken = False
+                lost: list[str] = []
                 for fut in done:
                     key = running.pop(fut)
                     try:
                         result = fut.result()
                     except BrokenProcessPool:
-                        broken = True
-                        waiting.insert(0, key)
+                        lost.append(key)
                         continue
+                    suspects.discard(key)
+                    peak = max(peak, float(result.pop("peak_rss_mb", 0.0)))
                     tables = result.pop("tables")
                     report = CellReport(**result)
                     report.attempts = attempts[key]
                     finish(key, report, tables)
-                if broken:
-                    pool = self._replace(pool, running, waiting, order, threads, workers)
-                    for key in [k for k in waiting if attempts[k] >= MAX_ATTEMPTS]:
-                        waiting.remove(key)
-                        error = f"its worker process died {attempts[key]} times (out of memory or a crash)"
+                if not lost:
+                    continue
+                lost += list(running.values())  # a broken pool fails every cell still on it
+                running.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                if len(lost) == 1:
+                    deaths[lost[0]] += 1  # it ran alone: its own death
+                log.warning(
+                    "a worker process died (out of memory or a crash); retrying %s", ", ".join(labels[k] for k in lost)
+                )
+                suspects.update(lost)
+                for key in lost:
+                    if deaths[key] >= MAX_ATTEMPTS:
+                        suspects.discard(key)
+                        error = f"its worker process died {deaths[key]} times (out of memory or a crash)"
                         report = CellReport(key, labels[key], cells[key].kind, "failed", error=error)
                         report.attempts = attempts[key]
                         finish(key, report, {})
+                    else:
+                        waiting.append(key)
+                waiting.sort(key=order.__getitem__)
+                pool = _pool(workers, threads)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
             bar.close()
         pool.shutdown(wait=True)
+        self.info["worker_peak_rss_mb"] = peak
         reports = []
         for cell in plan.cells:  # tables in plan order, as the in-process executor adds them
             report, tables = out[cell.key]
@@ -148,22 +173,9 @@ class PoolExecutor:
             reports.append(report)
         return reports
 
-    @staticmethod
-    def _replace(
-        pool: ProcessPoolExecutor,
-        running: dict[Future[dict[str, Any]], str],
-        waiting: list[str],
-        order: dict[str, int],
-        threads: int,
-        workers: int,
-    ) -> ProcessPoolExecutor:
-        """A new pool for a broken one; the cells that were running on it wait to be started again."""
-        log.warning("a worker process died; restarting the pool and retrying %d cell(s)", len(running) + 1)
-        waiting.extend(running.values())
-        running.clear()
-        pool.shutdown(wait=False, cancel_futures=True)
-        waiting.sort(key=order.__getitem__)
-        return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,))
+
+def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,))
 
 
 def _dep(report: CellReport) -> dict[str, Any]:

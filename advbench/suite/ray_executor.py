@@ -177,6 +177,7 @@ def _gather(
             key = by_ref[done[0]]
             try:
                 result = dict(ray.get(done[0]))
+                result.pop("peak_rss_mb", None)
                 tables = result.pop("tables")
                 report = CellReport(**result)
             except ray.exceptions.RayTaskError as exc:  # --fail-fast or a fatal error: stop everything

@@ -160,6 +160,17 @@ class RunDir:
         return max(found)[1] if found else None
 
     @staticmethod
+    def worker_memory_mb(runs_dir: str | Path, name: str) -> tuple[float, Path] | None:
+        """The largest peak memory of a local worker process recorded by a run of suite ``name``, with that run."""
+        found = []
+        for _, path, manifest in _suite_runs(runs_dir, name):
+            local = manifest.get("local")
+            peak = local.get("worker_peak_rss_mb") if isinstance(local, dict) else None
+            if isinstance(peak, int | float) and peak > 0:
+                found.append((float(peak), path))
+        return max(found) if found else None
+
+    @staticmethod
     def measured_seconds(runs_dir: str | Path, name: str) -> tuple[dict[str, float], dict[str, float]]:
         """The seconds computed cells took, by cell key and by cell label, from the manifests of the runs of suite
         ``name`` under ``runs_dir``; cells a run read from the cache are left out and a later run's measurement

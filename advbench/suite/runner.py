@@ -26,7 +26,7 @@ from advbench.config import Suite
 from advbench.suite.cache import CacheEntry, cache_key
 from advbench.suite.context import ArtefactStore, CellContext, RunOptions
 from advbench.suite.execute import CellReport, Executor, LocalExecutor
-from advbench.suite.plan import Plan, library_versions, process_local_components
+from advbench.suite.plan import Plan, library_versions
 from advbench.suite.pool_executor import PoolExecutor
 from advbench.suite.rundir import RunDir
 from advbench.suite.threads import thread_policy
@@ -83,17 +83,26 @@ class Runner:
             from advbench.suite.ray_executor import RayExecutor
 
             return RayExecutor(self.opt.address, attempts_log=run_dir.path / "ray-attempts.jsonl")
-        workers = self.opt.local_workers(self.ctx.device)
+        workers = self.local_workers()
         if workers > 1:
-            local_code = process_local_components(self.plan)
+            local_code = self.plan.local_code
             if not local_code:
                 return PoolExecutor(workers)
             log.info(
-                "running every cell in this process: the suite uses code registered here (%s), which a worker "
-                "process would not have; install it as a plugin to run cells in parallel",
+                "running every cell in this process: the suite uses code registered by this program (%s), which "
+                "a worker process would not have; install it as a plugin (an entry point) to run cells in parallel",
                 ", ".join(local_code),
             )
         return LocalExecutor()
+
+    def worker_memory(self) -> tuple[float, Any] | None:
+        """The largest peak memory (MiB) of a local worker measured by an earlier run of this suite, and that run."""
+        return RunDir.worker_memory_mb(self.opt.runs_dir, self.suite.name)
+
+    def local_workers(self) -> int:
+        """The local executor's worker processes for this run (bounded by the memory a worker was measured to use)."""
+        measured = self.worker_memory()
+        return self.opt.local_workers(self.ctx.device, worker_mb=measured[0] if measured else None)
 
     def run(self, render: Renderer | None = None, on_cell: Callable[[CellReport], None] | None = None) -> RunDir:
         """Run every cell, save the results in a new (or resumed) run folder and render them with ``render``.

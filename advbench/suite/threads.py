@@ -23,7 +23,15 @@ import logging
 import os
 from typing import Any
 
-__all__ = ["AUTO", "OPENMP_VARIABLES", "available_cpus", "free_cpus", "resolve_threads", "thread_policy"]
+__all__ = [
+    "AUTO",
+    "OPENMP_VARIABLES",
+    "available_cpus",
+    "available_memory_mb",
+    "free_cpus",
+    "resolve_threads",
+    "thread_policy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,18 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def available_memory_mb() -> float | None:
+    """The memory the system can give new processes without swapping (``MemAvailable``), in MiB; None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def free_cpus(load: float | None = None, cpus: int | None = None) -> int:

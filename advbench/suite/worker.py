@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from advbench.errors import AdvbenchError
 from advbench.suite.context import ArtefactStore, CellContext, RunOptions
 from advbench.suite.execute import run_one
 
-__all__ = ["payload", "run_cell_in_worker", "worker_context"]
+__all__ = ["payload", "peak_rss_mb", "run_cell_in_worker", "worker_context"]
 
 
 @dataclass
@@ -76,7 +78,8 @@ def worker_context(payload: dict[str, Any]) -> CellContext:
 def run_cell_in_worker(
     payload: dict[str, Any], key: str, deps: list[dict[str, Any]], *, node: str | None = None
 ) -> dict[str, Any]:
-    """Run the cell ``key`` in this worker; its report (as a dict) and, under ``"tables"``, the frames it added.
+    """Run the cell ``key`` in this worker: its report (as a dict), the frames it added (``"tables"``) and the
+    worker's peak memory so far (``"peak_rss_mb"``).
 
     ``deps``: the reports (``key``, ``label``, ``status``, ``error``) of the cells it depends on, so that a
     cell whose input failed is skipped (or, a DkNN scoring cell, run without the failed sets) as in-process.
@@ -94,4 +97,11 @@ def run_cell_in_worker(
     store = _WORKER.store.with_models_only()
     report = run_one(ctx, by_key[key], store, failed, labels)
     report.node = node
-    return asdict(report) | {"tables": {t: frames for t, frames in store.tables.items() if frames}}
+    tables = {t: frames for t, frames in store.tables.items() if frames}
+    return asdict(report) | {"tables": tables, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (what a worker needs, for ``--plan`` and the bound)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(usage / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB elsewhere

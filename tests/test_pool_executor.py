@@ -1,0 +1,136 @@
+"""The default local executor: cells in worker processes, the same bits as one process, dead workers replaced."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from advbench.analysis.compare import reproduction_check
+from advbench.attacks import ATTACKS
+from advbench.config import Suite
+from advbench.suite.context import RunOptions
+from advbench.suite.execute import LocalExecutor
+from advbench.suite.pool_executor import MAX_ATTEMPTS, PoolExecutor
+from advbench.suite.runner import Runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _suite(attacks: list[dict] | None = None) -> Suite:
+    doc = yaml.safe_load((ROOT / "tests" / "suites" / "tiny.yaml").read_text())
+    doc["seeds"] = [0]
+    if attacks is not None:
+        doc["attacks"] = attacks
+    return Suite.model_validate(doc)
+
+
+def _runner(suite: Suite, tmp: Path, name: str, **opts) -> Runner:
+    return Runner(
+        suite,
+        source=f"{name}.yaml",
+        options=RunOptions(
+            runs_dir=str(tmp / f"runs-{name}"), cache_dir=str(tmp / f"cache-{name}"), progress=False, **opts
+        ),
+    )
+
+
+def test_code_registered_by_the_program_runs_in_this_process(tmp_path):
+    """A worker process would not have an attack the calling program registered: such a plan stays here."""
+
+    class Local(ATTACKS.get("fgsm")):  # type: ignore[misc]
+        pass
+
+    ATTACKS.add("pool-test-local-fgsm", Local, source="user")
+    try:
+        runner = _runner(_suite([{"name": "pool-test-local-fgsm", "eps": [0.1]}]), tmp_path, "local", workers=2)
+        assert runner.plan.local_code and runner.plan.local_code[0].startswith("user:")
+        assert isinstance(runner._executor(None), LocalExecutor)  # type: ignore[arg-type]
+        plain = _runner(_suite(), tmp_path, "plain", workers=2)
+        assert not plain.plan.local_code and isinstance(plain._executor(None), PoolExecutor)  # type: ignore[arg-type]
+        assert isinstance(_runner(_suite(), tmp_path, "one", workers=1)._executor(None), LocalExecutor)  # type: ignore[arg-type]
+    finally:
+        ATTACKS.unregister("pool-test-local-fgsm")
+
+
+@pytest.mark.integration
+def test_a_pool_run_equals_an_in_process_run_bit_for_bit(tmp_path):
+    pool = _runner(_suite(), tmp_path, "pool", workers=2)
+    pool_dir = pool.run()
+    alone = _runner(_suite(), tmp_path, "alone", workers=1)
+    alone_dir = alone.run()
+    assert pool_dir.manifest["local"]["workers"] == 2 and pool_dir.manifest["local"]["threads_per_cell"] == 1
+    assert "local" not in alone_dir.manifest
+    assert {c.key for c in pool.plan.cells} == {c.key for c in alone.plan.cells}
+    table = reproduction_check(pool_dir.results, alone_dir.results)
+    assert len(table) >= 10 and (table["status"] == "identical").all(), table.to_string()
+
+
+_PLUGIN = """
+import os
+from pathlib import Path
+
+from advbench.attacks import register_attack
+from advbench.attacks.fgsm import FGSM
+
+MARK = Path({mark!r})
+
+
+@register_attack("pool-test-dies-once", norm="linf", targeted=False)
+class DiesOnce(FGSM):
+    def run(self, model, x, y, threat, generator):
+        if not MARK.exists():
+            MARK.write_text("died")
+            os._exit(9)  # as the OOM killer would: no exception, no cleanup
+        return super().run(model, x, y, threat, generator)
+
+
+@register_attack("pool-test-always-dies", norm="linf", targeted=False)
+class AlwaysDies(FGSM):
+    def run(self, model, x, y, threat, generator):
+        os._exit(9)
+"""
+
+
+@pytest.fixture
+def dying_plugins(tmp_path, monkeypatch):
+    """An installed plugin distribution (on sys.path, so worker processes find it too) whose attacks kill their
+    process: one once, one every time."""
+    site = tmp_path / "site"
+    info = site / "advbench_pool_test-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: advbench-pool-test\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[advbench.attacks]\npooltest = advbench_pool_test\n")
+    (site / "advbench_pool_test.py").write_text(textwrap.dedent(_PLUGIN.format(mark=str(tmp_path / "died-once"))))
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    saved = dict(ATTACKS._entries)
+    ATTACKS._loaded = False
+    ATTACKS.load_plugins()
+    yield
+    ATTACKS._entries = saved
+    ATTACKS._loaded = True
+    sys.modules.pop("advbench_pool_test", None)
+
+
+@pytest.mark.integration
+def test_a_dead_worker_is_replaced_and_its_cell_retried(tmp_path, dying_plugins):
+    attacks = [
+        {"name": "fgsm", "eps": [0.1]},
+        {"name": "pool-test-dies-once", "eps": [0.1]},
+        {"name": "pool-test-always-dies", "eps": [0.1]},
+    ]
+    runner = _runner(_suite(attacks), tmp_path, "dying", workers=2)
+    assert not runner.plan.local_code  # an installed plugin: workers load it through its entry point
+    runner.run()
+    failed = {f["cell"]: f["error"] for f in runner.failures}
+    always = [c for c in failed if "pool-test-always-dies" in c and c.startswith("attack")]
+    assert len(always) == 2 and all(f"died {MAX_ATTEMPTS} times" in failed[c] for c in always)
+    # the cell whose worker died once was retried and computed; the others were never touched
+    assert not any("pool-test-dies-once" in c or "attack fgsm" in c for c in failed)
+    outcomes = runner.results.outcomes
+    assert {"fgsm", "pool-test-dies-once"} <= set(outcomes["attack"])
