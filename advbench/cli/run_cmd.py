@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections import Counter
+from collections.abc import Callable
 
 from tabulate import tabulate
 
@@ -187,21 +188,20 @@ def parse_threads(text: str) -> int | str:
     return AUTO if text.strip().lower() == AUTO else _positive_int(text)
 
 
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of worker processes, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 worker process, got {text!r}")
-    return value
+def _count(one: str, many: str) -> Callable[[str], int]:
+    """An argparse type for a whole number >= 1 of something (``one``: "thread", ``many``: "threads")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number of {many}, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected at least 1 {one}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of threads or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 thread, got {text!r}")
-    return value
+_positive_int = _count("thread", "threads or 'auto'")
+_workers = _count("worker process", "worker processes")

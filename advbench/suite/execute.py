@@ -39,6 +39,7 @@ __all__ = [
     "failure_message",
     "is_fatal",
     "log_problem",
+    "reports_in_plan_order",
     "time_limit",
     "without_failed",
 ]
@@ -193,6 +194,21 @@ def log_problem(report: CellReport, failed: dict[str, str], key: str) -> None:
         log.error("cell %s failed: %s (the run goes on; --fail-fast stops it)", report.label, report.error)
     else:
         log.warning("skipped %s: %s", report.label, report.error)
+
+
+def reports_in_plan_order(
+    plan: Plan, out: Mapping[str, tuple[CellReport, Mapping[str, list[Any]]]], store: ArtefactStore
+) -> list[CellReport]:
+    """The reports of a parallel executor's cells (``out``: key -> (report, its result tables)) in plan order,
+    their tables added to ``store`` in that order, as the in-process executor adds them."""
+    reports = []
+    for cell in plan.cells:
+        report, tables = out[cell.key]
+        for table, frames in tables.items():
+            for frame in frames:
+                store.add(table, frame)
+        reports.append(report)
+    return reports
 
 
 def is_fatal(exc: BaseException) -> bool:

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from advbench.suite.context import ArtefactStore, CellContext
-from advbench.suite.execute import CellReport, log_problem, run_one
+from advbench.suite.execute import CellReport, log_problem, reports_in_plan_order, run_one
 from advbench.suite.plan import Plan
 from advbench.suite.worker import payload, run_cell_in_worker
 
@@ -164,14 +164,7 @@ class PoolExecutor:
             bar.close()
         pool.shutdown(wait=True)
         self.info["worker_peak_rss_mb"] = peak
-        reports = []
-        for cell in plan.cells:  # tables in plan order, as the in-process executor adds them
-            report, tables = out[cell.key]
-            for table, frames in tables.items():
-                for frame in frames:
-                    store.add(table, frame)
-            reports.append(report)
-        return reports
+        return reports_in_plan_order(plan, out, store)
 
 
 def _pool(workers: int, threads: int) -> ProcessPoolExecutor:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from advbench.errors import AdvbenchError
 from advbench.suite.context import ArtefactStore, CellContext
-from advbench.suite.execute import CellReport
+from advbench.suite.execute import CellReport, reports_in_plan_order
 from advbench.suite.plan import Cell, Plan
 from advbench.suite.worker import payload, run_cell_in_worker
 
@@ -138,14 +138,7 @@ class RayExecutor:
         finally:
             if started_here:
                 ray.shutdown()
-        reports = []
-        for cell in plan.cells:  # tables in plan order, as the local executor adds them
-            report, tables = out[cell.key]
-            for table, frames in tables.items():
-                for frame in frames:
-                    store.add(table, frame)
-            reports.append(report)
-        return reports
+        return reports_in_plan_order(plan, out, store)
 
 
 def _attempts(attempts_log: Path) -> dict[str, int]:
