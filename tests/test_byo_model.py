@@ -3,6 +3,7 @@ weights, both loaded from checksummed safetensors files, take part in transfer a
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import textwrap
@@ -36,9 +37,31 @@ def small_mlp(*, num_classes, input_shape, width=32):
 
 
 def _write_package(root: Path) -> None:
+    """The user's package, installed: its builder is an entry point in the ``advbench.models`` group."""
     pkg = root / "site" / "usermodels"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(textwrap.dedent(PACKAGE))
+    info = root / "site" / "usermodels-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: usermodels\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[advbench.models]\nsmall-mlp = usermodels:small_mlp\n")
+
+
+@pytest.fixture
+def installed_usermodels(tmp_path, monkeypatch):
+    """The user's package on sys.path (worker processes get it too) and the model registry reloaded."""
+    from advbench.models import MODELS
+
+    _write_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    sys.modules.pop("usermodels", None)
+    saved = dict(MODELS._entries)
+    MODELS._loaded = False
+    MODELS.load_plugins()
+    yield
+    MODELS._entries = saved
+    MODELS._loaded = True
 
 
 def _train(net: torch.nn.Module, steps: int = 150) -> torch.nn.Module:
@@ -63,16 +86,55 @@ def test_recipe_none_needs_weights_or_builder():
         ModelConfig(name="m", recipe="none", weights={"path": "w.safetensors", "sha256": "sha256:" + "0" * 64})
     with pytest.raises(ValueError, match="sha256"):
         ModelConfig(name="m", architecture="cnn-digits", recipe="none", weights={"path": "w", "sha256": "abc"})
-    m = ModelConfig(name="m", builder="pkg.mod:fn", recipe="none")
+    m = ModelConfig(name="m", builder="my-net", recipe="none")
     assert m.external and m.recipe is None
 
 
-@pytest.mark.integration
-def test_brought_models_are_transfer_sources_and_targets(tmp_path, monkeypatch):
-    _write_package(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+@pytest.mark.parametrize("builder", ["os:system", "builtins:exec", "torch.hub:load", "logging:basicConfig", "a/b"])
+def test_a_suite_names_no_code_as_builder(builder):
+    """`builder` names a registered model builder, never `module:callable`: nothing a suite says is imported."""
+    with pytest.raises(ValueError, match="a suite names models, never code"):
+        ModelConfig(name="m", builder=builder, recipe="none")
+
+
+def test_validate_and_plan_import_nothing_a_suite_names(tmp_path, monkeypatch):
+    """The old hole: `builder: pkg:fn` made validate and --plan import `pkg` (running its import side effects)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sideeffect_pkg.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('imported')\ndef fn(): pass\n")
+    monkeypatch.syspath_prepend(str(site))
     monkeypatch.chdir(tmp_path)
-    sys.modules.pop("usermodels", None)
+    suite = {
+        "name": "hostile",
+        "dataset": {"name": "digits", "splits": {"train": 200, "test": 100}},
+        "models": [{"name": "m", "builder": "sideeffect_pkg:fn", "recipe": "none"}],
+        "seeds": [0],
+        "attacks": [{"name": "fgsm", "eps": [0.1]}],
+    }
+    Path("hostile.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["validate", "hostile.yaml"]) != 0
+    assert main(["run", "hostile.yaml", "--plan", "--cache-dir", "cache"]) != 0
+    assert not (tmp_path / "ran").exists() and "sideeffect_pkg" not in sys.modules
+
+
+def test_an_unregistered_builder_name_is_reported_with_close_matches(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    suite = {
+        "name": "typo",
+        "dataset": {"name": "digits", "splits": {"train": 200, "test": 100}},
+        "models": [{"name": "m", "builder": "cnn-digit", "recipe": "none"}],
+        "seeds": [0],
+        "attacks": [{"name": "fgsm", "eps": [0.1]}],
+    }
+    Path("typo.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["validate", "typo.yaml"]) != 0
+    err = capsys.readouterr()
+    assert "cnn-digits" in err.out + err.err and "builder" in err.out + err.err
+
+
+@pytest.mark.integration
+def test_brought_models_are_transfer_sources_and_targets(tmp_path, monkeypatch, installed_usermodels):
+    monkeypatch.chdir(tmp_path)
     import usermodels  # the test package, outside advbench
 
     from advbench.models import create_model
@@ -97,7 +159,7 @@ def test_brought_models_are_transfer_sources_and_targets(tmp_path, monkeypatch):
             {"name": "baseline", "architecture": "cnn-digits", "recipe": {"epochs": 2, "batch_size": 64}},
             {
                 "name": "mine",
-                "builder": "usermodels:small_mlp",
+                "builder": "small-mlp",
                 "recipe": "none",
                 "weights": {"path": "weights/mine.safetensors", "sha256": digest("weights/mine.safetensors")},
             },
@@ -129,7 +191,7 @@ def test_brought_models_are_transfer_sources_and_targets(tmp_path, monkeypatch):
     manifest = json.loads((run / "manifest.json").read_text())
     ext = manifest["external_models"]
     assert ext["mine"]["sha256"] == digest("weights/mine.safetensors")
-    assert ext["mine"]["builder"] == "usermodels:small_mlp"
+    assert ext["mine"]["builder"] == "small-mlp"
     assert "mine" in Path("reports/byo.md").read_text()
 
     # a changed file is refused, with the digest it now has

@@ -226,17 +226,31 @@ class ModelConfig(_Strict):
     )
     builder: str | None = Field(
         None,
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="bring your own model: 'package.module:function' returning a Classifier or "
-        "(nn.Module, hidden layer names); called with num_classes, input_shape and params",
+        description="bring your own model: the name of a model builder an installed package registers in the "
+        "`advbench.models` entry-point group (`advbench list models`); it returns a Classifier or "
+        "(nn.Module, hidden layer names) and is called with num_classes, input_shape and params",
     )
+
+    @field_validator("builder")
+    @classmethod
+    def _builder_is_a_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if ":" in value or "/" in value or not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", value):
+            raise ValueError(
+                f"builder {value!r} is not the name of a registered model builder; a suite names models, never "
+                "code. Expose the function as an entry point of your package, in pyproject.toml: "
+                '[project.entry-points."advbench.models"] my-net = "my_pkg.models:build", install the package '
+                "(pip install -e .), and write `builder: my-net` (`advbench list models` shows the names)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
         if self.architecture is None and self.builder is None:
             raise ValueError(
                 "architecture: required but missing; expected a registered `architecture` (`advbench list models`) "
-                "or, for a model you bring, a `builder: 'package.module:function'`"
+                "or, for a model you bring, the `builder` name an installed package registers (`advbench list models`)"
             )
         if self.architecture is not None and self.builder is not None:
             raise ValueError(f"model {self.name!r}: given both architecture and builder; expected exactly one of them")

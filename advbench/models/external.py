@@ -2,8 +2,9 @@
 
 * :func:`load_weights` reads a safetensors file after checking its sha256 against the one the suite
   states; anything that is not safetensors (a pickle, a ``torch.save`` zip) is refused unread.
-* :func:`build_from_entry_point` calls ``"package.module:function"`` with ``num_classes``,
-  ``input_shape`` and the model's params. The function returns a :class:`Classifier`, or a pair
+* :func:`build_brought_model` calls the builder an installed package registers in the ``advbench.models``
+  entry-point group (a suite names it; it never names code) with ``num_classes``, ``input_shape`` and the
+  model's params. The function returns a :class:`Classifier`, or a pair
   ``(nn.Module, layer_names)``: any module mapping pixels in [0, 1] to logits, and the dotted names of
   the submodules whose outputs are its hidden representations (read by the DkNN and by attacks on
   hidden layers). Such a pair is wrapped in :class:`HookedClassifier`, which reads the layers with
@@ -12,8 +13,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from advbench.errors import AdvbenchError
 from advbench.hashing import sha256_file
 from advbench.models.classifier import Classifier
 
-__all__ = ["HookedClassifier", "build_from_entry_point", "entry_point_source_hash", "load_weights"]
+__all__ = ["HookedClassifier", "build_brought_model", "load_weights"]
 
 
 class HookedClassifier(nn.Module):
@@ -123,46 +122,25 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str, *, what: str) 
         raise AdvbenchError(f"{what}: the weights in {str(p)!r} do not fit the model ({exc})") from None
 
 
-def _resolve(spec: str, what: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AdvbenchError(
-            f"{what}: builder {spec!r}: module {module_name!r} cannot be imported ({exc}); install the package "
-            f"that provides it or put it on PYTHONPATH"
-        ) from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise AdvbenchError(f"{what}: builder {spec!r}: {module_name} has no function {attr!r}")
-    return fn
-
-
-def entry_point_source_hash(spec: str) -> str:
-    """sha256 of the source file of the builder's module (part of the cache key); ``""`` when it has none."""
-    module_name = spec.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        return ""
-    origin = getattr(found, "origin", None)
-    return sha256_file(origin) if origin and Path(origin).is_file() else ""
-
-
-def build_from_entry_point(
-    spec: str, *, num_classes: int, input_shape: tuple[int, int, int], params: dict[str, Any], what: str
+def build_brought_model(
+    name: str, *, num_classes: int, input_shape: tuple[int, int, int], params: dict[str, Any], what: str
 ) -> Classifier | HookedClassifier:
-    """Call the builder ``"module:function"`` and wrap what it returns (see the module docstring)."""
-    fn = _resolve(spec, what)
-    built = fn(num_classes=num_classes, input_shape=tuple(input_shape), **params)
+    """Call the model builder registered as ``name`` (an installed package's ``advbench.models`` entry point)
+    and wrap what it returns (see the module docstring). Nothing a suite names is imported: only a registry
+    entry is looked up."""
+    from advbench.models import MODELS
+
+    if name not in MODELS:
+        MODELS.entry(name)  # raises, naming close matches
+    built = MODELS.get(name)(num_classes=num_classes, input_shape=tuple(input_shape), **params)
     if isinstance(built, Classifier):
         return built
     if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module):
         module, layers = built
         return HookedClassifier(
-            module, [str(x) for x in layers], num_classes=num_classes, input_shape=input_shape, arch=spec
+            module, [str(x) for x in layers], num_classes=num_classes, input_shape=input_shape, arch=name
         )
     raise AdvbenchError(
-        f"{what}: builder {spec!r} returned {type(built).__name__}; expected a Classifier or a pair "
+        f"{what}: builder {name!r} returned {type(built).__name__}; expected a Classifier or a pair "
         f"(nn.Module, [hidden layer names])"
     )

@@ -237,8 +237,11 @@ def build_plan(
     for seed in suite.seeds:
         for m in suite.models:
             roles: dict[str, Any] = {"dataset": code.entry(DATASETS, suite.dataset.name)}
-            if m.recipe is not None and m.architecture is not None:
+            if m.architecture is not None and m.architecture in MODELS:
                 roles["architecture"] = code.entry(MODELS, m.architecture)
+            if m.builder is not None and m.builder in MODELS:  # a brought model's builder: its package's code
+                roles["builder"] = code.entry(MODELS, m.builder)
+            if m.recipe is not None:
                 roles["regularisers"] = [code.entry(REGULARISERS, r.name) for r in m.recipe.regularisers]
             spec = code.spec(
                 "train",
@@ -489,13 +492,10 @@ def _model_cost(m: ModelConfig) -> float:
 
 def _model_spec(m: ModelConfig) -> dict[str, Any]:
     # the label is not part of the key: two labels with the same config share one trained model
-    if m.recipe is None:  # brought by the user: its weights' digest and its builder's source identify it
-        from advbench.models.external import entry_point_source_hash
-
+    if m.recipe is None:  # brought by the user: its weights' digest and its builder (a component) identify it
         return {
             "architecture": m.architecture,
             "builder": m.builder,
-            "builder_source": entry_point_source_hash(m.builder) if m.builder else "",
             "params": m.params,
             "weights_sha256": m.weights.sha256.lower() if m.weights else None,
         }

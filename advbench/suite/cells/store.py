@@ -18,7 +18,7 @@ from advbench.config import ModelConfig
 from advbench.errors import CacheError
 from advbench.io import check_suite_path
 from advbench.models import Classifier, create_model
-from advbench.models.external import build_from_entry_point, load_weights
+from advbench.models.external import build_brought_model, load_weights
 from advbench.suite.cache import CacheEntry
 from advbench.training.checkpoint import load_checkpoint
 
@@ -83,7 +83,7 @@ def external_model(ctx: CellContext, mcfg: ModelConfig) -> Classifier:
     what = f"model {mcfg.name!r}"
     model: Any
     if mcfg.builder is not None:
-        model = build_from_entry_point(
+        model = build_brought_model(
             mcfg.builder,
             num_classes=splits.num_classes,
             input_shape=splits.input_shape,

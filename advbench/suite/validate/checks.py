@@ -98,7 +98,8 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
                         f"given {name!r}, already used by models[{seen[name]}]; expected a distinct name per model",
                     )
                 seen.setdefault(name, i)
-            if m.get("architecture") is None and m.get("builder") is not None:
+            if m.get("architecture") is None and isinstance(m.get("builder"), str) and ":" not in m["builder"]:
+                lookup(MODELS, m.get("builder"), ("models", i, "builder"))
                 continue  # a user's builder takes its own params
             arch = lookup(MODELS, m.get("architecture"), ("models", i, "architecture"))
             report_params(
