@@ -240,3 +240,21 @@ def test_report_on_an_incomplete_run_says_so_and_exits_non_zero(tmp_path, status
     proc = _report_cli(_fake_run(tmp_path, status), tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert status in proc.stderr and "advbench run" in proc.stderr
+
+
+@pytest.mark.parametrize("inside", ["run", "run/results", "run/results/deeper"])
+def test_a_report_never_writes_into_a_run_folder(tmp_path, inside):
+    """`report.output: reports/transfer/run/results.md` made the report's figure folder the committed run's results
+    folder, whose tables it replaced: a report path whose figure folder is, or lies inside, a run folder is refused."""
+    run = tmp_path / "reports" / "transfer" / "run"
+    (run / "results").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"suite": "transfer", "cells": {}}))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    target = (tmp_path / "reports" / "transfer" / inside).with_suffix(".md")
+    if inside == "run":
+        target = run / "results.md"
+    with pytest.raises(AdvbenchError, match="run folder"):
+        markdown.check_report_path(target)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # the run's own report beside it (figures in reports/transfer/, which holds the run folder) is fine
+    assert markdown.check_report_path(tmp_path / "reports" / "transfer.md") == tmp_path / "reports" / "transfer.md"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,27 @@ def check_report_path(path: str | Path) -> Path:
             f"the report {path} keeps its figures and tables in {fig_dir}, which is a file or a symlink; "
             f"move it or pass another report path (--report)"
         )
+    owner = _run_folder_at_or_above(fig_dir)
+    if owner is not None:
+        raise AdvbenchError(
+            f"refusing to write the report {path}: its figures and tables would go in {fig_dir}, which is (or lies "
+            f"inside) the run folder {owner}, and a report never writes into a run's results. Nothing was run. "
+            f"To fix: pass a report path outside every run folder, e.g. reports/<suite>.md"
+        )
     return path
+
+
+def _run_folder_at_or_above(folder: Path) -> Path | None:
+    """The run folder (one whose manifest.json names a suite) that ``folder`` is or lies inside, if any."""
+    for candidate in (folder, *folder.resolve().parents):
+        manifest = candidate / "manifest.json"
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and "suite" in data:
+            return candidate
+    return None
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
