@@ -290,3 +290,38 @@ def test_a_plugin_regulariser_claims_the_same_of_itself():
     assert reg.list() == ["mine-into", "mine-ood"] and "My regulariser improves" in ood.statement
     r = into.evaluate(_Results(suite=suite))
     assert r.verdict == "not applicable" and "transfer_metrics.csv" in r.reason
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("raise", "error: its statistic RuntimeError: plugin bug"),
+        ("exit", "error: its statistic called sys.exit(0)"),
+        ("garbage", "returned str; expected a pandas Series"),
+        ("strings", "error: its statistic ValueError"),
+    ],
+)
+def test_a_broken_claim_is_an_error_verdict_and_the_others_go_on(body, words):
+    """A claim's statistic is a plugin's code: raising, sys.exit or garbage make its verdict 'error', never the
+    run's end (sys.exit(0) used to end the run with exit 0 and no report)."""
+    import sys
+
+    reg: Registry = Registry("claim", group=None)
+
+    @register_claim("bad", statement="s", metric="m", direction="greater", registry=reg)
+    def bad(results):
+        if body == "raise":
+            raise RuntimeError("plugin bug")
+        if body == "exit":
+            sys.exit(0)
+        if body == "strings":
+            return pd.Series(["a", "b"], index=[0, 1])
+        return "garbage"
+
+    @register_claim("good", statement="s", metric="m", direction="greater", registry=reg)
+    def good(results):
+        return pd.Series([0.1, 0.2, 0.15], index=[0, 1, 2])
+
+    table = claims_table(_Results(), registry=reg).set_index("name")
+    assert table.loc["bad", "verdict"] == "error" and words in table.loc["bad", "reason"]
+    assert table.loc["good", "verdict"] in {"supported", "inconclusive"}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,9 @@ __all__ = [
 ]
 
 Direction = Literal["greater", "less"]
-Verdict = Literal["supported", "contradicted", "inconclusive", "not applicable"]
+log = logging.getLogger(__name__)
+
+Verdict = Literal["supported", "contradicted", "inconclusive", "not applicable", "error"]
 
 
 class TidyResults(Protocol):
@@ -164,17 +167,29 @@ class Claim:
     smallest_effect: float | None = None
 
     def evaluate(self, results: TidyResults, *, confidence: float = 0.95) -> ClaimResult:
-        """The verdict on ``results``; a statistic raising :class:`NotApplicableError` gives ``"not applicable"``."""
+        """The verdict on ``results``; a statistic raising :class:`NotApplicableError` gives ``"not applicable"``.
+
+        A statistic is a guest (a plugin's code): one that raises, calls ``sys.exit`` or returns anything but
+        per-seed numbers gets the verdict ``"error"`` with what went wrong, and the other claims and the
+        report go on.
+        """
         try:
             ev = self.statistic(results)
+            if isinstance(ev, pd.Series):
+                ev = Evidence(ev)
+            if not isinstance(ev, Evidence) or not isinstance(ev.per_seed, pd.Series):
+                raise TypeError(
+                    f"returned {type(ev).__name__}; expected a pandas Series of per-seed values (indexed by seed) "
+                    f"or an Evidence"
+                )
+            s = pd.to_numeric(ev.per_seed, errors="raise").astype(float).dropna().sort_index()
+            seeds = tuple(int(i) for i in s.index)
         except NotApplicableError as exc:
-            return ClaimResult(
-                self.name, self.statement, self.metric, self.direction, (), (), *(math.nan,) * 5,
-                "not applicable", None, f"not applicable: {exc}",
-            )  # fmt: skip
-        if isinstance(ev, pd.Series):
-            ev = Evidence(ev)
-        s = ev.per_seed.dropna().sort_index()
+            return self._without_verdict("not applicable", f"not applicable: {exc}")
+        except (Exception, SystemExit) as exc:
+            what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+            log.error("claim %s failed: %s; it is reported as 'error' and the other claims go on", self.name, what)
+            return self._without_verdict("error", " ".join(f"error: its statistic {what}".split())[:300])
         t, verdict, needed, reason = decide(
             s.to_numpy(float), self.direction, confidence=confidence, smallest_effect=self.smallest_effect
         )
@@ -184,7 +199,7 @@ class Claim:
             statement=self.statement,
             metric=ev.metric or self.metric,
             direction=self.direction,
-            seeds=tuple(int(i) for i in s.index),
+            seeds=seeds,
             per_seed=tuple(float(v) for v in s),
             estimate=t.estimate,
             ci_low=t.low,
@@ -194,6 +209,11 @@ class Claim:
             verdict=verdict,
             seeds_needed=needed,
             reason=f"{reason}; {ev.note}" if ev.note else reason,
+        )
+
+    def _without_verdict(self, verdict: Verdict, reason: str) -> ClaimResult:
+        return ClaimResult(
+            self.name, self.statement, self.metric, self.direction, (), (), *(math.nan,) * 5, verdict, None, reason
         )
 
 

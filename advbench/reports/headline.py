@@ -12,7 +12,7 @@ from advbench.analysis.headline import SINGLE_ATTACK, Headline
 
 __all__ = ["render_headline"]
 
-_VERDICTS = ("supported", "contradicted", "inconclusive", "not applicable")
+_VERDICTS = ("supported", "contradicted", "inconclusive", "not applicable", "error")
 
 
 def _ci(mean: Any, lo: Any, hi: Any) -> str:

@@ -717,7 +717,9 @@ def _claims_section(results: Results) -> list[str]:
         )
     counts = table["verdict"].value_counts()
     tally = ", ".join(
-        f"{int(counts[v])} {v}" for v in ("supported", "contradicted", "inconclusive", "not applicable") if v in counts
+        f"{int(counts[v])} {v}"
+        for v in ("supported", "contradicted", "inconclusive", "not applicable", "error")
+        if v in counts
     )
     return [
         "## Claims",
