@@ -299,6 +299,13 @@ def _dist_version(dist: str) -> str:
         return "absent"
 
 
+@functools.cache
+def _library_version(dist: str) -> str:
+    """:func:`_dist_version` read once per process: a plan of 1,000 cells asks for the same few libraries (4 s
+    uncached); a library is not upgraded under a running process (a plugin's version is read each time)."""
+    return _dist_version(dist)
+
+
 # -- the lock -------------------------------------------------------------------------------------
 
 
@@ -445,6 +452,6 @@ def cell_code(roles: Roles, threads: int, *, drop_libraries: Iterable[str] = ())
     libraries -= set(drop_libraries)
     return {
         "components": components,
-        "libraries": {lib: _dist_version(lib) for lib in sorted(libraries)},
+        "libraries": {lib: _library_version(lib) for lib in sorted(libraries)},
         "threads": int(threads),
     }
