@@ -102,3 +102,38 @@ def test_run_manifests_give_computed_cells_seconds_by_key_and_label(tmp_path) ->
     by_key, by_label = RunDir.measured_seconds(tmp_path, "t")
     assert by_key == {"k1": 42.0} and by_label == {"attack a": 42.0}  # a cache hit measured nothing
     assert RunDir.measured_seconds(tmp_path / "absent", "t") == ({}, {})
+
+
+def test_a_cache_hit_carries_its_compute_seconds_into_every_later_manifest(tmp_path) -> None:
+    """Issue 32: one manifest holds every cell's cost, including cells computed in an earlier part of the run."""
+    import json
+    import os
+
+    from advbench.suite.rundir import RunDir
+
+    for folder, mtime, cells in (
+        ("t-1", 1, {"train m": {"kind": "train", "key": "k1", "cached": False, "seconds": 30.0}}),
+        (
+            "t-2",
+            2,
+            {"train m": {"kind": "train", "key": "k1", "cached": True, "seconds": 0.1, "compute_seconds": 30.0}},
+        ),
+    ):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "manifest.json").write_text(json.dumps({"suite": "t", "cells": cells}))
+        os.utime(tmp_path / folder, (mtime, mtime))
+    (tmp_path / "t-1" / "manifest.json").unlink()  # only the later part's manifest is left
+    assert RunDir.measured_seconds(tmp_path, "t") == ({"k1": 30.0}, {"train m": 30.0})
+
+
+def test_record_cell_writes_compute_seconds(tmp_path) -> None:
+    from advbench.suite.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.manifest = {"suite": "t"}
+    run.record_cell("a", "attack", "k1", cached=False, seconds=12.5)
+    run.record_cell("b", "attack", "k2", cached=True, seconds=0.2, compute_seconds=40.0)
+    run.record_cell("c", "attack", "k3", cached=True, seconds=0.2)  # never measured: nothing invented
+    cells = run.manifest["cells"]
+    assert cells["a"]["compute_seconds"] == 12.5 and cells["b"]["compute_seconds"] == 40.0
+    assert "compute_seconds" not in cells["c"]

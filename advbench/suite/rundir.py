@@ -173,8 +173,9 @@ class RunDir:
     @staticmethod
     def measured_seconds(runs_dir: str | Path, name: str) -> tuple[dict[str, float], dict[str, float]]:
         """The seconds computed cells took, by cell key and by cell label, from the manifests of the runs of suite
-        ``name`` under ``runs_dir``; cells a run read from the cache are left out and a later run's measurement
-        wins. By label, a cell is found again after its code (so its key) changed.
+        ``name`` under ``runs_dir``: a computed cell's seconds, or the ``compute_seconds`` a cache hit carries
+        over from the run that computed it; a later run's record wins. By label, a cell is found again after its
+        code (so its key) changed.
 
         Every cell kind is recorded there, not only those whose cache entries keep their seconds. For estimates
         (``--plan``, the ETA) only: unreadable manifests are skipped.
@@ -184,9 +185,11 @@ class RunDir:
         for _, _, manifest in sorted(_suite_runs(runs_dir, name), key=lambda r: r[0]):
             cells = manifest.get("cells")
             for label, cell in cells.items() if isinstance(cells, dict) else ():
-                if not isinstance(cell, dict) or cell.get("cached") is not False:
+                if not isinstance(cell, dict):
                     continue
-                key, seconds = cell.get("key"), cell.get("seconds")
+                # a computed cell's seconds, or what a cache hit's computation took (recorded since issue 32)
+                key = cell.get("key")
+                seconds = cell.get("seconds") if cell.get("cached") is False else cell.get("compute_seconds")
                 if isinstance(key, str) and isinstance(seconds, int | float) and seconds > 0:
                     by_key[key] = by_label[label] = float(seconds)
         return by_key, by_label
@@ -260,16 +263,22 @@ class RunDir:
         seconds: float,
         node: str | None = None,
         attempts: int = 1,
+        compute_seconds: float | None = None,
     ) -> None:
-        """Record a finished cell: computed or from the cache, its seconds and the node that ran it."""
+        """Record a finished cell: computed or from the cache, its seconds in this run and the node that ran it.
+
+        ``compute_seconds``: what computing it took (this run's ``seconds`` for a computed cell; for a cache hit,
+        what an earlier run or part measured, when known), so that one manifest holds every cell's cost.
+        """
+        if compute_seconds is None and not cached:
+            compute_seconds = seconds
         self.manifest.setdefault("failures", {}).pop(label, None)
-        self.manifest.setdefault("cells", {})[label] = {
-            "kind": kind,
-            "key": key,
-            "cached": cached,
-            "seconds": round(seconds, 3),
-            "node": node or platform.node(),
-        } | ({"attempts": attempts} if attempts != 1 else {})
+        self.manifest.setdefault("cells", {})[label] = (
+            {"kind": kind, "key": key, "cached": cached, "seconds": round(seconds, 3)}
+            | ({"compute_seconds": round(compute_seconds, 3)} if compute_seconds is not None else {})
+            | {"node": node or platform.node()}
+            | ({"attempts": attempts} if attempts != 1 else {})
+        )
         # A computed cell is recorded at once; cache hits are cheap to redo, so batch their writes.
         if not cached or len(self.manifest["cells"]) % 50 == 0:
             self.save()

@@ -177,6 +177,9 @@ class Runner:
         failures: list[dict[str, Any]] = []
         executor = self._executor(run_dir)
 
+        # what each cell's computation took when an earlier run (or part of this one) computed it
+        measured = {c.key: c.estimate_s for c in plan.cells if c.estimate_basis == "measured"}
+
         def record(report: CellReport) -> None:
             key = report.run_key or report.key
             if report.status == "ok":
@@ -189,6 +192,7 @@ class Runner:
                     seconds=report.seconds,
                     node=report.node,
                     attempts=report.attempts,
+                    compute_seconds=measured.get(key) if report.cached else report.seconds,
                 )
                 return
             failures.append({"cell": report.label, "kind": report.kind, "status": report.status, "error": report.error})
