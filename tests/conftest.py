@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,3 +42,57 @@ def digits_model(digits_splits: Splits) -> Classifier:
     torch.manual_seed(0)
     model = create_model("cnn-digits", num_classes=10, input_shape=digits_splits.input_shape)
     return quick_train(model, digits_splits.train.x, digits_splits.train.y)
+
+
+@pytest.fixture
+def install_dist() -> Any:
+    """``install_dist(site, name, version, entry_points, modules)``: see :func:`_install_dist`."""
+    return _install_dist
+
+
+def _install_dist(site: Path, name: str, version: str, entry_points: str, modules: dict[str, str]) -> None:
+    """A real installed distribution in the folder ``site`` (on sys.path): NAME-VERSION.dist-info with its
+    METADATA and entry_points.txt, beside its modules (``{"module.py" or "pkg/__init__.py": source}``).
+    A distribution already there under that name is replaced. Worker processes see it too (they get sys.path)."""
+    import shutil
+    import textwrap
+
+    folder = name.replace("-", "_")
+    for old in site.glob(f"{folder}-*.dist-info"):
+        shutil.rmtree(old)
+    info = site / f"{folder}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points).lstrip())
+    for rel, code in modules.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(textwrap.dedent(code))
+
+
+@pytest.fixture
+def reload_plugins():
+    """``reload(registry, *modules)``: forget ``modules`` and read ``registry``'s entry points again (after
+    :func:`install_dist`); every registry reloaded is put back as it was when the test ends."""
+    import importlib
+    import sys
+
+    saved: list[tuple[Any, dict[str, Any], bool]] = []
+    dropped: list[str] = []
+
+    def reload(registry: Any, *modules: str) -> None:
+        if not any(r is registry for r, _, _ in saved):
+            saved.append((registry, dict(registry._entries), registry._loaded))
+        importlib.invalidate_caches()
+        for m in modules:
+            sys.modules.pop(m, None)
+            dropped.append(m)
+        registry._entries = dict(next(e for r, e, _ in saved if r is registry))
+        registry._loaded = False
+        registry.load_plugins()
+
+    yield reload
+    for registry, entries, loaded in saved:
+        registry._entries = entries
+        registry._loaded = loaded
+    for m in dropped:
+        sys.modules.pop(m, None)

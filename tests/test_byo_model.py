@@ -3,10 +3,8 @@ weights, both loaded from checksummed safetensors files, take part in transfer a
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -36,32 +34,22 @@ def small_mlp(*, num_classes, input_shape, width=32):
 '''
 
 
-def _write_package(root: Path) -> None:
-    """The user's package, installed: its builder is an entry point in the ``advbench.models`` group."""
-    pkg = root / "site" / "usermodels"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent(PACKAGE))
-    info = root / "site" / "usermodels-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: usermodels\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[advbench.models]\nsmall-mlp = usermodels:small_mlp\n")
-
-
 @pytest.fixture
-def installed_usermodels(tmp_path, monkeypatch):
-    """The user's package on sys.path (worker processes get it too) and the model registry reloaded."""
+def installed_usermodels(tmp_path, monkeypatch, reload_plugins, install_dist):
+    """The user's package, installed on sys.path (worker processes get it too): its builder is an entry point
+    in the ``advbench.models`` group."""
     from advbench.models import MODELS
 
-    _write_package(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    importlib.invalidate_caches()
-    sys.modules.pop("usermodels", None)
-    saved = dict(MODELS._entries)
-    MODELS._loaded = False
-    MODELS.load_plugins()
-    yield
-    MODELS._entries = saved
-    MODELS._loaded = True
+    site = tmp_path / "site"
+    install_dist(
+        site,
+        "usermodels",
+        "1.0",
+        "[advbench.models]\nsmall-mlp = usermodels:small_mlp\n",
+        {"usermodels/__init__.py": PACKAGE},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    reload_plugins(MODELS, "usermodels")
 
 
 def _train(net: torch.nn.Module, steps: int = 150) -> torch.nn.Module:

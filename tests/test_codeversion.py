@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -243,51 +242,36 @@ def test_every_planned_cell_of_every_shipped_suite_carries_its_code_and_threads(
 # -- plugins ----------------------------------------------------------------------------------------
 
 
-def _make_plugin(site: Path, version: str, body: str) -> None:
-    for old in site.glob("*.dist-info"):
-        shutil.rmtree(old)
-    info = site / f"advbench_codeid_plugin-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: advbench-codeid-plugin\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text("[advbench.attacks]\ncodeid = advbench_codeid_plugin\n")
-    (site / "advbench_codeid_plugin.py").write_text(
-        textwrap.dedent(
-            f"""
-            from advbench.attacks import register_attack
-            from advbench.attacks.fgsm import FGSM
+_PLUGIN = """
+from advbench.attacks import register_attack
+from advbench.attacks.fgsm import FGSM
 
-            @register_attack("codeid-fgsm", norm="linf", targeted=False)
-            class CodeIdFGSM(FGSM):
-                {body}
-            """
-        )
-    )
+@register_attack("codeid-fgsm", norm="linf", targeted=False)
+class CodeIdFGSM(FGSM):
+    {body}
+"""
 
 
 @pytest.fixture
-def plugin_site(tmp_path, monkeypatch):
-    """A real plugin distribution on sys.path, registered through its entry point."""
+def plugin_site(tmp_path, monkeypatch, reload_plugins, install_dist):
+    """``install(version, body)``: a real plugin distribution on sys.path, registered through its entry point."""
     from advbench.attacks import ATTACKS
 
     site = tmp_path / "site"
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
-    saved = dict(ATTACKS._entries)
 
     def install(version: str, body: str = "pass") -> None:
-        import importlib
-        import sys
+        install_dist(
+            site,
+            "advbench-codeid-plugin",
+            version,
+            "[advbench.attacks]\ncodeid = advbench_codeid_plugin\n",
+            {"advbench_codeid_plugin.py": _PLUGIN.format(body=body)},
+        )
+        reload_plugins(ATTACKS, "advbench_codeid_plugin")
 
-        _make_plugin(site, version, body)
-        importlib.invalidate_caches()
-        sys.modules.pop("advbench_codeid_plugin", None)
-        ATTACKS._entries = dict(saved)
-        ATTACKS._loaded = False
-        ATTACKS.load_plugins()
-
-    yield install
-    ATTACKS._entries = saved
-    ATTACKS._loaded = True
+    return install
 
 
 def _plugin_suite_keys() -> dict[str, str]:

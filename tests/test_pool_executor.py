@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -97,24 +94,19 @@ class AlwaysDies(FGSM):
 
 
 @pytest.fixture
-def dying_plugins(tmp_path, monkeypatch):
+def dying_plugins(tmp_path, monkeypatch, reload_plugins, install_dist):
     """An installed plugin distribution (on sys.path, so worker processes find it too) whose attacks kill their
     process: one once, one every time."""
     site = tmp_path / "site"
-    info = site / "advbench_pool_test-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: advbench-pool-test\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[advbench.attacks]\npooltest = advbench_pool_test\n")
-    (site / "advbench_pool_test.py").write_text(textwrap.dedent(_PLUGIN.format(mark=str(tmp_path / "died-once"))))
+    install_dist(
+        site,
+        "advbench-pool-test",
+        "1.0",
+        "[advbench.attacks]\npooltest = advbench_pool_test\n",
+        {"advbench_pool_test.py": _PLUGIN.format(mark=str(tmp_path / "died-once"))},
+    )
     monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    saved = dict(ATTACKS._entries)
-    ATTACKS._loaded = False
-    ATTACKS.load_plugins()
-    yield
-    ATTACKS._entries = saved
-    ATTACKS._loaded = True
-    sys.modules.pop("advbench_pool_test", None)
+    reload_plugins(ATTACKS, "advbench_pool_test")
 
 
 @pytest.mark.integration
