@@ -28,7 +28,7 @@ KILLS = 8
 pytestmark = pytest.mark.integration
 
 
-def _cmd(tmp: Path, name: str, cache: Path) -> list[str]:
+def _cmd(tmp: Path, name: str, cache: Path, *, workers: int | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -36,6 +36,7 @@ def _cmd(tmp: Path, name: str, cache: Path) -> list[str]:
         "-q",
         "run",
         str(SUITE),
+        *(["--workers", str(workers)] if workers else []),
         "--threads",
         "1",
         "--runs-dir",
@@ -112,8 +113,13 @@ def test_kill_9_at_random_points_then_resume_gives_identical_results(
     for i in range(KILLS):
         runs = tmp_path / "runs-killed"
         before = set(runs.glob("*/manifest.json")) if runs.exists() else set()
+        # in one process, so that a cell's time is what a kill must outlast to make progress (worker processes
+        # first spend seconds starting); killing a pool is the second half of this test
         proc = subprocess.Popen(
-            _cmd(tmp_path, "killed", cache), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            _cmd(tmp_path, "killed", cache, workers=1),
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         # The first kill lands during start-up; the others a random time after the run has begun
         # (its manifest exists), so machine load only shifts them, never all into start-up.
@@ -135,6 +141,19 @@ def test_kill_9_at_random_points_then_resume_gives_identical_results(
     record_property("kills", kills)  # (seconds, complete cache entries) per kill, in the JUnit XML
     # the kills landed at several different points of the plan, not all at one spot
     assert len(kills) >= 3 and len({n for _, n in kills}) >= 3, kills
+    # then the default, parallel run killed once its workers have added to the cache: they end with it
+    entries = _assert_cache_consistent(cache)
+    proc = subprocess.Popen(
+        _cmd(tmp_path, "killed", cache, workers=2), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and _assert_cache_consistent(cache) <= entries:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(1.5)  # a worker notices its driver is gone within 0.5 s
+        kills.append((-1.0, _assert_cache_consistent(cache)))
     final = subprocess.run(_cmd(tmp_path, "killed", cache), env=_env(), capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
     _assert_cache_consistent(cache)

@@ -126,3 +126,49 @@ def test_a_dead_worker_is_replaced_and_its_cell_retried(tmp_path, dying_plugins)
     assert not any("pool-test-dies-once" in c or "attack fgsm" in c for c in failed)
     outcomes = runner.results.outcomes
     assert {"fgsm", "pool-test-dies-once"} <= set(outcomes["attack"])
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from /proc (Linux)")
+def test_workers_end_when_their_driver_is_killed(tmp_path):
+    """A driver killed with SIGKILL cannot shut its pool down: its workers must still end, not compute on
+    (writing to the cache) or wait on the pool's queue forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite = yaml.safe_load((ROOT / "tests" / "suites" / "tiny.yaml").read_text())
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(suite))
+    cmd = [sys.executable, "-m", "advbench.cli.main", "-q", "run", str(tmp_path / "tiny.yaml"), "--workers", "2",
+           "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs"),
+           "--report", str(tmp_path / "tiny.md")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.time() + 120, set()
+        while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+            workers = {p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()}
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the run never started its worker processes"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.1)
+    alive = [p for p in workers if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()]
+    assert not alive, f"worker processes {alive} outlived their killed driver"

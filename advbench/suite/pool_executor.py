@@ -10,14 +10,18 @@ The result tables are added to the store in plan order, as the in-process execut
 A worker that dies (an OOM kill, a crash in native code) breaks the pool: the pool is replaced and the
 cells that were running on it are tried again, one at a time, so that a death is blamed on the cell that
 caused it; a cell whose worker dies :data:`MAX_ATTEMPTS` times is recorded as failed and the run goes on.
-Workers start with ``forkserver`` (``spawn`` where there is none): forking a process whose OpenMP runtime
-already has threads can deadlock the child.
+Workers are spawned (never forked: forking a process whose OpenMP runtime already has threads can deadlock
+the child) as children of the driver, and each ends itself as soon as the driver is gone, even when the
+driver was killed outright.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -43,13 +47,32 @@ MAX_ATTEMPTS = 3
 Tables = dict[str, list[pd.DataFrame]]
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, driver: int) -> None:
+    """A worker's set-up: its thread count, and a watchdog that ends it when the driver is gone.
+
+    A driver killed outright (``kill -9``, the OOM killer) cannot shut its pool down, and a worker blocked
+    on the pool's queue would wait for it forever (or finish its cell and write it to the cache long after
+    the run ended). The worker is the driver's child (``spawn``), so the driver's death shows as a new
+    parent process; the watchdog then ends the worker at once.
+    """
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_driver, args=(driver,), name="advbench-watchdog", daemon=True).start()
+
+
+def _exit_with_driver(driver: int) -> None:
+    while os.getppid() == driver:
+        time.sleep(_WATCHDOG_S)
+    os._exit(1)
+
+
+#: How often a worker checks that its driver is alive.
+_WATCHDOG_S = 0.5
 
 
 def _context() -> Any:
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    # spawn, not fork: forking a process whose OpenMP runtime already has threads can deadlock the child;
+    # not forkserver: its workers are the server's children, which outlive a driver killed with SIGKILL
+    return multiprocessing.get_context("spawn")
 
 
 class PoolExecutor:
@@ -168,7 +191,9 @@ class PoolExecutor:
 
 
 def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,))
+    return ProcessPoolExecutor(
+        workers, mp_context=_context(), initializer=_init_worker, initargs=(threads, os.getpid())
+    )
 
 
 def _dep(report: CellReport) -> dict[str, Any]:
