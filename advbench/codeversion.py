@@ -264,9 +264,9 @@ def closure(module: str) -> list[Path]:
     return list(_closure(module).files)
 
 
-def closure_hash(module: str) -> str:
-    """SHA-256 over the normalised sources of :func:`closure`'s files."""
-    c = _closure(module)
+def closure_hash(module: str, c: _Closure | None = None) -> str:
+    """SHA-256 over the normalised sources of :func:`closure`'s files (``c``: the closure, if already walked)."""
+    c = _closure(module) if c is None else c
     return _hash_files(c.files, c.root.parent)
 
 
@@ -279,11 +279,11 @@ def _canonical(dist: str) -> str:
     return dist.lower().replace("_", "-").replace(".", "-")
 
 
-def closure_libraries(module: str) -> frozenset[str]:
+def closure_libraries(module: str, c: _Closure | None = None) -> frozenset[str]:
     """The third-party distributions (canonical names) that ``module``'s closure imports, neutral ones aside."""
     top = module.split(".")[0]
     out: set[str] = set()
-    for name in _closure(module).top_level_imports - {top, "advbench"}:
+    for name in (_closure(module) if c is None else c).top_level_imports - {top, "advbench"}:
         if name in sys.stdlib_module_names or name.startswith("_"):
             continue
         for dist in _distributions_of().get(name, []):
@@ -343,7 +343,8 @@ class Component:
 def advbench_component(module: str, lock: Mapping[str, Mapping[str, Any]] | None = None) -> Component:
     """The component rooted at the advbench module ``module``, versioned by the lock."""
     lock = _lock() if lock is None else lock
-    digest = closure_hash(module)
+    c = _closure(module)  # walked once for the hash, the libraries and the module list
+    digest = closure_hash(module, c)
     locked = lock.get(module)
     if locked is None:
         version = f"0+{digest[:16]}"  # not locked yet: keyed by its code
@@ -351,7 +352,7 @@ def advbench_component(module: str, lock: Mapping[str, Mapping[str, Any]] | None
         version = str(locked["version"])
     else:
         version = f"{locked['version']}+{digest[:16]}"  # edited since the lock: keyed by its code too
-    return Component(module, version, closure_libraries(module), _closure(module).modules)
+    return Component(module, version, closure_libraries(module, c), c.modules)
 
 
 @functools.cache
@@ -387,7 +388,7 @@ def _object_source_hash(obj: Any) -> tuple[str, tuple[str, ...]]:
     if module and module != "__main__":
         try:
             c = _closure(module)
-            return closure_hash(module)[:16], c.modules
+            return closure_hash(module, c)[:16], c.modules
         except (AdvbenchError, OSError, SyntaxError, ValueError, ImportError):
             pass
     try:

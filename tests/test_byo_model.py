@@ -85,6 +85,18 @@ def test_a_suite_names_no_code_as_builder(builder):
         ModelConfig(name="m", builder=builder, recipe="none")
 
 
+def _write_builder_suite(name: str, builder: str) -> None:
+    """``NAME.yaml`` in the working folder: a small digits suite whose one model is brought by ``builder``."""
+    suite = {
+        "name": name,
+        "dataset": {"name": "digits", "splits": {"train": 200, "test": 100}},
+        "models": [{"name": "m", "builder": builder, "recipe": "none"}],
+        "seeds": [0],
+        "attacks": [{"name": "fgsm", "eps": [0.1]}],
+    }
+    Path(f"{name}.yaml").write_text(yaml.safe_dump(suite))
+
+
 def test_validate_and_plan_import_nothing_a_suite_names(tmp_path, monkeypatch):
     """The old hole: `builder: pkg:fn` made validate and --plan import `pkg` (running its import side effects)."""
     site = tmp_path / "site"
@@ -92,14 +104,7 @@ def test_validate_and_plan_import_nothing_a_suite_names(tmp_path, monkeypatch):
     (site / "sideeffect_pkg.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('imported')\ndef fn(): pass\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.chdir(tmp_path)
-    suite = {
-        "name": "hostile",
-        "dataset": {"name": "digits", "splits": {"train": 200, "test": 100}},
-        "models": [{"name": "m", "builder": "sideeffect_pkg:fn", "recipe": "none"}],
-        "seeds": [0],
-        "attacks": [{"name": "fgsm", "eps": [0.1]}],
-    }
-    Path("hostile.yaml").write_text(yaml.safe_dump(suite))
+    _write_builder_suite("hostile", "sideeffect_pkg:fn")
     assert main(["validate", "hostile.yaml"]) != 0
     assert main(["run", "hostile.yaml", "--plan", "--cache-dir", "cache"]) != 0
     assert not (tmp_path / "ran").exists() and "sideeffect_pkg" not in sys.modules
@@ -107,14 +112,7 @@ def test_validate_and_plan_import_nothing_a_suite_names(tmp_path, monkeypatch):
 
 def test_an_unregistered_builder_name_is_reported_with_close_matches(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    suite = {
-        "name": "typo",
-        "dataset": {"name": "digits", "splits": {"train": 200, "test": 100}},
-        "models": [{"name": "m", "builder": "cnn-digit", "recipe": "none"}],
-        "seeds": [0],
-        "attacks": [{"name": "fgsm", "eps": [0.1]}],
-    }
-    Path("typo.yaml").write_text(yaml.safe_dump(suite))
+    _write_builder_suite("typo", "cnn-digit")
     assert main(["validate", "typo.yaml"]) != 0
     err = capsys.readouterr()
     assert "cnn-digits" in err.out + err.err and "builder" in err.out + err.err

@@ -68,9 +68,7 @@ def _migratable(spec: dict[str, Any]) -> bool:
 def legacy_keys(plan: Plan) -> dict[str, str]:
     """``{new key: legacy key}`` for the cells of ``plan`` that the migration may carry over."""
     out: dict[str, str] = {}
-
-    def legacy(new: str) -> str | None:
-        return out.get(new)
+    legacy = out.get  # a new key's legacy key, for the inputs (earlier in plan order) already carried
 
     for c in plan.cells:
         s = c.spec

@@ -321,7 +321,8 @@ def build_plan(
                         f"remove the attack"
                     )
                 roles = {"attack": code.entry(ATTACKS, a.name)} if a.name in ATTACKS else {}
-                roles |= {f"knowledge:{p}": code.knowledge(p) for p in sorted(props) if code.knowledge(p)}
+                providers = {f"knowledge:{p}": code.knowledge(p) for p in sorted(props)}
+                roles |= {role: comp for role, comp in providers.items() if comp is not None}
                 for eps in a.eps:
                     body = {
                         "source": train_keys[(m.name, seed)],
