@@ -233,8 +233,11 @@ def test_every_planned_cell_of_every_shipped_suite_carries_its_code_and_threads(
     assert ctx.plan.cells
     for c in ctx.plan.cells:
         code = c.spec["code"]
-        assert set(code) == {"components", "libraries", "threads"}, c.label
+        assert set(code) == {"components", "libraries", "threads", "path"}, c.label
         assert code["threads"] == 1, c.label
+        # the numeric path of the libraries it uses: faiss's only where the cell searches neighbours
+        assert code["path"]["device"] == "cpu" and "capability" in code["path"]["torch"], c.label
+        assert ("faiss" in code["path"]) == ("faiss-cpu" in code["libraries"]), c.label
         assert code["components"]["cell"].startswith(f"advbench.suite.cells.{c.kind.replace('-', '_')}@"), c.label
         assert "torch" in code["libraries"], c.label
 

@@ -29,6 +29,7 @@ from scipy import stats as _st
 from advbench.analysis.inference import paired_t
 
 __all__ = [
+    "CONCLUSION_COLUMNS",
     "KEY_COLUMNS",
     "PAIRED",
     "REPRODUCTION_COLUMNS",
@@ -36,6 +37,7 @@ __all__ = [
     "WELCH",
     "Comparison",
     "compare_runs",
+    "conclusion_check",
     "per_seed_metrics",
     "reproduction_check",
     "welch_interval",
@@ -324,3 +326,59 @@ def reproduction_check(results_a: str | Path, results_b: str | Path, *, toleranc
                      "status": "identical" if same else "differs",
                      "detail": "" if same else "the resolved suites differ"})  # fmt: skip
     return pd.DataFrame(rows, columns=list(REPRODUCTION_COLUMNS))
+
+
+#: The columns of :func:`conclusion_check`.
+CONCLUSION_COLUMNS: tuple[str, ...] = (
+    "claim",
+    "verdict_a",
+    "verdict_b",
+    "estimate_a",
+    "estimate_b",
+    "interval_a",
+    "interval_b",
+    "status",
+)
+
+
+def _interval(row: pd.Series) -> str:
+    lo, hi = row.get("ci_low"), row.get("ci_high")
+    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:+.4g}, {hi:+.4g}]"
+
+
+def conclusion_check(results_a: str | Path, results_b: str | Path) -> pd.DataFrame:
+    """Whether two runs draw the same conclusions: each pre-registered claim's verdict, side by side.
+
+    The tolerance comparison for runs that cannot agree bit for bit (another numeric code path, another
+    thread count): a claim ``agrees`` when both runs give it the same verdict, whatever its estimate;
+    ``differs`` otherwise; ``only in A`` / ``only in B`` for a claim one run lacks. Columns
+    :data:`CONCLUSION_COLUMNS`; an empty frame when neither run has claims.
+    """
+    frames = []
+    for folder in (Path(results_a), Path(results_b)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: not a folder; expected a run's results folder (RUN/results)")
+        path = folder / "claims.csv"
+        frames.append(pd.read_csv(path).set_index("name") if path.is_file() else pd.DataFrame())
+    a, b = frames
+    rows = []
+    for name in sorted(set(a.index) | set(b.index)):
+        ra = a.loc[name] if name in a.index else None
+        rb = b.loc[name] if name in b.index else None
+        if ra is None or rb is None:
+            status = "only in A" if rb is None else "only in B"
+        else:
+            status = "agrees" if ra["verdict"] == rb["verdict"] else "differs"
+        rows.append(
+            {
+                "claim": name,
+                "verdict_a": "" if ra is None else ra["verdict"],
+                "verdict_b": "" if rb is None else rb["verdict"],
+                "estimate_a": math.nan if ra is None else ra["estimate"],
+                "estimate_b": math.nan if rb is None else rb["estimate"],
+                "interval_a": "" if ra is None else _interval(ra),
+                "interval_b": "" if rb is None else _interval(rb),
+                "status": status,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(CONCLUSION_COLUMNS))

@@ -22,7 +22,7 @@ EXAMPLE = """examples:
   advbench code lock --bump advbench.attacks.pgd   # PGD's results change: its cells (and dependents) recompute
   advbench code lock                           # a refactor that changes no result: re-lock, nothing recomputes
   advbench code why suites/quick.yaml --cell 'attack pgd*'   # the components behind those cells' keys
-  advbench code migrate suites/transfer.yaml   # carry the cache over from the per-kind code versions (once)
+  advbench code migrate suites/transfer.yaml --computed-here   # carry an old cache over (once; made here)
 
 A component is a cell kind's handler module or a registry entry's module (an attack, an architecture,
 a dataset, a regulariser) with everything of advbench it imports. Its cells are keyed by its version in
@@ -57,6 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--executor", default="local", choices=["local", "ray"], help="as for `advbench run`")
         q.add_argument("--threads", type=parse_threads, default=None, metavar="N", help="as for `advbench run`")
         q.add_argument("--data-dir", default=None, help="as for `advbench run`")
+        if name == "migrate":
+            q.add_argument(
+                "--computed-here",
+                action="store_true",
+                help="state that the legacy entries were computed on this machine's numeric path (their keys do "
+                "not say; required)",
+            )
         if name == "why":
             q.add_argument("--cell", default="*", metavar="PATTERN", help="only cells whose label matches this glob")
             q.add_argument("--closure", action="store_true", help="also list each component's modules")
@@ -144,8 +151,16 @@ def _why(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from advbench.suite.migrate import migrate
+    from advbench.suite.numerics import describe
 
     ctx = _context(args)
+    if not args.computed_here:
+        raise AdvbenchError(
+            "the legacy keys carry no numeric code path, and new keys do: a migrated entry is filed under this "
+            f"machine's path ({describe(ctx.plan.numeric_path)}). If the legacy cells were computed on this "
+            "machine (this CPU kind, these library builds), pass --computed-here; otherwise let them be "
+            "recomputed (`advbench run`)"
+        )
     result = migrate(ctx.plan, ctx.cache)
     kinds = sorted({c.kind for c in ctx.plan.cells})
     rows = [

@@ -132,6 +132,7 @@ class CellContext:
         dk = suite.evaluations.dknn
         n_dknn = min(dk.n_examples or len(transfer), len(transfer)) if dk is not None else 0
         ood = suite.evaluations.ood
+        device = resolve_device(opt.device or suite.device)
         plan = build_plan(
             suite,
             splits,
@@ -140,6 +141,7 @@ class CellContext:
             n_ood=ood.n_examples if ood and ood.dataset else 0,
             threads={kind: opt.cell_threads(kind) for kind in CELL_KINDS},
             examples=hashlib.sha256(np.ascontiguousarray(transfer, dtype=np.int64).tobytes()).hexdigest(),
+            device=str(device),
         )
         # --cache-dir > $ADVBENCH_CACHE > the suite's cache_dir (checked: inside .cache/) > default
         cache = Cache(resolve_cache_dir(suite, opt.cache_dir))
@@ -157,7 +159,7 @@ class CellContext:
             splits=splits,
             plan=plan,
             cache=cache,
-            device=resolve_device(opt.device or suite.device),
+            device=device,
             transfer_indices=transfer,
             n_dknn=n_dknn,
             cells={(c.kind, tuple(sorted(c.params.items()))): c for c in plan.cells},

@@ -40,7 +40,10 @@ LEGACY_ADVBENCH_VERSION = "0.2.0"
 #: The component version that is the legacy code.
 MIGRATABLE_VERSION = "1"
 
-_NOTE = "per-kind code versions (d48f127) -> per-component identity, code unchanged at version 1"
+_NOTE = (
+    "per-kind code versions (d48f127) -> per-component identity, code unchanged at version 1; "
+    "filed under this machine's numeric path on the user's word (--computed-here)"
+)
 
 
 def _version(lib: str) -> str:

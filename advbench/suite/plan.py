@@ -30,6 +30,7 @@ from advbench.config import AttackConfig, ModelConfig, Suite
 from advbench.data import Splits
 from advbench.errors import AdvbenchError
 from advbench.suite.cache import Cache, cache_key
+from advbench.suite.numerics import numeric_path
 
 __all__ = [
     "N_GRAD",
@@ -83,6 +84,9 @@ class Plan:
     #: components registered by code running in this process (not advbench's, not an entry point's): a
     #: fresh worker process lacks them, so a plan that uses any runs in this process
     local_code: list[str] = field(default_factory=list)
+    #: the numeric code path the cells were keyed with, every library the plan uses (see
+    #: :mod:`advbench.suite.numerics`): the manifest records it, a worker on another path refuses the cells
+    numeric_path: dict[str, Any] = field(default_factory=dict)
 
     def by_kind(self, kind: str) -> list[Cell]:
         return [c for c in self.cells if c.kind == kind]
@@ -133,15 +137,19 @@ def _adaptive_dknn_extra(a: AttackConfig, n: int, n_train: int) -> float:
 
 
 class CellCode:
-    """The one spec builder of a plan: every cell's ``code`` (components, libraries, threads) comes from here.
+    """The one spec builder of a plan: every cell's ``code`` (components, libraries, threads, numeric path)
+    comes from here.
 
     Components are memoised per plan (a suite of 1,000 cells uses a dozen). ``threads``: the torch thread
-    count each kind runs with (one for all, or per kind; ``None``: this process's).
+    count each kind runs with (one for all, or per kind; ``None``: this process's). ``device``: where the
+    cells compute; with the CPU it decides the numeric path a cell's key carries (:mod:`advbench.suite.numerics`).
     """
 
-    def __init__(self, threads: Mapping[str, int] | int | None = None) -> None:
+    def __init__(self, threads: Mapping[str, int] | int | None = None, device: str = "cpu") -> None:
         self.threads = threads
+        self.device = device
         self._components: dict[tuple[str, str], Component] = {}
+        self._libraries: set[str] = set()
 
     def _threads(self, kind: str) -> int:
         n = self.threads.get(kind) if isinstance(self.threads, Mapping) else self.threads
@@ -185,9 +193,15 @@ class CellCode:
     def spec(
         self, kind: str, body: dict[str, Any], roles: Mapping[str, Any] | None = None, **kw: Any
     ) -> dict[str, Any]:
-        """``body`` with the cell's ``code``: its kind's handler, the components in ``roles``, threads."""
+        """``body`` with the cell's ``code``: its kind's handler, the components in ``roles``, threads, and the
+        numeric path of the libraries those components use."""
         code = cell_code({"cell": self.handler(kind), **(roles or {})}, self._threads(kind), **kw)
-        return {**body, "code": code}
+        self._libraries |= set(code["libraries"])
+        return {**body, "code": code | {"path": numeric_path(self.device, code["libraries"])}}
+
+    def numeric_path(self) -> dict[str, Any]:
+        """The numeric path of every library the cells built so far use (what the manifest records)."""
+        return numeric_path(self.device, self._libraries)
 
 
 def attack_unused_backends(a: AttackConfig) -> frozenset[str]:
@@ -217,18 +231,20 @@ def build_plan(
     n_ood: int,
     threads: Mapping[str, int] | int | None = None,
     examples: str = "",
+    device: str = "cpu",
 ) -> Plan:
     """The cells of ``suite``; ``threads``: the torch thread count each kind runs with (one for all, or per kind).
 
     Every spec is built by :class:`CellCode`: the code identity of the components the cell uses and its
     thread count, so a change to either gives new keys and cells computed differently never mix.
-    ``examples``: a digest of the test examples the attacks and evaluations read (their ids).
+    ``examples``: a digest of the test examples the attacks and evaluations read (their ids); ``device``:
+    where the cells compute (with this machine's CPU and libraries, the numeric path in every key).
     """
     from advbench.data.base import DATASETS
     from advbench.models import MODELS
     from advbench.training.regularisers import REGULARISERS
 
-    code = CellCode(threads)
+    code = CellCode(threads, device)
     data = {"dataset": suite.dataset.name, "hashes": splits.hashes}
     cells: list[Cell] = []
     train_keys: dict[tuple[str, int], str] = {}
@@ -419,7 +435,7 @@ def build_plan(
                         {"model": m.name, "seed": seed},
                     )
                 )
-    return Plan(suite, cells, code.local_code())
+    return Plan(suite, cells, code.local_code(), code.numeric_path())
 
 
 _SEED = re.compile(r"\bseed=-?\d+")

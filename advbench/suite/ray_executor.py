@@ -101,6 +101,13 @@ class RayExecutor:
                 raise AdvbenchError(
                     "device: cuda was asked for, but the Ray cluster has no GPU; set device: cpu or auto"
                 )
+            if want_gpu and ctx.device.type != "cuda":
+                raise AdvbenchError(
+                    f"the Ray cluster's cells would compute on a GPU, but this driver planned them on "
+                    f"{ctx.device} (it sees no GPU), and a cell's key carries the numeric path it computes on "
+                    f"(the GPU's among it). Start the run on a node with a GPU (e.g. with `ray job submit`), "
+                    f"or set device: cpu"
+                )
             threads = ctx.options.threads or 1
             if resources.get("CPU", 0) < threads:
                 raise AdvbenchError(

@@ -26,6 +26,7 @@ from advbench.config import Suite
 from advbench.suite.cache import CacheEntry, cache_key
 from advbench.suite.context import ArtefactStore, CellContext, RunOptions
 from advbench.suite.execute import CellReport, Executor, LocalExecutor
+from advbench.suite.numerics import path_record
 from advbench.suite.plan import Plan, library_versions
 from advbench.suite.pool_executor import PoolExecutor
 from advbench.suite.rundir import RunDir
@@ -154,6 +155,8 @@ class Runner:
         # how that count was chosen, the machine's load then, and the OpenMP wait policy (suite/threads.py)
         requested = "auto" if self.opt.threads_auto else self.opt.threads
         run_dir.manifest["thread_policy"] = thread_policy(requested, self.opt.cell_threads("train"))
+        # the numeric code path every cell's key carries, and the CPU and environment behind it (suite/numerics.py)
+        run_dir.manifest["numeric_path"] = path_record(plan.numeric_path)
         try:
             self._run_cells(run_dir, render, t0, on_cell)
         except BaseException as exc:

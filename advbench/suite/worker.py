@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from advbench.config import Suite
 from advbench.errors import AdvbenchError
 from advbench.suite.context import ArtefactStore, CellContext, RunOptions
 from advbench.suite.execute import run_one
+from advbench.suite.numerics import check_worker_path
 
 __all__ = ["payload", "peak_rss_mb", "run_cell_in_worker", "worker_context"]
 
@@ -57,7 +59,7 @@ def payload(ctx: CellContext, *, device: str | None = None, **extra: Any) -> dic
         data_dir=str(Path(ctx.options.data_dir).resolve()) if ctx.options.data_dir else None,
         device=device if device is not None else str(ctx.device),
     )
-    body = {"suite": ctx.suite.model_dump(mode="json"), "options": opts}
+    body = {"suite": ctx.suite.model_dump(mode="json"), "options": opts, "numeric_path": ctx.plan.numeric_path}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     return body | {"digest": digest, "cwd": os.getcwd()} | extra
 
@@ -68,7 +70,10 @@ def worker_context(payload: dict[str, Any]) -> CellContext:
         with contextlib.suppress(OSError):
             os.chdir(payload["cwd"])  # relative paths in the suite mean what they meant to the driver
         suite = Suite.model_validate(payload["suite"])
-        _WORKER.ctx = CellContext.create(suite, RunOptions(**payload["options"]))
+        ctx = CellContext.create(suite, RunOptions(**payload["options"]))
+        # a worker on another CPU or library build would compute the cells under keys made for other bits
+        check_worker_path(payload["numeric_path"], ctx.plan.numeric_path, worker=f"{platform.node()}:{os.getpid()}")
+        _WORKER.ctx = ctx
         _WORKER.digest = payload["digest"]
         _WORKER.store = ArtefactStore()
     torch.set_num_threads(int(_WORKER.ctx.options.threads or 1))
