@@ -13,12 +13,16 @@ import pytest
 from advbench.analysis.claims import (
     CLAIM_COLUMNS,
     CLAIMS,
+    COMPONENT_COLUMNS,
     ClaimResult,
     NotApplicableError,
     baseline_model,
+    claim_components,
     claims_table,
     decide,
+    decide_components,
     evaluate_claims,
+    holm,
     model_roles,
     ood_auroc_gain,
     register_claim,
@@ -238,7 +242,7 @@ def test_roles_skip_regularised_models():
         regularised_model(suite, "center")
 
 
-def test_ood_auroc_claim_is_the_minimum_over_detectors():
+def test_ood_auroc_claim_holds_for_every_detector():
     rows = []
     for s in range(3):
         for shift in ("digits", "rotation"):
@@ -251,10 +255,14 @@ def test_ood_auroc_claim_is_the_minimum_over_detectors():
                      "metric": "credibility_auroc", "value": 0.0})  # fmt: skip
     res = _Results(suite=_reg_suite(), dknn=pd.DataFrame(rows))
     h = CLAIMS.get("h-cdd-ood-auroc-higher").evaluate(res)
-    assert h.verdict == "supported"  # mahalanobis gains 0.02 in every seed, credibility 0.05-0.07: min = 0.02
-    assert h.per_seed == pytest.approx((0.02, 0.02, 0.02)) and "mahalanobis" in h.reason
-    j = CLAIMS.get("j-supcon-ood-auroc-higher").evaluate(res)
+    assert h.verdict == "supported"  # mahalanobis gains 0.02 in every seed, credibility 0.05-0.07
+    assert [c.name.split()[0] for c in h.components] == ["credibility", "mahalanobis"]
+    assert [c.per_seed for c in h.components] == [pytest.approx((0.05, 0.06, 0.07)), pytest.approx((0.02,) * 3)]
+    # the row shows the weakest support: credibility's (its spread gives it the larger p)
+    assert h.decided_by.startswith("credibility") and h.per_seed == pytest.approx((0.05, 0.06, 0.07))
+    j = CLAIMS.get("j-supcon-ood-auroc-higher").evaluate(res)  # credibility +0.1, mahalanobis -0.1
     assert j.verdict == "contradicted" and j.per_seed == pytest.approx((-0.1, -0.1, -0.1))
+    assert j.decided_by.startswith("mahalanobis")
     assert ood_auroc_gain(res, "supcon", detectors=("credibility",)).per_seed.tolist() == pytest.approx([0.1] * 3)
 
 
@@ -325,3 +333,117 @@ def test_a_broken_claim_is_an_error_verdict_and_the_others_go_on(body, words):
     table = claims_table(_Results(), registry=reg).set_index("name")
     assert table.loc["bad", "verdict"] == "error" and words in table.loc["bad", "reason"]
     assert table.loc["good", "verdict"] in {"supported", "inconclusive"}
+
+
+# -- composite claims and the family of a suite's claims (issue 35) ------------------------------------
+
+
+def _null_components(rng: np.random.Generator, m: int, n_seeds: int = 8) -> dict[str, pd.Series]:
+    return {f"c{j}": pd.Series(rng.normal(size=n_seeds), index=range(n_seeds)) for j in range(m)}
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_a_composite_rule_keeps_false_verdicts_at_five_percent_under_the_null(m):
+    """Components with no effect (8 seeds): any verdict but inconclusive is false; at most 5% of them.
+
+    The per-seed minimum of the components, decided as one series, says 'contradicted' far more often
+    (the minimum of null components is biased below 0): the rule this replaced.
+    """
+    rng = np.random.default_rng(35 + m)
+    n_sim = 3000
+    false_rule = false_min = 0
+    for _ in range(n_sim):
+        comps = _null_components(rng, m)
+        false_rule += decide_components(comps, "greater").p < 0.05
+        false_min += decide(pd.concat(comps, axis=1).min(axis=1).to_numpy(), "greater")[1] != "inconclusive"
+    se = np.sqrt(0.05 * 0.95 / n_sim)
+    assert false_rule / n_sim <= 0.05 + 3 * se
+    if m > 1:
+        assert false_min / n_sim > 0.3  # 37% with two components, 79% with three (issue 35's simulation)
+
+
+def test_correlated_null_components_keep_the_level_too():
+    """(e) and (g) test both models' drops and their contrast, which share data: any dependence is allowed."""
+    rng = np.random.default_rng(7)
+    n_sim, wrong = 3000, 0
+    for _ in range(n_sim):
+        base, ent = rng.normal(size=8), rng.normal(size=8)
+        comps = {"base": pd.Series(base), "ent": pd.Series(ent), "ent-base": pd.Series(ent - base)}
+        wrong += decide_components(comps, "greater").p < 0.05
+    assert wrong / n_sim <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / n_sim)
+
+
+def _composite(**parts: list[float]) -> Any:
+    return lambda _r: _all_evidence({k: pd.Series(v) for k, v in parts.items()})
+
+
+def _all_evidence(components: dict[str, pd.Series]) -> Any:
+    from advbench.analysis.claims import Evidence
+
+    return Evidence(pd.concat(components, axis=1).min(axis=1), components=components)
+
+
+def test_a_composite_claim_is_supported_only_when_every_component_is():
+    reg: Registry = Registry("claim", group="advbench.test-claims")
+    up, flat, down = [0.1, 0.12, 0.11, 0.13], [0.05, -0.04, 0.02, -0.03], [-0.2, -0.22, -0.21, -0.19]
+    for name, parts in (("all-up", {"x": up, "y": up}), ("one-flat", {"x": up, "y": flat}),
+                        ("one-down", {"x": up, "y": down})):  # fmt: skip
+        register_claim(name, statement=name, metric="m", direction="greater", registry=reg)(_composite(**parts))
+    out = {r.name: r for r in evaluate_claims(_Results(), ["all-up", "one-flat", "one-down"], registry=reg)}
+    assert out["all-up"].verdict == "supported" and "every component" in out["all-up"].reason
+    assert out["one-flat"].verdict == "inconclusive" and out["one-flat"].decided_by == "y"
+    assert out["one-down"].verdict == "contradicted" and out["one-down"].decided_by == "y"
+    assert "component 'y'" in out["one-down"].reason and out["one-down"].estimate == pytest.approx(-0.205)
+    assert [c.verdict for c in out["one-down"].components] == ["supported", "contradicted"]
+
+
+def test_the_suites_claims_are_decided_as_one_family():
+    """Holm across the claims: a claim significant alone is inconclusive when the family does not hold it."""
+    reg: Registry = Registry("claim", group="advbench.test-claims")
+    strong, weak = [0.30, 0.31, 0.29, 0.30, 0.32], [0.03, 0.05, -0.005, 0.04, 0.03]  # weak: p 0.035
+    for name, v in (("strong", strong), ("weak", weak), ("other", [0.1, -0.1, 0.05, -0.05, 0.0])):
+        register_claim(name, statement=name, metric="m", direction="greater", registry=reg)(
+            lambda _r, v=v: pd.Series(v)
+        )
+    alone = {r.name: r for r in evaluate_claims(_Results(), ["weak"], registry=reg)}["weak"]
+    assert alone.p < 0.05 and alone.verdict == "supported" and alone.p_adjusted == alone.p
+    out = {r.name: r for r in evaluate_claims(_Results(), ["strong", "weak", "other"], registry=reg)}
+    expected = holm([out[n].p for n in ("strong", "weak", "other")])
+    assert [out[n].p_adjusted for n in ("strong", "weak", "other")] == pytest.approx(expected)
+    assert out["strong"].verdict == "supported"
+    assert out["weak"].p_adjusted >= 0.05 and out["weak"].verdict == "inconclusive"
+    assert "not after the correction" in out["weak"].reason and "3 claims" in out["weak"].reason
+
+
+def test_holm_matches_the_step_down_and_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    p = [0.01, 0.04, 0.03, np.nan, 0.005]
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 0.02, 0.03, 0.06, 0.06 (monotone)
+    assert holm(p)[[4, 0, 2, 1]] == pytest.approx([0.02, 0.03, 0.06, 0.06])
+    assert np.isnan(holm(p)[3])
+    rng = np.random.default_rng(3)
+    for m in (1, 2, 5, 9):
+        q = rng.uniform(size=m) ** 3
+        q[rng.integers(m)] = q[0]  # ties
+        assert holm(q) == pytest.approx(multipletests(q, method="holm")[1], abs=1e-15)
+    assert holm([]).shape == (0,)
+
+
+def test_the_table_has_kinds_adjusted_p_and_one_row_per_component():
+    table = claims_table(
+        _Results(training=_training([0.05, 0.07, 0.06])),
+        ["a-entangled-snnl-higher", "b-baseline-snnl-decreases-with-depth"],
+    )
+    assert table.set_index("name")["kind"].to_dict() == {
+        "a-entangled-snnl-higher": "manipulation check",
+        "b-baseline-snnl-decreases-with-depth": "description",
+    }
+    assert {"p_adjusted", "p_support", "p_contradict", "components", "decided_by"} <= set(table.columns)
+    comps = claim_components(table)
+    assert list(comps.columns) == list(COMPONENT_COLUMNS)
+    per_claim = comps.groupby("claim").size().to_dict()
+    assert per_claim == {"a-entangled-snnl-higher": 2, "b-baseline-snnl-decreases-with-depth": 1}
+    assert CLAIMS.get("c-entangled-clean-accuracy").kind == "finding"
+    with pytest.raises(ValueError, match="kind"):
+        register_claim("x", statement="s", metric="m", direction="greater", kind="hunch")  # type: ignore[arg-type]

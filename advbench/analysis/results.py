@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from advbench.analysis.claims import claims_table
+from advbench.analysis.claims import claim_components, claims_table
 from advbench.analysis.example_summary import SUMMARY_FILES, read_summary, summarise_examples
 from advbench.analysis.outcome_table import canonical, read_outcomes, widen
 from advbench.analysis.stats import (
@@ -49,7 +49,7 @@ _OUTCOME_TABLES = ("outcomes", "cross_outcomes")
 #: The names a table was saved under by earlier versions, still read when the current name is absent
 _LEGACY_FILES = {"dknn": "dknn.csv"}
 #: Tables derived from the others when saved (for readers of the folder); :meth:`Results.load` recomputes them.
-_DERIVED = {"paired": "paired_comparisons.csv", "claims": "claims.csv"}
+_DERIVED = {"paired": "paired_comparisons.csv", "claims": "claims.csv", "claim_components": "claim_components.csv"}
 
 
 @dataclass
@@ -133,10 +133,20 @@ class Results:
                 level = 1 if f.name == "dknn_examples" else 9
                 atomic_write_csv(table, folder / _FILES[f.name], what="a results table", compresslevel=level)
         atomic_write_text(folder / "suite.json", json.dumps(self.suite, indent=1), what="the results' suite")
-        for name, table in (("paired", self.paired()), ("claims", self.claims())):
-            atomic_write_csv(table, folder / _DERIVED[name], what="a derived results table")
+        self.save_derived(folder)
         for name, file in SUMMARY_FILES.items():
             atomic_write_csv(self.example_summary(name), folder / file, what="a summary of the per-example table")
+
+    def save_derived(self, folder: str | Path) -> None:
+        """Write the tables derived from the saved ones (paired comparisons, claims and their components) as the
+        analysis code computes them now; ``advbench report`` refreshes them so the folder and its report agree."""
+        derived = {
+            "paired": self.paired(),
+            "claims": self.claims(),
+            "claim_components": claim_components(self.claims()),
+        }
+        for name, table in derived.items():
+            atomic_write_csv(table, Path(folder) / _DERIVED[name], what="a derived results table")
 
     @classmethod
     def load(cls, folder: str | Path, *, per_example: bool = True) -> Results:

@@ -55,6 +55,8 @@ def main(args: argparse.Namespace) -> int:
             f"resumes from the cache and writes the report"
         )
     results = Results.load(run_dir / "results")
+    # the derived tables (claims, paired comparisons) as the analysis code computes them now, as the report does
+    results.save_derived(run_dir / "results")
     out = Path(args.output) if args.output else check_report_path(_suite_output(results.suite))
     manifest["run_dir"] = relative_to_project(run_dir)
     # rendered even when up to date (that is what the command is for); its stamp lets a re-run skip it

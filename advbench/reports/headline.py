@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from advbench.analysis.claims import claims_tally
 from advbench.analysis.headline import SINGLE_ATTACK, Headline
 
 __all__ = ["render_headline"]
@@ -73,11 +74,15 @@ def render_headline(h: Headline, *, report: str | None = None, run_dir: str | No
     if h.claims_error:
         lines.append(f"Claims: could not be evaluated ({h.claims_error})")
     elif not h.claims.empty:
-        lines.append(f"Claims ({len(h.claims)}):")
+        lines.append(f"Claims ({claims_tally(h.claims)}), at this run's setting (the report states it):")
+        kinds = h.claims["kind"] if "kind" in h.claims.columns else pd.Series("finding", index=h.claims.index)
         for verdict in _VERDICTS:
             sel = h.claims[h.claims["verdict"] == verdict]
             if not sel.empty:
-                lines.append(f"  {verdict}: {', '.join(map(str, sel['name']))}")
+                names = [
+                    n if k == "finding" else f"{n} ({k})" for n, k in zip(sel["name"], kinds[sel.index], strict=True)
+                ]
+                lines.append(f"  {verdict}: {', '.join(map(str, names))}")
     if h.failed_cells:
         lines.append(f"{h.failed_cells} cells failed or were skipped: the results are partial (see the report)")
     where = [f"Report: {report}"] if report else []

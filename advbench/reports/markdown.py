@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from advbench.analysis.claims import claim_components, claims_scope, claims_tally
 from advbench.analysis.results import Results
 from advbench.analysis.stats import rate_intervals
 from advbench.codeversion import report_code_version
@@ -184,6 +185,7 @@ def write_report(results: Results, path: str | Path, *, manifest: dict[str, Any]
             )
             _write_csv(results.paired(), fig_dir / "paired_comparisons.csv")
     _write_csv(results.claims(), fig_dir / "claims.csv")
+    _write_csv(claim_components(results.claims()), fig_dir / "claim_components.csv")
     comparison = results.model_comparison()
     if len(comparison):
         _write_csv(comparison, fig_dir / "model_comparison.csv")
@@ -686,6 +688,17 @@ def _fmt_value(v: float) -> str:
     return "n/a" if not np.isfinite(v) else f"{v:+.3g}"
 
 
+def _ci_text(est: float, lo: float, hi: float) -> str:
+    if np.isfinite(lo) and np.isfinite(hi):
+        return f"{_fmt_value(est)} [{_fmt_value(lo)}, {_fmt_value(hi)}]"
+    return _fmt_value(est)
+
+
+def _verdict_text(verdict: str) -> str:
+    """A verdict as the report prints it: a contradiction or support holds at the run's setting only."""
+    return f"**{verdict}** at this setting" if verdict in ("supported", "contradicted") else f"**{verdict}**"
+
+
 def _claims_section(results: Results) -> list[str]:
     table = results.claims()
     if table.empty:
@@ -693,47 +706,72 @@ def _claims_section(results: Results) -> list[str]:
     rows = []
     for r in _records(table):
         per_seed = ", ".join(f"{s}: {_fmt_value(v)}" for s, v in zip(r["seeds"], r["per_seed"], strict=True))
-        est = r["estimate"]
-        ci = (
-            f"{_fmt_value(est)} [{_fmt_value(r['ci_low'])}, {_fmt_value(r['ci_high'])}]"
-            if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"])
-            else _fmt_value(est)
-        )
         need = r["seeds_needed"]
         reason = str(r["reason"])
-        if need is not None and not pd.isna(need):
+        if need is not None and not pd.isna(need) and r["verdict"] == "inconclusive":
             reason = f"{int(need)} seeds needed; {reason}"
+        metric = f"{r['metric']} ({'> 0' if r['direction'] == 'greater' else '< 0'} claimed)"
+        if r.get("decided_by"):
+            metric += f"; shown: {r['decided_by']}"
         rows.append(
             {
                 "claim": r["name"],
+                "kind": r.get("kind", "finding"),
                 "statement": r["statement"],
-                "metric": f"{r['metric']} ({'> 0' if r['direction'] == 'greater' else '< 0'} claimed)",
+                "metric": metric,
                 "per-seed values": per_seed or "n/a",
-                "estimate [95% CI]": ci,
-                "p (t; sign-flip)": f"{_p(r['p'])}; {_p(r['p_signflip'])}",
-                "verdict": f"**{r['verdict']}**",
+                "estimate [95% CI]": _ci_text(r["estimate"], r["ci_low"], r["ci_high"]),
+                "p (t; sign-flip; Holm-adjusted)": f"{_p(r['p'])}; {_p(r['p_signflip'])}; {_p(r['p_adjusted'])}",
+                "verdict": _verdict_text(str(r["verdict"])),
                 "seeds needed / reason": reason,
             }
         )
-    counts = table["verdict"].value_counts()
-    tally = ", ".join(
-        f"{int(counts[v])} {v}"
-        for v in ("supported", "contradicted", "inconclusive", "not applicable", "error")
-        if v in counts
-    )
-    return [
+    comps = claim_components(table)
+    multi = comps[comps["claim"].map(comps["claim"].value_counts()) > 1]
+    comp_rows = [
+        {
+            "claim": c["claim"],
+            "component": c["name"],
+            "seeds": len(c["seeds"]) if isinstance(c["seeds"], list) else "",
+            "estimate [95% CI]": _ci_text(
+                *(float("nan") if c[k] is None else float(c[k]) for k in ("estimate", "ci_low", "ci_high"))
+            ),
+            "p (t; Holm across components)": f"{_p(c['p'])}; {_p(c['p_holm'])}",
+            "verdict": str(c["verdict"]),
+        }
+        for c in multi.to_dict("records")
+    ]
+    out = [
         "## Claims",
         "",
-        f"Pre-registered hypotheses and their verdicts ({tally}). Each claim reads one value per seed (the trained "
-        "network is the unit; its denominator is the number of seeds with a value) and is decided by one rule "
-        "fixed before the run: **supported** when the 95% Student-t interval of the per-seed values excludes 0 in "
-        "the claimed direction, **contradicted** when it excludes 0 in the other, **inconclusive** otherwise (with "
-        "the seeds that would detect the effect with 80% power), **not applicable** when the run lacks the data. "
-        "p: paired t-test (agrees with the interval) and exact sign-flip test over seeds. Table: `claims.csv`.",
+        f"**Scope.** {claims_scope(results.suite)}",
+        "",
+        f"Pre-registered hypotheses and their verdicts: {claims_tally(table)}. Each claim reads one value per seed "
+        "(the trained network is the unit; its denominator is the number of seeds with a value) and is decided by "
+        "rules fixed before the run. A claim's p-value is Holm-adjusted across the suite's claims, and the "
+        "verdict uses the adjusted value: **supported** when it is below 0.05 with the 95% Student-t interval on "
+        "the claimed side of 0, **contradicted** when below 0.05 on the other side, **inconclusive** otherwise "
+        "(with the seeds that would detect the effect with 80% power), **not applicable** when the run lacks the "
+        "data. A claim with several components (in every layer, for both models and more so for one) is supported "
+        "only when every component is, and contradicted only when a component is contradicted after Holm's "
+        "correction across its components; its row shows the component that decides it, and the table below "
+        "shows every component. Kinds: a *manipulation check* (did training do what it was meant to), a "
+        "*description* (of the baseline), a *finding* (the paper's claims about the manipulation). "
+        "p: paired t-test and exact sign-flip test over seeds. Tables: `claims.csv`, `claim_components.csv`.",
         "",
         _table(pd.DataFrame(rows)),
         "",
     ]
+    if comp_rows:
+        out += [
+            "Components of the composite claims (each decided by itself: supported when its 95% interval "
+            "excludes 0 in the claimed direction; contradicted when its Holm-adjusted p is below 0.05 on the "
+            "other side):",
+            "",
+            _table(pd.DataFrame(comp_rows)),
+            "",
+        ]
+    return out
 
 
 def _se(v: float) -> str:
