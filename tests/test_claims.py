@@ -21,6 +21,7 @@ from advbench.analysis.claims import (
     claims_table,
     decide,
     decide_components,
+    disjoint_pairs,
     evaluate_claims,
     holm,
     model_roles,
@@ -126,8 +127,8 @@ def test_not_applicable_says_why():
 
 def test_independent_transfer_claim_reads_cross_seed_cells():
     rows = []
-    for s in range(4):
-        t = (s + 1) % 4
+    for s in range(6):
+        t = (s + 1) % 6
         for target, rate in (("vanilla", 0.40), ("tangled", 0.35 + 0.005 * s)):
             rows.append({"source": "vanilla", "target": target, "attack": "pgd", "eps": 0.1, "seed": s,
                          "target_seed": t, "metric": "transfer_rate", "value": rate})  # fmt: skip
@@ -137,7 +138,17 @@ def test_independent_transfer_claim_reads_cross_seed_cells():
     r = CLAIMS.get("f-less-transfer-to-entangled-than-independent-baseline").evaluate(
         _Results(metrics=pd.DataFrame(rows))
     )
-    assert r.verdict == "supported" and r.per_seed == pytest.approx((-0.05, -0.045, -0.04, -0.035))
+    # the ring's pairs 0→1, 1→2, ... share models; the units are the pairs that share none: 0→1, 2→3, 4→5
+    assert r.seeds == (0, 2, 4) and r.per_seed == pytest.approx((-0.05, -0.04, -0.03))
+    assert r.verdict == "supported" and "3 pairs that share no model (0→1, 2→3, 4→5) of the 6" in r.reason
+    assert "all 6 pairs, not independent" in r.reason
+
+
+def test_disjoint_pairs_share_no_seed():
+    assert disjoint_pairs([(s, (s + 1) % 8) for s in range(8)]) == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert disjoint_pairs([(s, (s + 1) % 3) for s in range(3)]) == [(0, 1)]  # an odd ring leaves a seed out
+    every = [(s, t) for s in range(4) for t in range(4)]  # cross_seed: all
+    assert disjoint_pairs(every) == [(0, 1), (2, 3)]
 
 
 def test_neighbour_claim_with_new_columns():
@@ -201,7 +212,9 @@ def test_committed_run_verdicts():
     }
     for r in out.values():
         if r.verdict != "not applicable":
-            assert len(r.per_seed) == 8 and (r.p < 0.05) == (r.verdict in ("supported", "contradicted"))
+            # (f)'s units are the 4 source/target pairs of the ring that share no model
+            assert len(r.per_seed) == (4 if r.name.startswith("f-") else 8)
+            assert (r.p_adjusted < 0.05) == (r.verdict in ("supported", "contradicted"))
 
 
 def test_detection_claim_reads_successful_attack_auroc():
