@@ -790,9 +790,7 @@ def _cross_seed_gap(m: pd.DataFrame, source: str, base: str, ent: str) -> pd.Ser
         & (m["target_seed"] != m["seed"])
         & m["target"].isin([base, ent])
     ]
-    wide = rows.pivot_table(
-        index=["seed", "target_seed"], columns="target", values="value", aggfunc="mean"
-    )
+    wide = rows.pivot_table(index=["seed", "target_seed"], columns="target", values="value", aggfunc="mean")
     if rows.empty or base not in wide.columns or ent not in wide.columns:
         raise NotApplicableError(
             f"no cross-seed transfer cells from {source!r} to both {base!r} and {ent!r} of another seed"
