@@ -24,6 +24,7 @@ from advbench.errors import ThreatModelError
 from advbench.suite.context import RunOptions
 from advbench.suite.execute import CellTimeoutError
 from advbench.suite.runner import Runner
+from advbench.training.regularisers import REGULARISERS, Regulariser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,3 +176,51 @@ def test_hanging_attack_is_stopped_at_the_time_limit(tmp_path):
     with pytest.raises((AttackTimeoutError, CellTimeoutError), match="time limit of 1 s"):
         _run(suite, tmp_path, "hang", tmp_path / "cache", fail_fast=True, time_limit=1.0)
     assert time.perf_counter() - t0 < 120
+
+
+class _LeavesFloat64(Regulariser):
+    """A regulariser that sets float64 as torch's default dtype and leaves it so (a guest's worst habit)."""
+
+    def forward(self, feats, y):
+        torch.set_default_dtype(torch.float64)
+        return {"zero": feats[self.layers[0]].sum() * 0.0}
+
+
+class _GradOff(Regulariser):
+    """A regulariser that turns grad mode off for everything after it."""
+
+    def forward(self, feats, y):
+        torch.set_grad_enabled(False)
+        return {"zero": feats[self.layers[0]].sum() * 0.0}
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "needle"),
+    [("test-leaves-float64", _LeavesFloat64, "default dtype"), ("test-grad-off", _GradOff, "grad mode")],
+)
+def test_a_regulariser_that_changes_global_state_fails_only_its_own_cells(tmp_path, name, cls, needle):
+    """Every plugin kind is a guest: the state is restored, its cells fail naming it, the others are unaffected."""
+    REGULARISERS.add(name, cls, source="tests")
+    try:
+        doc = yaml.safe_load((ROOT / "tests" / "suites" / "tiny.yaml").read_text())
+        doc["seeds"] = [0]
+        doc["attacks"] = [{"name": "fgsm", "eps": [0.1]}]
+        recipe = {"epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.003, "snnl": {"alpha": 0.0}}
+        doc["models"] = [
+            {"name": "baseline", "architecture": "cnn-digits", "recipe": recipe},
+            {"name": "sloppy", "architecture": "cnn-digits",
+             "recipe": recipe | {"regularisers": [{"name": name, "weight": 0.1}]}},
+        ]  # fmt: skip
+        runner = _run(Suite.model_validate(doc), tmp_path, "guest", tmp_path / "cache")
+    finally:
+        REGULARISERS.unregister(name)
+    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
+    failures = pd.DataFrame(runner.failures)
+    failed = failures[failures["status"] == "failed"]
+    assert failed["cell"].tolist() == ["train sloppy seed=0"], failures
+    error = failed["error"].iloc[0]
+    assert needle in error and "regularisers" in error and "restored" in error
+    # the baseline's own cells ran, its FGSM cell is not blamed (only transfer into `sloppy` is skipped)
+    assert not failures["cell"].str.contains(r"on baseline|(train|evaluation|index|score) baseline").any(), failures
+    clean = runner.results.clean
+    assert clean.loc[clean["model"] == "baseline", "test_accuracy"].notna().all()

@@ -9,8 +9,10 @@ non-integer split sizes. Each is refused before any model sees the data.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +165,28 @@ def test_registered_dataset_too_small_for_the_splits(user_dataset):
 
 def test_registrations_are_cleaned_up():
     assert not DATASETS.list("reliability-user-set-*")
+
+
+@pytest.mark.parametrize("habit", ["float64", "exit"])
+def test_a_dataset_loader_is_a_guest(user_dataset, tmp_path, habit):
+    """A loader that changes torch's global state (restored) or calls sys.exit stops the run with its name."""
+    import torch
+    import yaml
+
+    from advbench.config import Suite
+    from advbench.errors import AdvbenchError
+    from advbench.suite.context import CellContext, RunOptions
+
+    def loader() -> object:
+        if habit == "exit":
+            sys.exit(0)
+        torch.set_default_dtype(torch.float64)
+        return _raw()
+
+    name = user_dataset(loader)
+    doc = yaml.safe_load((Path(__file__).parent / "suites" / "tiny.yaml").read_text())
+    doc["dataset"] = {"name": name}
+    with pytest.raises(AdvbenchError, match=f"dataset {name!r}") as info:
+        CellContext.create(Suite.model_validate(doc), RunOptions(cache_dir=str(tmp_path), progress=False))
+    assert ("sys.exit(0)" if habit == "exit" else "default dtype") in str(info.value)
+    assert torch.get_default_dtype() == torch.float32

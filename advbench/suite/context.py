@@ -95,6 +95,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _load_as_guest(name: str, **kw: Any) -> Any:
+    """:func:`load_dataset` with the dataset's loader as a guest (a plugin's code): ``sys.exit`` and a change to
+    torch's global state (restored) become an error naming the dataset, before any cell runs."""
+    from advbench.attacks.contract import GlobalState
+
+    state = GlobalState.take(torch.nn.Module())
+    try:
+        raw = load_dataset(name, **kw)
+    except SystemExit as exc:
+        raise AdvbenchError(
+            f"dataset {name!r}: its loader called sys.exit({exc.code!r}); a plugin may not end the run. "
+            f"Fix the dataset plugin (raise an exception instead)"
+        ) from exc
+    finally:
+        changed = state.restore()
+    if changed:
+        raise AdvbenchError(
+            f"dataset {name!r}: its loader changed torch's global state it must leave alone: {'; '.join(changed)}. "
+            f"It was restored and the run stops before any cell runs; fix the dataset plugin"
+        )
+    return raw
+
+
 @dataclass(frozen=True)
 class CellContext:
     """Everything a cell handler reads besides its inputs' artefacts. Build one with :meth:`create`."""
@@ -116,7 +139,7 @@ class CellContext:
         """Load the data splits, plan the cells and open the cache for ``suite``."""
         opt = options or RunOptions()
         d = suite.dataset
-        raw = load_dataset(d.name, data_dir=opt.data_dir or d.data_dir, **d.params)
+        raw = _load_as_guest(d.name, data_dir=opt.data_dir or d.data_dir, **d.params)
         splits = make_splits(
             raw,
             train=d.splits.train,
@@ -218,6 +241,23 @@ class ArtefactStore:
         """The frames added to ``table``, concatenated (an empty frame when there are none)."""
         frames = self.tables[table]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def mark(self) -> tuple[dict[str, int], dict[str, set[Any]]]:
+        """Where the store stands now, for :meth:`rollback` (table lengths, artefact keys)."""
+        return (
+            {t: len(f) for t, f in self.tables.items()},
+            {"models": set(self.models), "adversarial": set(self.adversarial), "indices": set(self.indices)},
+        )
+
+    def rollback(self, mark: tuple[dict[str, int], dict[str, set[Any]]]) -> None:
+        """Drop what was added since :meth:`mark` (the artefacts and tables of a cell whose results are refused)."""
+        lengths, keys = mark
+        for t, frames in self.tables.items():
+            del frames[lengths.get(t, 0) :]
+        for name, before in keys.items():
+            d: dict[Any, Any] = getattr(self, name)
+            for k in set(d) - before:
+                del d[k]
 
     def with_models_only(self) -> ArtefactStore:
         """A store sharing this one's models and nothing else (what a Ray task starts from)."""

@@ -21,8 +21,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from torch import nn
 from tqdm.auto import tqdm
 
+from advbench.attacks.contract import GlobalState
 from advbench.errors import AdvbenchError
 from advbench.io import is_disk_full
 from advbench.suite.cache import cache_key
@@ -141,21 +143,62 @@ def run_one(
     if cell is None:
         return CellReport(planned.key, planned.label, planned.kind, "skipped", error=reason)
     start = time.perf_counter()
+    # every plugin kind is a guest (attacks also check each call, with the model): torch's global switches
+    # and module hooks are snapshotted around the cell and restored, and a change fails this cell, naming
+    # the plugins it ran, so a later, innocent cell is never blamed
+    state, mark = GlobalState.take(_NO_MODEL), store.mark()
     try:
         try:
             cached = execute_cell(ctx, cell, store)
         except SystemExit as exc:  # code inside the cell (a plugin) may not end the run
             raise AdvbenchError(
-                f"code run by {cell.label} called sys.exit({exc.code!r}); nothing inside a cell may end the run, "
-                f"so this cell fails and the rest goes on. A plugin must raise an exception instead"
+                f"code run by {cell.label} ({guests(cell)}) called sys.exit({exc.code!r}); nothing inside a cell "
+                f"may end the run, so this cell fails and the rest goes on. A plugin must raise an exception instead"
             ) from exc
+        finally:
+            changed = state.restore()
+        if changed:
+            store.rollback(mark)
+            ctx.cache.discard(cell.kind, cell.key, "the code that made it changed torch's global state")
+            raise GuestStateError(
+                f"code run by {cell.label} ({guests(cell)}) changed torch's global state it must leave alone: "
+                f"{'; '.join(changed)}. It was restored and this cell's results are refused; a plugin must undo "
+                f"any change it makes (use context managers such as torch.no_grad())"
+            )
     except Exception as exc:
+        if changed and not isinstance(exc, GuestStateError) and not is_fatal(exc):
+            # the state change is the likelier cause of the failure: say both
+            store.rollback(mark)
+            guest = GuestStateError(
+                f"code run by {cell.label} ({guests(cell)}) changed torch's global state ({'; '.join(changed)}; "
+                f"restored), and the cell then failed: {failure_message(exc)}"
+            )
+            guest.__cause__ = exc
+            exc = guest
         if ctx.options.fail_fast or is_fatal(exc):
-            raise
+            raise exc
         return CellReport(planned.key, cell.label, cell.kind, "failed", error=failure_message(exc), run_key=cell.key)
     return CellReport(
         planned.key, cell.label, cell.kind, "ok", cached=cached, seconds=time.perf_counter() - start, run_key=cell.key
     )
+
+
+#: what :class:`GlobalState` snapshots when there is no model: torch's switches and the global module hooks
+_NO_MODEL = nn.Module()
+
+
+class GuestStateError(AdvbenchError):
+    """Code run by a cell (a plugin) left torch's global state changed; the cell's results are refused."""
+
+
+def guests(cell: Cell) -> str:
+    """The plugin components a cell runs (role and identity), or ``advbench's own code`` when it runs none."""
+    out = []
+    for role, ident in cell.spec.get("code", {}).get("components", {}).items():
+        for i in ident if isinstance(ident, list) else [ident]:
+            if not str(i).startswith("advbench."):
+                out.append(f"{role} {i}")
+    return ", ".join(out) or "advbench's own code"
 
 
 class LocalExecutor:
