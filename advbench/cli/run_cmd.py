@@ -7,6 +7,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from tabulate import tabulate
 
@@ -14,7 +15,7 @@ from advbench.analysis.results import Results
 from advbench.cli.console import RunProgress
 from advbench.cli.show_cmd import run_headline
 from advbench.config import Suite
-from advbench.errors import ConfigError
+from advbench.errors import AdvbenchError, ConfigError
 from advbench.io import display_path, relative_to_project
 from advbench.reports.markdown import check_report_path, write_run_report
 from advbench.suite.context import RunOptions
@@ -22,7 +23,7 @@ from advbench.suite.paths import resolve_report_path
 from advbench.suite.plan import describe_plan
 from advbench.suite.rundir import RunDir
 from advbench.suite.runner import Renderer, Runner
-from advbench.suite.threads import AUTO, available_memory_mb, resolve_threads
+from advbench.suite.threads import AUTO, MAX_THREADS, available_memory_mb, check_local_threads, resolve_threads
 from advbench.suite.validate import load_suite
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,14 @@ def main(args: argparse.Namespace) -> int:
         from advbench.suite.ray_executor import require_ray
 
         require_ray()
+    if args.executor == "local" and isinstance(args.threads, int):
+        try:
+            check_local_threads(args.threads)
+        except ValueError as exc:
+            raise AdvbenchError(str(exc)) from None
+    for flag, value in (("--runs-dir", args.runs_dir), ("--cache-dir", args.cache_dir)):
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise AdvbenchError(f"{flag} {value}: is a file; expected a folder (it is created if missing)")
     opts = RunOptions(
         runs_dir=args.runs_dir,
         cache_dir=args.cache_dir,
@@ -188,8 +197,9 @@ def parse_threads(text: str) -> int | str:
     return AUTO if text.strip().lower() == AUTO else _positive_int(text)
 
 
-def _count(one: str, many: str) -> Callable[[str], int]:
-    """An argparse type for a whole number >= 1 of something (``one``: "thread", ``many``: "threads")."""
+def _count(one: str, many: str, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type for a whole number >= 1 (and <= ``most``) of something (``one``: "thread", ``many``:
+    "threads")."""
 
     def parse(text: str) -> int:
         try:
@@ -198,10 +208,12 @@ def _count(one: str, many: str) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number of {many}, got {text!r}") from None
         if value < 1:
             raise argparse.ArgumentTypeError(f"expected at least 1 {one}, got {text!r}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"expected at most {most} {many.split(' or ')[0]}, got {text!r}")
         return value
 
     return parse
 
 
-_positive_int = _count("thread", "threads or 'auto'")
-_workers = _count("worker process", "worker processes")
+_positive_int = _count("thread", "threads or 'auto'", MAX_THREADS)
+_workers = _count("worker process", "worker processes", MAX_THREADS)

@@ -212,7 +212,7 @@ def _recipe_none(value: Any) -> Any:
 
 
 class ModelConfig(_Strict):
-    name: str = Field(pattern=_NAME, description="a label unique within the suite, e.g. 'entangled'")
+    name: str = Field(pattern=_NAME, max_length=64, description="a label unique within the suite, e.g. 'entangled'")
     architecture: str | None = Field(
         None, description="a registered model: `advbench list models` (or give `builder` instead)"
     )
@@ -376,7 +376,7 @@ class ReportConfig(_Strict):
 class Suite(_Strict):
     """A benchmark suite: a dataset, paired models, seeds, attacks and evaluations."""
 
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=_NAME, max_length=100, description="names the run folders and the report")
     description: str = ""
     dataset: DatasetConfig
     models: list[ModelConfig] = Field(min_length=1)

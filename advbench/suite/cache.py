@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advbench.errors import CacheError
+from advbench.errors import AdvbenchError, CacheError
 from advbench.hashing import sha256_file
 from advbench.io import DiskFullError, atomic_write_text, fsync_dir, is_disk_full
 
@@ -108,6 +108,11 @@ class Cache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise AdvbenchError(
+                f"cache folder {self.root}: is a file; expected a folder (it is created if missing). Give another "
+                f"--cache-dir or $ADVBENCH_CACHE"
+            )
         try:
             fresh = not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir()))
             self.root.mkdir(parents=True, exist_ok=True)

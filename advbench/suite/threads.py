@@ -25,9 +25,11 @@ from typing import Any
 
 __all__ = [
     "AUTO",
+    "MAX_THREADS",
     "OPENMP_VARIABLES",
     "available_cpus",
     "available_memory_mb",
+    "check_local_threads",
     "free_cpus",
     "resolve_threads",
     "thread_policy",
@@ -68,6 +70,22 @@ def free_cpus(load: float | None = None, cpus: int | None = None) -> int:
     return max(1, min(cpus, cpus - round(load)))
 
 
+#: The most torch threads a cell may ask for anywhere (OpenMP starts them all; 100,000 does not start).
+MAX_THREADS = 1024
+#: On this machine (the local executor), at most this many threads per CPU it may use.
+LOCAL_THREADS_PER_CPU = 4
+
+
+def check_local_threads(threads: int | None, cpus: int | None = None) -> None:
+    """Refuse a ``--threads`` that this machine cannot run: more than :data:`LOCAL_THREADS_PER_CPU` per CPU."""
+    cpus = available_cpus() if cpus is None else cpus
+    if threads is not None and threads > LOCAL_THREADS_PER_CPU * cpus:
+        raise ValueError(
+            f"--threads {threads}: this process may use {cpus} CPU(s), so {threads} threads per cell would only "
+            f"oversubscribe them; pass at most {cpus} (or use --executor ray on a larger cluster)"
+        )
+
+
 def resolve_threads(requested: int | str | None) -> int | None:
     """``--threads`` as a count: an int as is, ``"auto"`` as :func:`free_cpus` now, ``None`` stays ``None``.
 
@@ -80,9 +98,11 @@ def resolve_threads(requested: int | str | None) -> int | None:
         n = free_cpus()
         log.info("--threads auto: %d of %d CPUs free (1-minute load %.2f)", n, available_cpus(), _load())
         return n
-    if isinstance(requested, int) and requested >= 1:
+    if isinstance(requested, int) and 1 <= requested <= MAX_THREADS:
         return requested
-    raise ValueError(f"threads must be a whole number >= 1 or {AUTO!r}, got {requested!r}; pass e.g. --threads 1")
+    raise ValueError(
+        f"threads must be a whole number from 1 to {MAX_THREADS} or {AUTO!r}, got {requested!r}; pass e.g. --threads 1"
+    )
 
 
 def thread_policy(requested: int | str | None, threads: int) -> dict[str, Any]:

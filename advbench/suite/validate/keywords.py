@@ -62,6 +62,17 @@ def report_attack_params(report: Problems, attack: Any, entry: dict[str, Any], i
                 (*loc, key), f"given {short(given[key])}; expected no {key!r} here: advbench sets it {how}; remove it"
             )
     rest = {k: v for k, v in given.items() if k not in RESERVED_ATTACK}
-    for msg in checker(rest, backend=entry.get("backend")):
+    try:  # the attack's own check is a plugin's code: an unannotated parameter reaches it with any type
+        messages = list(checker(rest, backend=entry.get("backend")))
+    except (Exception, SystemExit) as exc:
+        what = f"sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        given_text = ", ".join(f"{k}={short(v)} ({type(v).__name__})" for k, v in rest.items()) or "none"
+        report.add(
+            loc,
+            f"the attack's own parameter check failed ({what}) on the given parameters ({given_text}); a value "
+            f"probably has the wrong type (e.g. a quoted number): fix it, or ask the plugin to annotate its parameters",
+        )
+        return
+    for msg in messages:
         field = "backend" if msg.startswith("backend ") and "backend" in entry else "params"
         report.add(("attacks", index, field), msg)

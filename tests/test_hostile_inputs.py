@@ -1,0 +1,93 @@
+"""Inputs that used to end in a traceback get a clear error instead (issue 33's "old tracebacks")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from advbench.attacks import ATTACKS
+from advbench.attacks.fgsm import FGSM
+from advbench.cli.main import main
+from advbench.errors import ConfigError
+from advbench.suite.threads import MAX_THREADS, check_local_threads
+from advbench.suite.validate import validate_suite_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "suites" / "tiny.yaml"
+
+
+def _doc(**changes: Any) -> dict[str, Any]:
+    doc = yaml.safe_load(TINY.read_text())
+    doc.update(changes)
+    return doc
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--workers"])
+def test_absurd_thread_and_worker_counts_are_refused_by_the_parser(flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(TINY), "--plan", flag, "100000"])
+    assert exit_.value.code == 2
+    assert f"expected at most {MAX_THREADS}" in capsys.readouterr().err
+
+
+def test_more_threads_than_this_machine_can_run_is_refused():
+    check_local_threads(8, cpus=2)  # up to 4 per CPU is allowed
+    with pytest.raises(ValueError, match="may use 2 CPU") as err:
+        check_local_threads(9, cpus=2)
+    assert "pass at most 2" in str(err.value)
+
+
+@pytest.mark.parametrize("flag", ["--runs-dir", "--cache-dir"])
+def test_a_runs_or_cache_folder_that_is_a_file_is_refused(tmp_path, capsys, flag):
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    assert main(["run", str(TINY), "--plan", flag, str(a_file)]) == 2
+    assert f"{flag} {a_file}: is a file; expected a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "mine"
+
+
+def test_the_cache_refuses_a_file_named_by_the_environment(tmp_path, monkeypatch, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    monkeypatch.setenv("ADVBENCH_CACHE", str(a_file))
+    assert main(["run", str(TINY), "--plan"]) == 2
+    assert "is a file; expected a folder" in capsys.readouterr().err
+
+
+def test_names_too_long_for_a_file_name_are_refused_before_anything_runs():
+    with pytest.raises(ConfigError) as err:
+        validate_suite_dict(_doc(name="x" * 300))
+    assert "at most 100 characters" in str(err.value)
+    doc = _doc()
+    doc["models"][0]["name"] = "m" * 65
+    with pytest.raises(ConfigError, match="at most 64 characters"):
+        validate_suite_dict(doc)
+
+
+class _Unannotated(FGSM):
+    """A plugin whose parameter is not annotated and whose own value check compares it with a number."""
+
+    def __init__(self, *, steps=10, **kw):
+        super().__init__(**kw)
+        self.steps = steps
+
+    @classmethod
+    def _check_values(cls, params):
+        return ["steps must be at least 1"] if params["steps"] < 1 else []
+
+
+def test_a_plugins_own_parameter_check_that_raises_is_a_problem_not_a_traceback():
+    ATTACKS.add("test-unannotated", _Unannotated, source="tests")
+    try:
+        doc = _doc(attacks=[{"name": "test-unannotated", "eps": [0.1], "params": {"steps": "ten"}}])
+        with pytest.raises(ConfigError) as err:
+            validate_suite_dict(doc)
+        text = str(err.value)
+        assert "parameter check failed (TypeError" in text and "steps='ten' (str)" in text
+        # a well-typed value passes through the same check
+        validate_suite_dict(_doc(attacks=[{"name": "test-unannotated", "eps": [0.1], "params": {"steps": 3}}]))
+    finally:
+        ATTACKS.unregister("test-unannotated")
