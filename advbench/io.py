@@ -41,6 +41,7 @@ from advbench.errors import AdvbenchError, CacheError
 
 __all__ = [
     "GENERATED_MARK",
+    "MAX_EXPANSION",
     "DiskFullError",
     "FileWriteError",
     "OverwriteRefusedError",
@@ -56,6 +57,7 @@ __all__ = [
     "is_disk_full",
     "is_generated_file",
     "project_root",
+    "read_run_table",
     "relative_to_project",
     "suite_path_problems",
     "write_error",
@@ -493,3 +495,41 @@ def check_suite_path(
         raise UnsafePathError("; ".join(problems))
     b = Path(base) if base is not None else Path.cwd()
     return Path(os.path.realpath(b / os.fspath(value)))
+
+
+# -- reading a run folder, which may be damaged or hostile ----------------------------------------
+
+#: How many times its size a compressed results table may expand to (CSV gzips 5-20x; a gzip bomb 1000x).
+MAX_EXPANSION = 200
+#: ... but a small file may always expand to this many bytes.
+_MIN_EXPANSION_BOUND = 64 << 20
+
+
+def read_run_table(path: str | Path, **read_csv: Any) -> Any:
+    """A CSV (or ``.csv.gz``) table of a run folder as a DataFrame, read as untrusted input.
+
+    A symbolic link is refused (a run folder's files are never links; following one could print any file
+    of the machine), and a gzip file is decompressed in a bounded read: one that would expand beyond
+    :data:`MAX_EXPANSION` times its size (at least 64 MiB) is refused before it fills the memory.
+    ``read_csv``: keyword arguments of :func:`pandas.read_csv`.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_symlink():
+        raise AdvbenchError(
+            f"{path}: a symbolic link (to {os.readlink(path)}); a run folder's files are never links, so it was "
+            f"tampered with or copied with links kept. Refusing to follow it; copy the folder with `cp -rL` or re-run"
+        )
+    if path.suffix != ".gz":
+        return pd.read_csv(path, **read_csv)
+    size = path.stat().st_size
+    bound = max(_MIN_EXPANSION_BOUND, MAX_EXPANSION * size)
+    with gzip.open(path, "rb") as fh:
+        data = fh.read(bound + 1)
+    if len(data) > bound:
+        raise AdvbenchError(
+            f"{path}: expands to more than {bound >> 20} MiB from {size:,} bytes (over {MAX_EXPANSION}x); no results "
+            f"table does, so the file is damaged or hostile. Refusing to read it; re-run the suite to write it again"
+        )
+    return pd.read_csv(io.BytesIO(data), **read_csv)

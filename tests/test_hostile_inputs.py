@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,71 @@ def test_a_plugins_own_parameter_check_that_raises_is_a_problem_not_a_traceback(
         validate_suite_dict(_doc(attacks=[{"name": "test-unannotated", "eps": [0.1], "params": {"steps": 3}}]))
     finally:
         ATTACKS.unregister("test-unannotated")
+
+
+# -- run folders are read as untrusted input -------------------------------------------------------
+
+
+def test_a_symlinked_table_is_refused_not_followed(tmp_path):
+    import pandas as pd
+
+    from advbench.errors import AdvbenchError
+    from advbench.io import read_run_table
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("name\nroot:x:0:0\n")
+    link = tmp_path / "claims.csv"
+    link.symlink_to(secret)
+    with pytest.raises(AdvbenchError, match="symbolic link") as err:
+        read_run_table(link)
+    assert "root:x" not in str(err.value)
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"a": [1, 2]}).to_csv(plain, index=False)
+    assert read_run_table(plain)["a"].tolist() == [1, 2]
+
+
+def test_a_gzip_bomb_is_refused_before_it_fills_the_memory(tmp_path):
+    import gzip
+
+    import pandas as pd
+
+    from advbench.errors import AdvbenchError
+    from advbench.io import read_run_table
+
+    bomb = tmp_path / "outcomes.csv.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as fh:
+        fh.write(b"a\n")
+        chunk = b"0\n" * (1 << 20)
+        for _ in range(80):  # 160 MiB of zeros, a few hundred KiB compressed
+            fh.write(chunk)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(AdvbenchError, match="expands to more than 64 MiB"):
+        read_run_table(bomb)
+    fine = tmp_path / "fine.csv.gz"
+    pd.DataFrame({"a": range(1000)}).to_csv(fine, index=False)
+    assert len(read_run_table(fine)) == 1000
+
+
+def test_compare_exact_refuses_a_table_linked_out_of_the_run_folder(tmp_path, capsys):
+    import shutil
+
+    run = ROOT / "reports" / "cdd-sweep" / "run"
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(run, a)
+    shutil.copytree(run, b)
+    (b / "results" / "clean.csv").unlink()
+    (b / "results" / "clean.csv").symlink_to("/etc/hostname")
+    assert main(["compare", str(a), str(b), "--exact"]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and "clean.csv" in err
+
+
+def test_a_suite_description_is_shown_as_text_not_markup():
+    from advbench.reports.markdown import escape_markdown
+
+    hostile = "Paired <img src=x onerror=alert(1)> ![t](http://tracker/p.png) [c](javascript:x) | *b*\n# H"
+    text = escape_markdown(hostile)
+    # every character that could open a tag, a link, an image, emphasis, a cell or a heading is escaped
+    assert re.search(r"(?<!\\)[<>\[\]()*|!#&]", text) is None and "\n" not in text
+    assert text.replace("\\", "") == " ".join(hostile.split())  # and nothing else changes
+    assert escape_markdown("- a").startswith("\\-") and escape_markdown("1. a").startswith("1\\.")

@@ -44,8 +44,10 @@ def test_resolve_threads():
     assert resolve_threads(None) is None
     assert resolve_threads(3) == 3
     assert 1 <= resolve_threads(AUTO) <= available_cpus()  # type: ignore[operator]
-    with pytest.raises(ValueError, match="whole number >= 1 or 'auto'"):
+    with pytest.raises(ValueError, match="whole number from 1 to 1024 or 'auto'"):
         resolve_threads("many")
+    with pytest.raises(ValueError, match="from 1 to 1024"):
+        resolve_threads(100_000)
 
 
 def test_threads_flag_accepts_auto_and_counts():

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats as _st
 
 from advbench.analysis.inference import paired_t
+from advbench.io import read_run_table
 
 __all__ = [
     "CONCLUSION_COLUMNS",
@@ -260,7 +261,7 @@ REPRODUCTION_COLUMNS: tuple[str, ...] = ("table", "rows_a", "rows_b", "status", 
 
 def _read_tidy(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, keep_default_na=True, low_memory=False)
+        return read_run_table(path, keep_default_na=True, low_memory=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 
@@ -359,7 +360,7 @@ def conclusion_check(results_a: str | Path, results_b: str | Path) -> pd.DataFra
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: not a folder; expected a run's results folder (RUN/results)")
         path = folder / "claims.csv"
-        frames.append(pd.read_csv(path).set_index("name") if path.is_file() else pd.DataFrame())
+        frames.append(read_run_table(path).set_index("name") if path.is_file() else pd.DataFrame())
     a, b = frames
     rows = []
     for name in sorted(set(a.index) | set(b.index)):

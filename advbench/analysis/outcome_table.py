@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from advbench.evaluation.transfer import OUTCOME_COLUMNS
+from advbench.io import read_run_table
 
 __all__ = ["VALUE_COLUMNS", "canonical", "narrow", "read_outcomes", "widen"]
 
@@ -97,7 +98,7 @@ def narrow(wide: pd.DataFrame) -> pd.DataFrame:
 
 def read_outcomes(path: str | Path) -> pd.DataFrame:
     """The long outcomes table saved at ``path`` in either layout, in :func:`canonical` order."""
-    table = pd.read_csv(path, low_memory=False)
+    table = read_run_table(path, low_memory=False)
     if table.empty or "target" in table.columns:  # the long layout, as folders saved it before the wide one
         return canonical(table)
     return narrow(table)

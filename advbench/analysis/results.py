@@ -28,7 +28,7 @@ from advbench.analysis.stats import (
 from advbench.errors import AdvbenchError
 from advbench.evaluation.min_norm import minimum_norm_summary
 from advbench.evaluation.transfer import transfer_metrics
-from advbench.io import atomic_write_csv, atomic_write_text
+from advbench.io import atomic_write_csv, atomic_write_text, read_run_table
 
 __all__ = ["Results", "all_transfer_metrics", "seed_summary"]
 
@@ -173,7 +173,7 @@ class Results:
                 elif name in _OUTCOME_TABLES:
                     tables[name] = read_outcomes(path)
                 else:
-                    tables[name] = pd.read_csv(path, low_memory=False)
+                    tables[name] = read_run_table(path, low_memory=False)
             except pd.errors.EmptyDataError:
                 tables[name] = pd.DataFrame()
             except Exception as exc:  # truncated gzip (zlib.error), binary junk, bad encodings: all damage
@@ -194,7 +194,7 @@ class Results:
         for name, file in SUMMARY_FILES.items():
             if (folder / file).is_file():
                 try:
-                    summaries[name] = read_summary(name, pd.read_csv(folder / file))
+                    summaries[name] = read_summary(name, read_run_table(folder / file))
                 except pd.errors.EmptyDataError:
                     summaries[name] = pd.DataFrame()
                 except Exception as exc:

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,19 @@ def _model_order(results: Results) -> list[str]:
     return [m["name"] for m in results.suite["models"]]
 
 
+#: Characters that make Markdown or HTML out of plain text (links, images, emphasis, tables, tags, entities).
+_MARKDOWN_SPECIAL = "\\`*_{}[]()<>#+!|&"
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` (from a suite file: data, not markup) shown as itself in Markdown: every character that
+    could start a link, an image, emphasis, a table cell or an HTML tag is escaped, and lines are joined."""
+    plain = " ".join(text.split())
+    escaped = "".join(f"\\{c}" if c in _MARKDOWN_SPECIAL else c for c in plain)
+    # a line that starts like a list item, a heading rule or a numbered item would become one
+    return re.sub(r"^(\d+)([.)])", r"\1\\\2", "\\" + escaped if escaped[:1] in ("-", "=", "~") else escaped)
+
+
 def render_report(
     results: Results, *, manifest: dict[str, Any], figures_dir: Path | None, link_prefix: str = ""
 ) -> str:
@@ -77,7 +91,7 @@ def render_report(
     s = results.suite
     out: list[str] = [f"# advbench report: {s['name']}", ""]
     if s.get("description"):
-        out += [s["description"], ""]
+        out += [escape_markdown(str(s["description"])), ""]
     seeds = s["seeds"]
     out += [
         f"Dataset **{s['dataset']['name']}**; models {', '.join(f'`{m}`' for m in _model_order(results))}; "
