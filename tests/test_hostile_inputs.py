@@ -160,3 +160,79 @@ def test_a_suite_description_is_shown_as_text_not_markup():
     assert re.search(r"(?<!\\)[<>\[\]()*|!#&]", text) is None and "\n" not in text
     assert text.replace("\\", "") == " ".join(hostile.split())  # and nothing else changes
     assert escape_markdown("- a").startswith("\\-") and escape_markdown("1. a").startswith("1\\.")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e12"])
+def test_an_endless_time_limit_is_refused_by_the_parser(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(TINY), "--plan", "--time-limit", value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "leave --time-limit out for none" in err or "positive number" in err
+
+
+def test_nan_weights_are_refused_when_loaded_and_never_blamed_on_an_attack(tmp_path):
+    import hashlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    from advbench.attacks.base import _same_bits
+    from advbench.errors import AdvbenchError
+    from advbench.models.external import load_weights
+
+    model = torch.nn.Linear(3, 2)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state["weight"][0, 0] = float("nan")
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(AdvbenchError, match="NaN or infinite values \\(weight\\)"):
+        load_weights(model, path, digest, what="model 'brought'")
+    # the attack contract compares bits: the same NaN is unchanged, a moved weight is not
+    assert _same_bits(state["weight"], state["weight"].clone())
+    assert not _same_bits(state["bias"], state["bias"] + 1)
+
+
+@pytest.mark.integration  # a second process holds the lock
+def test_resume_refuses_a_run_folder_another_process_is_writing(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from advbench.config import Suite
+    from advbench.errors import AdvbenchError
+    from advbench.suite.rundir import RunDir
+
+    suite = Suite.model_validate(_doc())
+    first = RunDir.create(tmp_path, suite)
+    first.manifest = {"suite": suite.name}
+    first.save()
+    # another process holds the lock of a folder (as a running `advbench run` does), then this one resumes
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import fcntl, sys, time
+            fh = open({str(first.path / ".lock")!r}, "a+")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0); fh.truncate(); fh.write("advbench process 4242 on elsewhere"); fh.flush()
+            print("locked", flush=True)
+            time.sleep(60)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first.release()
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        rd = RunDir(first.path)
+        with pytest.raises(AdvbenchError, match="advbench process 4242 on elsewhere is still writing"):
+            rd.lock()
+    finally:
+        holder.kill()
+        holder.wait()
+    rd.lock()  # the holder is gone (as after kill -9): the folder may be resumed
+    rd.release()

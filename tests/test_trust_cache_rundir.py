@@ -172,6 +172,7 @@ def test_resume_never_matches_by_prefix(tmp_path):
 def test_resume_needs_the_same_resolved_config(tmp_path):
     runs = tmp_path / "runs"
     first = _started(runs, FakeSuite("t1", eps=[0.1]))
+    first.release()  # the first run stopped (its process ended); a folder still being written is refused
     time.sleep(0.01)
     changed = RunDir.create(runs, FakeSuite("t1", eps=[0.2]), resume=True)
     assert changed.path != first.path

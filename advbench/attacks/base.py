@@ -284,18 +284,22 @@ def _attack_mode(model: nn.Module, attack: str = "the attack") -> Iterator[None]
         )
 
 
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors hold the same bits (``torch.equal`` says NaN != NaN, which blamed an attack for
+    the NaN weights of the model it was given)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)) if a.numel() else True
+
+
 def _restore_model(model: nn.Module, before: dict[str, Tensor], buffers: dict[str, Tensor]) -> str:
     """Put back the weights and non-persistent buffers if they changed; returns the changed names ('' if none)."""
     after = model.state_dict(keep_vars=True)
-    changed = [
-        k
-        for k, v in before.items()
-        if k not in after or after[k].shape != v.shape or not torch.equal(after[k].detach(), v)
-    ]
+    changed = [k for k, v in before.items() if k not in after or not _same_bits(after[k].detach(), v)]
     changed += [k for k in after if k not in before]
     now_buffers = dict(model.named_buffers())
     changed_buffers = [
-        k for k, v in buffers.items() if k not in now_buffers or not torch.equal(now_buffers[k].detach(), v)
+        k for k, v in buffers.items() if k not in now_buffers or not _same_bits(now_buffers[k].detach(), v)
     ]
     if changed:
         with torch.no_grad():

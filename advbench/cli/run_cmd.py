@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -183,6 +184,10 @@ def _execution_line(runner: Runner) -> str:
     return f"executor: local, {where}, {threads} thread(s) per cell; {memory}{avail}"
 
 
+#: The longest --time-limit (a timer that long is no limit; ``inf`` overflowed the timer before).
+MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -190,6 +195,10 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    if not math.isfinite(value) or value > MAX_TIME_LIMIT_S:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_TIME_LIMIT_S:,.0f} seconds (30 days), got {text!r}; leave --time-limit out for none"
+        )
     return value
 
 

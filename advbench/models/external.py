@@ -115,6 +115,12 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str, *, what: str) 
             f"weights. Convert it: safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
         )
     state = load_file(str(p), device="cpu")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise AdvbenchError(
+            f"{what}: the weights in {str(p)!r} hold NaN or infinite values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); a model with them computes nothing meaningful. Check the file"
+        )
     target = model.net if isinstance(model, HookedClassifier) else model  # the user's module's own keys
     try:
         target.load_state_dict(state, strict=True)

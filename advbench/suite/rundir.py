@@ -102,6 +102,37 @@ class RunDir:
         self.results = path / "results"
         self.manifest_path = path / "manifest.json"
         self.manifest: dict[str, Any] = {}
+        self._lock: Any = None
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on this folder while this process writes it (``.lock``; the OS drops it when the
+        process ends, even by ``kill -9``). A folder another process holds is refused, naming that process."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform
+            return
+        fh = open(self.path / ".lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "an unknown process"
+            fh.close()
+            raise AdvbenchError(
+                f"{self.path}: {holder} is still writing this run folder, so resuming it here would mix two runs' "
+                f"writes. Wait for that run to end (or stop it), then --resume; or leave out --resume for a new folder"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"advbench process {os.getpid()} on {platform.node()}\n")
+        fh.flush()
+        self._lock = fh
+
+    def release(self) -> None:
+        """Drop the lock of :meth:`lock` (the run ended, finished or not)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @classmethod
     def create(cls, runs_dir: str | Path, suite: Suite, *, resume: bool = False) -> RunDir:
@@ -117,6 +148,7 @@ class RunDir:
                 )
             else:
                 rd = cls(latest)
+                rd.lock()
                 rd.manifest = json.loads(rd.manifest_path.read_text())
                 rd.manifest.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
                 return rd
@@ -144,6 +176,7 @@ class RunDir:
                 f"variants all exist; expected at most a few runs per second; remove old runs or pick another runs dir"
             )
         rd = cls(path)
+        rd.lock()
         rd.results.mkdir()
         return rd
 
@@ -296,6 +329,8 @@ class RunDir:
         self.manifest["wall_s"] = round(wall_s, 2)
         self.manifest["stage_seconds"] = {k: round(v, 2) for k, v in stage_seconds.items()}
         self.save()
+        if status == "complete":
+            self.release()
 
     def save(self) -> None:
         atomic_write_text(

@@ -167,6 +167,7 @@ class Runner:
                 run_dir.save()
             except Exception as save_exc:  # the disk that failed the run may refuse this too
                 log.error("could not record the failure in %s: %s", run_dir.manifest_path, save_exc)
+            run_dir.release()
             raise
         return run_dir
 
