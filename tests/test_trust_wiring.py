@@ -113,6 +113,36 @@ def test_report_is_rerendered_when_its_code_changes(tmp_path, monkeypatch, rende
     assert len(calls) == 2
 
 
+def test_report_is_rerendered_when_the_claims_rules_or_its_own_bytes_change(tmp_path, monkeypatch, renderings):
+    """The stamp covers the analysis code (claims and statistics) and the report's bytes: neither is kept stale."""
+    import advbench.codeversion as codeversion
+
+    results_dir, res, calls = tmp_path / "results", _results(), renderings
+    out = tmp_path / "r.md"
+    assert markdown.write_run_report(res, out, results_dir=results_dir, manifest={})
+    assert not markdown.write_run_report(res, out, results_dir=results_dir, manifest={})
+    monkeypatch.setattr(codeversion, "results_code_version", lambda: "e" * 64)  # a claims rule changed
+    assert markdown.write_run_report(res, out, results_dir=results_dir, manifest={})
+    assert not markdown.write_run_report(res, out, results_dir=results_dir, manifest={})
+    out.write_text(out.read_text() + "| a row added by hand |\n")  # an edited report is never kept
+    assert markdown.write_run_report(res, out, results_dir=results_dir, manifest={})
+    assert len(calls) == 3
+    fields = markdown._stamp_fields(tmp_path / "r" / markdown.STAMP_NAME)
+    assert {"results", "report-code", "results-code", "claims", "report"} <= set(fields)
+
+
+def test_a_report_another_suite_made_is_replaced_only_on_request(tmp_path, renderings):
+    results_dir, res = tmp_path / "results", _results()
+    out = tmp_path / "r.md"
+    mine = markdown.suite_identity("transfer", "suites/transfer.yaml")
+    assert markdown.write_run_report(res, out, results_dir=results_dir, manifest={}, suite_id=mine)
+    assert markdown.check_report_path(out, suite_id=mine) == out  # the same suite (edited or not) re-renders
+    impostor = markdown.suite_identity("transfer", "suites/evil.yaml")  # merely named like it
+    with pytest.raises(AdvbenchError, match=r"made from another suite \(transfer from suites/transfer.yaml\)"):
+        markdown.check_report_path(out, suite_id=impostor)
+    assert markdown.check_report_path(out, suite_id=impostor, replace=True) == out
+
+
 def test_a_forced_rendering_leaves_a_stamp_and_the_per_example_table_is_not_digested(tmp_path, renderings):
     results_dir, calls = tmp_path / "results", renderings
     out = tmp_path / "r.md"

@@ -11,7 +11,7 @@ from typing import Any
 from advbench.analysis.results import Results
 from advbench.errors import AdvbenchError
 from advbench.io import project_root, relative_to_project, suite_path_problems
-from advbench.reports.markdown import check_report_path, write_run_report
+from advbench.reports.markdown import check_report_path, suite_identity, write_run_report
 from advbench.suite.paths import report_template_problems
 
 EXAMPLE = """example:
@@ -28,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `advbench run`")
     p.add_argument("--output", default=None, help="Markdown path (default: the suite's report.output)")
+    p.add_argument(
+        "--replace-report",
+        action="store_true",
+        help="replace the report at that path even if another suite (another name or suite file) made it",
+    )
     p.set_defaults(func=main)
 
 
@@ -55,12 +60,17 @@ def main(args: argparse.Namespace) -> int:
             f"resumes from the cache and writes the report"
         )
     results = Results.load(run_dir / "results")
+    suite_id = suite_identity(str(results.suite["name"]), manifest.get("suite_file"))
+    out = check_report_path(
+        Path(args.output) if args.output else _suite_output(results.suite),
+        suite_id=suite_id,
+        replace=args.replace_report,
+    )
     # the derived tables (claims, paired comparisons) as the analysis code computes them now, as the report does
     results.save_derived(run_dir / "results")
-    out = Path(args.output) if args.output else check_report_path(_suite_output(results.suite))
     manifest["run_dir"] = relative_to_project(run_dir)
     # rendered even when up to date (that is what the command is for); its stamp lets a re-run skip it
-    write_run_report(results, out, results_dir=run_dir / "results", manifest=manifest, force=True)
+    write_run_report(results, out, results_dir=run_dir / "results", manifest=manifest, force=True, suite_id=suite_id)
     sys.stdout.write(f"report written to {out}\n")
     failed = int(manifest.get("failed_cells") or 0)
     if failed:

@@ -18,7 +18,7 @@ from advbench.cli.show_cmd import run_headline
 from advbench.config import Suite
 from advbench.errors import AdvbenchError, ConfigError
 from advbench.io import display_path, relative_to_project
-from advbench.reports.markdown import check_report_path, write_run_report
+from advbench.reports.markdown import check_report_path, suite_identity, write_run_report
 from advbench.suite.context import RunOptions
 from advbench.suite.paths import resolve_report_path
 from advbench.suite.plan import describe_plan
@@ -51,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs/)")
     p.add_argument("--report", default=None, help="Markdown report path (overrides the suite's report.output)")
+    p.add_argument(
+        "--replace-report",
+        action="store_true",
+        help="replace the report at that path even if another suite (another name or suite file) made it",
+    )
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"], help="override the suite's device")
     p.add_argument("--executor", default="local", choices=["local", "ray"], help="where cells run (default local)")
     p.add_argument(
@@ -86,18 +91,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def markdown_renderer(suite: Suite, output: str | None = None) -> Renderer:
+def markdown_renderer(
+    suite: Suite, output: str | None = None, *, source: str | None = None, replace: bool = False
+) -> Renderer:
     """A renderer writing the Markdown report to ``output`` (default: the suite's ``report.output``).
 
     The path is checked now, before anything runs: the suite's must lie in the project's reports
-    folder, and neither may be a file advbench did not write (:func:`check_report_path`).
+    folder, neither may be a file advbench did not write, and a report another suite made (``source``:
+    this suite's file) is replaced only with ``replace`` (:func:`check_report_path`).
     """
-    out = check_report_path(resolve_report_path(suite, output))
+    suite_id = suite_identity(suite.name, relative_to_project(source) if source else None)
+    out = check_report_path(resolve_report_path(suite, output), suite_id=suite_id, replace=replace)
 
     def render(results: Results, run_dir: RunDir) -> None:
         run_dir.manifest["report"] = relative_to_project(out)  # for `advbench show`
         manifest = dict(run_dir.manifest) | {"run_dir": relative_to_project(run_dir.path)}
-        write_run_report(results, out, results_dir=run_dir.results, manifest=manifest)
+        write_run_report(results, out, results_dir=run_dir.results, manifest=manifest, suite_id=suite_id)
 
     return render
 
@@ -136,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     # before any data is loaded or cell run: a refused report path or template fails here
-    render = None if args.plan else markdown_renderer(suite, args.report)
+    render = None if args.plan else markdown_renderer(suite, args.report, source=args.file, replace=args.replace_report)
     runner = Runner(suite, source=args.file, options=opts)
     if args.plan:
         rows = describe_plan(runner.plan, runner.ctx.cache)

@@ -119,12 +119,14 @@ def render_report(
     return "\n".join(out) + "\n"
 
 
-def check_report_path(path: str | Path) -> Path:
+def check_report_path(path: str | Path, *, suite_id: str | None = None, replace: bool = False) -> Path:
     """Refuse a report path advbench may not write, before anything runs; the path when it may.
 
     ``path`` must end in ``.md``; it may not exist yet, or be a regular file advbench wrote (its first
     line is advbench's marker). A file advbench did not write, a symlink or a folder is refused, and
-    so is a *file* where the report's figure folder (``path`` without ``.md``) goes.
+    so is a *file* where the report's figure folder (``path`` without ``.md``) goes. With ``suite_id``
+    (:func:`suite_identity`), a report another suite wrote (its stamp says which) is refused unless
+    ``replace`` (``--replace-report``).
     """
     path = Path(path)
     if path.suffix.lower() != ".md":
@@ -148,7 +150,36 @@ def check_report_path(path: str | Path) -> Path:
             f"inside) the run folder {owner}, and a report never writes into a run's results. Nothing was run. "
             f"To fix: pass a report path outside every run folder, e.g. reports/<suite>.md"
         )
+    made_by = _stamp_fields(fig_dir / STAMP_NAME).get("suite")
+    if suite_id is not None and made_by is not None and made_by != suite_id and not replace:
+        raise AdvbenchError(
+            f"refusing to replace the report {path}: it was made from another suite ({made_by}), and this one is "
+            f"{suite_id}. Nothing was run. To fix: pass another path with --report, or --replace-report if "
+            f"replacing that report (and its figure folder {fig_dir}) is what you mean"
+        )
     return path
+
+
+#: The stamp a rendering leaves in the report's figure folder (see :func:`write_run_report`).
+STAMP_NAME = "results.sha256"
+
+
+def suite_identity(name: str, source: str | None) -> str:
+    """Which suite a report belongs to: its name and the suite file it came from (relative to the project)."""
+    return f"{name} from {source or 'an unknown file'}"
+
+
+def _stamp_fields(stamp: Path) -> dict[str, str]:
+    """The ``key value`` lines of a report stamp (the first line, the results digest, under ``results``)."""
+    try:
+        lines = stamp.read_text(encoding="utf-8").splitlines() if stamp.is_file() and not stamp.is_symlink() else []
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out = {"results": lines[0]} if lines else {}
+    for line in lines[1:]:
+        key, _, value = line.partition(" ")
+        out[key] = value
+    return out
 
 
 def _run_folder_at_or_above(folder: Path) -> Path | None:
@@ -1186,26 +1217,69 @@ def _provenance_section(manifest: dict[str, Any]) -> list[str]:
 
 
 def write_run_report(
-    results: Results, out: str | Path, *, results_dir: Path, manifest: dict[str, Any], force: bool = False
+    results: Results,
+    out: str | Path,
+    *,
+    results_dir: Path,
+    manifest: dict[str, Any],
+    force: bool = False,
+    suite_id: str | None = None,
 ) -> bool:
     """Write the report of a run's results to ``out`` unless it is up to date (or ``force``); whether it was.
 
-    The report is a pure function of the results and of the renderer's code: when the digest of
-    ``results_dir`` and :func:`~advbench.codeversion.report_code_version` both match the stamp
-    left by the last rendering, nothing is re-rendered. The stamp is written after every rendering, so
-    a report committed with its stamp is not re-rendered by a re-run whose results are the same.
+    The report is a pure function of the results and of the code that renders them: the stamp left in
+    its figure folder records the digest of ``results_dir``, the report code, the analysis code (the
+    statistics and the claims rules), the claims the suite decides (a plugin's by its version), the
+    suite it belongs to (``suite_id``) and the SHA-256 of the report's own bytes. When all of them
+    match, nothing is re-rendered; a report edited by hand (its bytes no longer those stamped) or made
+    by other code is re-rendered, never kept. A report committed with its stamp is not re-rendered by a
+    re-run whose results are the same.
     """
     out = Path(out)
-    stamp = out.with_suffix("") / "results.sha256"
-    digest = results_digest(results_dir)
-    want = f"{digest}\nreport-code {report_code_version()}\n"
-    if not force and out.is_file() and stamp.is_file() and stamp.read_text() == want:
-        log.info("report %s is up to date (results and report code unchanged, sha256 %s)", out, digest[:12])
-        return False
+    stamp = out.with_suffix("") / STAMP_NAME
+    want = _stamp_text(results, results_dir, suite_id)
+    if not force and out.is_file() and not out.is_symlink():
+        fields = _stamp_fields(stamp)
+        current = hashlib.sha256(out.read_bytes()).hexdigest()
+        if stamp.is_file() and _without_report_line(stamp.read_text(encoding="utf-8")) == want:
+            if fields.get("report") == current:
+                log.info("report %s is up to date (results and code unchanged)", out)
+                return False
+            log.warning(
+                "report %s was edited since advbench wrote it (its bytes differ from the stamp); re-rendering", out
+            )
     write_report(results, out, manifest=manifest, plots=results.suite["report"].get("plots", True))
-    atomic_write_text(stamp, want, what="the report's stamp")
+    report_sha = hashlib.sha256(out.read_bytes()).hexdigest()
+    atomic_write_text(stamp, f"{want}report {report_sha}\n", what="the report's stamp")
     log.info("report written to %s", out)
     return True
+
+
+def _without_report_line(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("report "))
+
+
+def _stamp_text(results: Results, results_dir: Path, suite_id: str | None) -> str:
+    """Everything a report is a function of, one line each (without the report's own digest)."""
+    from advbench.analysis.claims import CLAIMS
+    from advbench.codeversion import entry_component, results_code_version
+
+    names = results.suite.get("claims")
+    claims = []
+    for n in CLAIMS.list() if names is None else names:
+        try:
+            claims.append(entry_component(CLAIMS, n).ident)
+        except Exception:  # an unknown or broken claim: its verdict says so; its name still counts
+            claims.append(f"{n}@unavailable")
+    lines = [
+        results_digest(results_dir),
+        f"report-code {report_code_version()}",
+        f"results-code {results_code_version()}",
+        f"claims {' '.join(sorted(set(claims))) or 'none'}",
+    ]
+    if suite_id is not None:
+        lines.append(f"suite {suite_id}")
+    return "\n".join(lines) + "\n"
 
 
 #: Results files a report does not read: the per-example DkNN table (tens of MB, not committed) is read
