@@ -27,6 +27,8 @@ import pandas as pd
 from scipy import stats as _st
 
 from advbench.analysis.inference import paired_t
+from advbench.analysis.results import verify_checksums
+from advbench.errors import AdvbenchError
 from advbench.io import read_run_table
 
 __all__ = [
@@ -264,6 +266,13 @@ def _read_tidy(path: Path) -> pd.DataFrame:
         return read_run_table(path, keep_default_na=True, low_memory=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except AdvbenchError:
+        raise
+    except Exception as exc:  # binary junk, bad encodings, a truncated gzip: all damage
+        raise AdvbenchError(
+            f"{path}: not a readable table ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); the run "
+            f"folder is damaged. Re-run its suite to write it again"
+        ) from None
 
 
 def _table_difference(a: pd.DataFrame, b: pd.DataFrame, tolerance: float) -> tuple[str, float, str]:
@@ -308,6 +317,7 @@ def reproduction_check(results_a: str | Path, results_b: str | Path, *, toleranc
     for f in (fa, fb):
         if not f.is_dir():
             raise FileNotFoundError(f"{f}: not a folder; expected a run's results folder (RUN/results)")
+        verify_checksums(f)
     names = sorted({p.name for d in (fa, fb) for p in d.iterdir() if p.name.endswith((".csv", ".csv.gz"))})
     rows = []
     for name in names:
@@ -359,8 +369,9 @@ def conclusion_check(results_a: str | Path, results_b: str | Path) -> pd.DataFra
     for folder in (Path(results_a), Path(results_b)):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: not a folder; expected a run's results folder (RUN/results)")
+        verify_checksums(folder)
         path = folder / "claims.csv"
-        frames.append(read_run_table(path).set_index("name") if path.is_file() else pd.DataFrame())
+        frames.append(_read_tidy(path).set_index("name") if path.is_file() else pd.DataFrame())
     a, b = frames
     rows = []
     for name in sorted(set(a.index) | set(b.index)):

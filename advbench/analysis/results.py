@@ -6,6 +6,7 @@ computed here, in the evaluation layer; :mod:`advbench.reports` only renders wha
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,6 +49,11 @@ _FILES = {
 _OUTCOME_TABLES = ("outcomes", "cross_outcomes")
 #: The names a table was saved under by earlier versions, still read when the current name is absent
 _LEGACY_FILES = {"dknn": "dknn.csv"}
+#: The checksums of a results folder's files, written last by :meth:`Results.save`, checked by :meth:`Results.load`.
+CHECKSUMS = "SHA256SUMS"
+#: Files a saved folder may lack although its checksums list them: the per-example DkNN table (tens of MB,
+#: left out of committed folders; its per-seed summaries stand in for it).
+_MAY_BE_DROPPED = frozenset({"dknn_examples.csv.gz"})
 #: Tables derived from the others when saved (for readers of the folder); :meth:`Results.load` recomputes them.
 _DERIVED = {"paired": "paired_comparisons.csv", "claims": "claims.csv", "claim_components": "claim_components.csv"}
 
@@ -136,17 +142,26 @@ class Results:
         self.save_derived(folder)
         for name, file in SUMMARY_FILES.items():
             atomic_write_csv(self.example_summary(name), folder / file, what="a summary of the per-example table")
+        write_checksums(
+            folder, {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+        )
 
     def save_derived(self, folder: str | Path) -> None:
         """Write the tables derived from the saved ones (paired comparisons, claims and their components) as the
-        analysis code computes them now; ``advbench report`` refreshes them so the folder and its report agree."""
+        analysis code computes them now; ``advbench report`` refreshes them so the folder and its report agree.
+        Their checksums are updated; a folder saved before checksums gets them now, for the files it holds."""
+        folder = Path(folder)
         derived = {
             "paired": self.paired(),
             "claims": self.claims(),
             "claim_components": claim_components(self.claims()),
         }
         for name, table in derived.items():
-            atomic_write_csv(table, Path(folder) / _DERIVED[name], what="a derived results table")
+            atomic_write_csv(table, folder / _DERIVED[name], what="a derived results table")
+        old = read_checksums(folder)
+        if old is None:  # saved before checksums: they record the folder as it is now
+            old = {p.name: _sha256(p) for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+        write_checksums(folder, old | {f: _sha256(folder / f) for f in _DERIVED.values()})
 
     @classmethod
     def load(cls, folder: str | Path, *, per_example: bool = True) -> Results:
@@ -158,6 +173,7 @@ class Results:
                 f"{folder}: no saved results (suite.json missing); the run did not finish. "
                 f"Re-run `advbench run` on its suite to complete it"
             )
+        verify_checksums(folder)
         tables = {}
         for name, file in _FILES.items():
             path = folder / file
@@ -391,3 +407,66 @@ def seed_summary(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
         m, lo, hi = mean_ci(g[value].to_numpy(dtype=float))
         rows.append({**dict(zip(by, key, strict=True)), "mean": m, "ci_low": lo, "ci_high": hi, "n_seeds": len(g)})
     return pd.DataFrame(rows)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path, sums: dict[str, str]) -> None:
+    """Write ``SHA256SUMS`` (``sha256sum`` format: ``<hex>  <name>`` per line) into ``folder``."""
+    text = "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items()))
+    atomic_write_text(folder / CHECKSUMS, text, what="the results' checksums")
+
+
+def read_checksums(folder: Path) -> dict[str, str] | None:
+    """The checksums of a results folder (name -> hex), None for a folder saved before them."""
+    path = folder / CHECKSUMS
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise ValueError("not a regular file")
+        sums = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            digest, sep, name = line.partition("  ")
+            if not sep or len(digest) != 64 or "/" in name or not name:
+                raise ValueError(f"line {line[:80]!r} is not '<sha256>  <name>'")
+            sums[name] = digest
+        return sums
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AdvbenchError(
+            f"{path}: damaged ({exc}); the results folder cannot be checked, so it is not read. Re-run `advbench run` "
+            f"on its suite to write the results again (cached cells are not recomputed)"
+        ) from None
+
+
+def verify_checksums(folder: Path) -> None:
+    """Refuse a results folder whose files do not match its ``SHA256SUMS``: missing (but the per-example table,
+    which committed folders drop), replaced by a link or a folder, truncated, emptied or changed. A folder saved
+    before checksums is read as it is."""
+    sums = read_checksums(folder)
+    if sums is None:
+        return
+    for name, digest in sums.items():
+        path = folder / name
+        if not path.exists() and not path.is_symlink():
+            if name in _MAY_BE_DROPPED:
+                continue
+            problem = "is missing"
+        elif path.is_symlink():
+            problem = "is a symbolic link (a run folder's files never are)"
+        elif not path.is_file():
+            problem = "is not a regular file"
+        elif _sha256(path) != digest:
+            problem = f"does not match its checksum in {CHECKSUMS} (it was changed, truncated or emptied)"
+        else:
+            continue
+        raise AdvbenchError(
+            f"{path}: {problem}; the results folder was damaged after advbench wrote it, so it is not read. Re-run "
+            f"`advbench run` on its suite to write it again (cached cells are not recomputed), or restore the folder"
+        )

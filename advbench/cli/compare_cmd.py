@@ -95,7 +95,7 @@ def path_note(manifest_a: dict[str, Any], manifest_b: dict[str, Any]) -> str:
 def _exact(args: argparse.Namespace, manifests: tuple[dict[str, Any], dict[str, Any]]) -> tuple[int, str]:
     table = reproduction_check(Path(args.run_a) / "results", Path(args.run_b) / "results", tolerance=args.tolerance)
     bad = table[~table["status"].isin(["identical", "within tolerance"])]
-    text = tabulate(table.fillna("").to_dict("list"), headers="keys", tablefmt="github")
+    text = tabulate(table.astype(object).fillna("").to_dict("list"), headers="keys", tablefmt="github")
     verdict = (
         f"B reproduces A: {len(table)} tables compared, "
         f"{int((table['status'] == 'identical').sum())} identical"
