@@ -1283,8 +1283,9 @@ def _stamp_text(results: Results, results_dir: Path, suite_id: str | None) -> st
 
 
 #: Results files a report does not read: the per-example DkNN table (tens of MB, not committed) is read
-#: through its per-seed summaries, which are saved beside it and digested.
-_UNREAD_BY_REPORT = frozenset({"dknn_examples.csv.gz"})
+#: through its per-seed summaries, which are saved beside it and digested; the checksum list only restates
+#: the files' digests (and lists the per-example table, which a committed folder lacks).
+_UNREAD_BY_REPORT = frozenset({"dknn_examples.csv.gz", "SHA256SUMS"})
 
 
 def results_digest(folder: Path) -> str:
