@@ -22,8 +22,8 @@ Why not a portable pinned path: an instruction-set cap alone does not reproduce 
 follows the caches, and a pin can only be shown portable on two kinds of CPU; the native path is also
 the fast one. So the key includes the CPU's identity (vendor, family, model, cache sizes) as well.
 
-Reading what oneDNN and MKL chose has no API in torch: their verbose modes print it, and
-:func:`_capture_stdout` reads that once per process (written by hand: no library exposes it).
+Reading what oneDNN chose has no API in torch: its verbose mode prints it, and :func:`_capture_stdout`
+reads that once per process (written by hand: no library exposes it).
 """
 
 from __future__ import annotations
@@ -162,16 +162,17 @@ def _onednn_isa() -> str:
 
 
 def _mkl_branch() -> str:
-    """MKL's code branch (as its verbose header names it, without the clock speed) and its CNR mode."""
+    """MKL's build and what fixes its code branch: ``MKL_CBWR`` (conditional numerical reproducibility) and
+    ``MKL_ENABLE_INSTRUCTIONS``; without them MKL picks its branch from the CPU, which the key names apart.
+
+    MKL's verbose mode would name the branch, but it times the CPU's clock first (0.97 s per process here,
+    too slow for every worker and every ``--plan``), and on this AMD CPU it names no branch anyway.
+    """
     import torch
 
-    a = torch.ones(32, 32)
-    with _capture_stdout() as out, torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
-        torch.mm(a, a)
-    text = out()
-    branch = re.search(r"for (.+?)(?:, Lnx| Lnx|, Win| Win|\n|$)", text)
-    cnr = re.search(r"CNR:(\S+)", text)
-    return f"{branch.group(1).strip() if branch else 'unknown'}; CNR {cnr.group(1) if cnr else 'unknown'}"
+    build = re.search(r"Math Kernel Library Version (\S+)", torch.__config__.show())
+    cbwr, isa = (os.environ.get(k, "unset") for k in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS"))
+    return f"{build.group(1) if build else 'unknown'}; CBWR {cbwr}; instructions {isa}"
 
 
 @functools.cache
