@@ -342,3 +342,19 @@ def test_report_code_version_follows_the_renderer(package_copy):
     assert report_code_version() == source_hash(cv.REPORT_SOURCES)
     _edit(package_copy, "reports/markdown.py")
     assert source_hash(cv.REPORT_SOURCES, package_copy) != base
+
+
+def test_a_transfer_cell_without_a_failed_target_runs_on_the_others():
+    """One failed model does not take its seed's transfer results with it: the cell runs on the targets left."""
+    from advbench.suite.execute import without_failed
+    from advbench.suite.plan import Cell
+
+    spec = {"adv": "A", "targets": {"baseline": "T1", "sloppy": "T2"}, "code": {}}
+    cell = Cell("transfer", "transfer fgsm eps=0.1 from baseline seed=0", "K", ["A", "T1", "T2"], spec, 0.1, {})
+    kept, reason = without_failed(cell, {"T2": "boom"}, {"T2": "train sloppy seed=0"})
+    assert reason == "" and kept is not None and kept.spec["targets"] == {"baseline": "T1"}
+    assert kept.deps == ["A", "T1"] and kept.key != cell.key and kept.label.endswith("without 1 failed target")
+    assert without_failed(cell, {"A": "boom"}, {"A": "attack"})[0] is None  # no adversarial set: skipped
+    assert without_failed(cell, {"T1": "x", "T2": "y"}, {"T1": "t1"})[0] is None  # no target left: skipped
+    cross = Cell("transfer", "t", "K2", ["A", "S", "T1"], {**spec, "source": "S", "targets": {"b": "T1"}}, 0.1, {})
+    assert without_failed(cross, {"S": "boom"}, {"S": "train source"})[0] is None  # the source is needed

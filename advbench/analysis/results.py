@@ -230,10 +230,17 @@ class Results:
         return minimum_norm_summary(self.attack_norms)
 
     def paired_differences(self, reference: str, variants: list[str]) -> pd.DataFrame:
-        """Paired differences of each variant against ``reference`` (:func:`~.stats.paired_differences`)."""
+        """Paired differences of each variant against ``reference`` (:func:`~.stats.paired_differences`), for the
+        models the outcomes hold (a model whose every cell failed has none): empty without the reference."""
+        present = set(self.outcomes["source"]) | set(self.outcomes["target"]) if len(self.outcomes) else set()
+        variants = [v for v in variants if v in present]
         key = (reference, tuple(variants))
         if key not in self.paired_memo:
-            self.paired_memo[key] = paired_differences(self.outcomes, reference=reference, variants=variants)
+            self.paired_memo[key] = (
+                paired_differences(self.outcomes, reference=reference, variants=variants)
+                if reference in present and variants
+                else pd.DataFrame()
+            )
         return self.paired_memo[key]
 
     def shared_metrics(self) -> pd.DataFrame:

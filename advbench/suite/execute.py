@@ -285,4 +285,20 @@ def without_failed(cell: Cell, failed: Mapping[str, str], labels: Mapping[str, s
             ),
             "",
         )
+    if cell.kind == "transfer" and cell.spec["adv"] not in failed and cell.spec.get("source") not in failed:
+        # the adversarial set on the targets that exist: one failed model does not take its seed's transfer with it
+        targets = {name: key for name, key in cell.spec["targets"].items() if key not in failed}
+        if targets:
+            spec = {**cell.spec, "targets": targets}
+            n = len(cell.spec["targets"]) - len(targets)
+            return (
+                replace(
+                    cell,
+                    label=f"{cell.label} without {n} failed target{'s' if n != 1 else ''}",
+                    key=cache_key("transfer", spec),
+                    deps=[spec["adv"], *([spec["source"]] if "source" in spec else []), *targets.values()],
+                    spec=spec,
+                ),
+                "",
+            )
     return None, f"needs {labels.get(blocked[0], blocked[0][:12])}, which did not complete"

@@ -34,7 +34,8 @@ def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     adv = adversarial_set(ctx, store, seed, source, akey, eps)
     test = ctx.splits.test
     idx = adv["indices"].long()
-    targets = {m.name: trained_model(ctx, store, m.name, target_seed) for m in ctx.suite.models}
+    # the targets the cell names (every model of the seed, or those whose training did not fail)
+    targets = {name: trained_model(ctx, store, name, target_seed) for name in cell.spec["targets"]}
     src = source
     if target_seed != seed:
         # the source (of `seed`) gives source_success; the targets are the models of `target_seed`
