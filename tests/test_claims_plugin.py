@@ -46,6 +46,7 @@ def test_installed_claim_plugin_appears_in_the_report_with_its_verdict(tmp_path)
     suite = json.loads(suite_json.read_text())
     suite.pop("claims", None)
     suite_json.write_text(json.dumps(suite, indent=1))
+    (run_dir / "results" / "SHA256SUMS").unlink()  # an edited copy: the folder's checksums would refuse it
     out = tmp_path / "report" / "transfer.md"
     run = subprocess.run(
         [sys.executable, "-m", "advbench.cli.main", "-q", "report", str(run_dir), "--output", str(out)],
