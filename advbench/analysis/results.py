@@ -139,7 +139,7 @@ class Results:
                 level = 1 if f.name == "dknn_examples" else 9
                 atomic_write_csv(table, folder / _FILES[f.name], what="a results table", compresslevel=level)
         atomic_write_text(folder / "suite.json", json.dumps(self.suite, indent=1), what="the results' suite")
-        self.save_derived(folder)
+        self._write_derived(folder)  # the checksums of every file are written once, last
         for name, file in SUMMARY_FILES.items():
             atomic_write_csv(self.example_summary(name), folder / file, what="a summary of the per-example table")
         write_checksums(
@@ -151,6 +151,13 @@ class Results:
         analysis code computes them now; ``advbench report`` refreshes them so the folder and its report agree.
         Their checksums are updated; a folder saved before checksums gets them now, for the files it holds."""
         folder = Path(folder)
+        self._write_derived(folder)
+        old = read_checksums(folder)
+        if old is None:  # saved before checksums: they record the folder as it is now
+            old = {p.name: _sha256(p) for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+        write_checksums(folder, old | {f: _sha256(folder / f) for f in _DERIVED.values()})
+
+    def _write_derived(self, folder: Path) -> None:
         derived = {
             "paired": self.paired(),
             "claims": self.claims(),
@@ -158,10 +165,6 @@ class Results:
         }
         for name, table in derived.items():
             atomic_write_csv(table, folder / _DERIVED[name], what="a derived results table")
-        old = read_checksums(folder)
-        if old is None:  # saved before checksums: they record the folder as it is now
-            old = {p.name: _sha256(p) for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
-        write_checksums(folder, old | {f: _sha256(folder / f) for f in _DERIVED.values()})
 
     @classmethod
     def load(cls, folder: str | Path, *, per_example: bool = True) -> Results:

@@ -172,9 +172,14 @@ def suite_identity(name: str, source: str | None) -> str:
 def _stamp_fields(stamp: Path) -> dict[str, str]:
     """The ``key value`` lines of a report stamp (the first line, the results digest, under ``results``)."""
     try:
-        lines = stamp.read_text(encoding="utf-8").splitlines() if stamp.is_file() and not stamp.is_symlink() else []
+        text = stamp.read_text(encoding="utf-8") if stamp.is_file() and not stamp.is_symlink() else ""
     except (OSError, UnicodeDecodeError):
         return {}
+    return _parse_stamp(text)
+
+
+def _parse_stamp(text: str) -> dict[str, str]:
+    lines = text.splitlines()
     out = {"results": lines[0]} if lines else {}
     for line in lines[1:]:
         key, _, value = line.partition(" ")
@@ -1238,11 +1243,10 @@ def write_run_report(
     out = Path(out)
     stamp = out.with_suffix("") / STAMP_NAME
     want = _stamp_text(results, results_dir, suite_id)
-    if not force and out.is_file() and not out.is_symlink():
-        fields = _stamp_fields(stamp)
-        current = hashlib.sha256(out.read_bytes()).hexdigest()
-        if stamp.is_file() and _without_report_line(stamp.read_text(encoding="utf-8")) == want:
-            if fields.get("report") == current:
+    if not force and out.is_file() and not out.is_symlink() and stamp.is_file():
+        recorded = stamp.read_text(encoding="utf-8")
+        if _without_report_line(recorded) == want:
+            if _parse_stamp(recorded).get("report") == hashlib.sha256(out.read_bytes()).hexdigest():
                 log.info("report %s is up to date (results and code unchanged)", out)
                 return False
             log.warning(
