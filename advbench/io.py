@@ -312,7 +312,7 @@ def atomic_write_csv(frame: Any, path: str | Path, *, what: str = "", compressle
     """Write a pandas frame as CSV without its index, atomically; a ``.gz`` path is gzipped reproducibly.
 
     Given a path, pandas names the gzip member after the file it writes (here the temporary name),
-    so every write gave different bytes; this writes no name and no time, so the same table always
+    so every write would give different bytes; this writes no name and no time, so the same table always
     gives the same file (a re-rendered report shows no change in git).
     """
     path = Path(path)

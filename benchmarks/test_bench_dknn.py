@@ -20,7 +20,7 @@ set): recall@75 per layer against the exact DkNN's neighbours (fitted once for t
 speed-up of search (and of the whole ``predict``) over exact search on the same data, the two timed in
 interleaved rounds. Random weights on random inputs give unclustered, nearly isotropic features: the
 worst case for IVF and PCA, so these recalls are lower bounds of what trained models on real data get
-(runs report their own). No target: the issue asks for the figures.
+(runs report their own). No target: the figures are recorded for reading, not asserted.
 ``ADVBENCH_BENCH_DKNN_TRAIN`` / ``_QUERIES`` / ``_RECALL_TRAIN`` / ``_RECALL_QUERIES`` shrink the
 problems for a smoke run.
 """

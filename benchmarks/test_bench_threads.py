@@ -7,13 +7,13 @@ model, one seed's worth of its training) because the OpenMP wait policy only app
 loads. Three policies, each quiet and beside one busy process (a pure-Python spin loop), all
 interleaved round by round:
 
-* ``old``: torch's default thread count with OpenMP's default (active, spinning) waiting, what
-  ``advbench run`` did before;
+* ``old``: torch's default thread count with OpenMP's default (active, spinning) waiting: a process
+  that does not set the wait policy (advbench's library API, a bare ``python``);
 * ``default``: the same thread count with ``OMP_WAIT_POLICY=PASSIVE`` / ``KMP_BLOCKTIME=0``, which
-  the ``advbench`` command now sets (``advbench.cli.passive_openmp``);
+  the ``advbench`` command sets (``advbench.cli.passive_openmp``);
 * ``1 thread``: passive waiting and ``--threads 1`` (what ``--threads auto`` picks on a busy 2-core machine).
 
-Figures: each policy's busy / quiet wall (target <= 1.3 for the default, the issue's bar) and, beside
+Figures: each policy's busy / quiet wall (target <= 1.3 for the default) and, beside
 the busy process, old / default. "Quiet" means without the extra busy process: on a shared machine
 other jobs still run (the load average is in ``extra_info``).
 """

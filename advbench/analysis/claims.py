@@ -17,8 +17,8 @@ one") is *composite*: its statistic returns each component's per-seed values
 claim is **supported** only when every component's interval excludes 0 in the claimed direction (an
 intersection–union test, valid at the components' own level), **contradicted** only when a component
 excludes 0 in the other direction after Holm's correction across the components, and inconclusive
-otherwise. (Deciding on the per-seed minimum of the components instead made a false contradiction out
-of components that all have no effect: 37% of the time with two, 79% with three.)
+otherwise. (Deciding on the per-seed minimum of the components instead would make a false contradiction
+out of components that all have no effect: 37% of the time with two, 79% with three.)
 
 The claims a suite pre-registers are one family: their p-values are Holm-adjusted together
 (:func:`adjust_family`, column ``p_adjusted``) and the verdicts use the adjusted values, so the chance

@@ -8,7 +8,7 @@ run's table is about three times smaller and a five-model run's about four and a
 regularisers run: 1.79 MB long, 0.40 MB wide, both gzip level 9) — small enough for the committed run folder
 to keep it in git, which the paired comparisons and the worst case need to re-render.
 
-:func:`read_outcomes` reads either layout (folders saved before this one hold the long table) and returns the
+:func:`read_outcomes` reads either layout (older results folders hold the long table) and returns the
 long table in :func:`canonical` order, which is also the order :class:`~.results.Results` keeps in memory, so
 a report rendered by the run and one rendered from its folder read the same rows in the same order.
 """

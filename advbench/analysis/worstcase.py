@@ -164,7 +164,7 @@ def _broken_by(df: pd.DataFrame, index: pd.Index) -> pd.Series:
     """Per example of ``index``: the sorted, ``";"``-joined labels of the attacks that fooled it ("" if none).
 
     Built column by column over the (few) attack labels rather than with a Python join per example,
-    which took most of a cached re-run's time on a powered suite (10^5 examples).
+    which would take most of a cached re-run's time on a powered suite (10^5 examples).
     """
     broke = df.loc[~df["correct"].astype(bool), [*_KEYS, "example", "label"]]
     joined = pd.Series("", index=index, dtype=object)

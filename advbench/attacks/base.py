@@ -285,8 +285,8 @@ def _attack_mode(model: nn.Module, attack: str = "the attack") -> Iterator[None]
 
 
 def _same_bits(a: Tensor, b: Tensor) -> bool:
-    """Whether two tensors hold the same bits (``torch.equal`` says NaN != NaN, which blamed an attack for
-    the NaN weights of the model it was given)."""
+    """Whether two tensors hold the same bits (``torch.equal`` says NaN != NaN, which would blame an attack
+    for the NaN weights of the model it was given)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)) if a.numel() else True

@@ -303,9 +303,10 @@ class DkNNAdaptive(Attack):
         loss = x_adv.new_zeros(x_adv.shape[0])
         for n in layers:
             # for a 2-d layer h *is* feats[n], which the logit margin below also reads, so autograd sums its
-            # gradient parts (own, target, margin) in arrival order; before 3f4b9e0 one shared h[:, None] view
-            # summed own + target first. Float addition is not associative: 4 of the powered run's 48,000
-            # adversarial examples came out different (README, Latest results). Neither order is more correct.
+            # gradient parts (own, target, margin) in arrival order. Summing own + target first (through one
+            # shared h[:, None] view) gives other floats, as float addition is not associative, and with them
+            # a different attack path on a few examples. Neither order is more correct, but changing it changes
+            # results (a version bump in advbench/code.lock.json).
             h = feats[n].flatten(1)
             r = radius[n][:, None]
             scale = self.temperature * r.clamp_min(1e-12)
@@ -339,7 +340,7 @@ def _neighbourhood(
 ) -> tuple[Tensor, list[Tensor]]:
     """Per query: the L2 distance to its k-th nearest reference point, and for each ``classes[j]`` (a class
     per query) the (B, m, D) reference points of that class nearest to it; one exact distance matrix per
-    chunk of queries serves them all (the same matrix each of them used to compute on its own)."""
+    chunk of queries serves them all (rather than one matrix per radius and per class)."""
     radius: list[Tensor] = []
     guides: list[list[Tensor]] = [[] for _ in classes]
     for start in range(0, q.shape[0], _CHUNK):

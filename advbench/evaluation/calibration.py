@@ -1,6 +1,6 @@
 """Conformal, detection and calibration metrics of the DkNN and the softmax: pure functions over numpy/pandas.
 
-What each number means (../shared/docs/evaluation.md section 4):
+What each number means:
 
 * **DkNN credibility is a conformal p-value, not a probability.** It is judged by *validity* (the
   fraction of clean test points whose true-label p-value is below ``eps`` should be at most ``eps``:

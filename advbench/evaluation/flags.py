@@ -199,7 +199,7 @@ def accuracy_table(metrics: pd.DataFrame | None = None, dknn: pd.DataFrame | Non
         if missing:
             raise ValueError(f"metrics lacks columns {missing}; pass the output of transfer_metrics()")
         acc = metrics[metrics["metric"] == "adv_accuracy"]
-        acc = acc if "norm" in acc.columns else acc.assign(norm="linf")  # tables before L2 were all L-inf
+        acc = acc if "norm" in acc.columns else acc.assign(norm="linf")  # a table without the column is all L-inf
         norms = dict(zip(acc["attack"].astype(str), acc["norm"].astype(str), strict=True))
         frames.append(acc.assign(quantity="classifier")[cols])
     if dknn is not None and len(dknn):

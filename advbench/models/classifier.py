@@ -38,8 +38,8 @@ class Classifier(nn.Module):
     (regularised by the SNNL, indexed by the DkNN).
 
     A network with 2-d convolutions computes in the channels-last memory format: its weights are stored
-    so and every input is converted on entry (:meth:`normalize`). On the 2-core CPU machine this made the
-    28x28 CNN's training step 0.68x the time and its feature extraction 0.47x (one thread, side by side;
+    so and every input is converted on entry (:meth:`normalize`). On the reference 2-core CPU machine this makes
+    the 28x28 CNN's training step 0.68x the time and its feature extraction 0.47x (one thread, side by side;
     ``benchmarks/test_bench_training.py``). Values, shapes and the state dict (saved contiguous) are
     unchanged; only the float reduction order moves, so results agree with the NCHW computation to
     float32 rounding, not bit for bit.

@@ -1,13 +1,14 @@
 """The one-time migration of cache entries from the per-kind code versions to per-component identities.
 
-Until the component scheme (:mod:`advbench.codeversion`), a cell's key carried one hash per cell kind
-(the files each kind listed) and the versions of advbench and of every library of its stage. The
-component scheme's first lock (every component at version 1) is the code of those keys, moved
-between modules without changing a number (``advbench compare --exact`` on ``suites/quick.yaml``
-from an empty cache). So a cell whose components are all still at version 1 may take the entry its
-legacy key names: :func:`migrate` recomputes each cell's legacy key and publishes that entry under the
-new key. Cells with any other component version, with a plugin or user component, or that the legacy
-scheme keyed without a code version (the cross-seed transfer cells) are left to be recomputed.
+Under the legacy scheme, a cell's key carries one hash per cell kind (the files each kind listed) and
+the versions of advbench and of every library of its stage, where the component scheme
+(:mod:`advbench.codeversion`) carries per-component identities. The component scheme's first lock
+(every component at version 1) is the code of those keys, moved between modules without changing a
+number (``advbench compare --exact`` on ``suites/quick.yaml`` from an empty cache). So a cell whose
+components are all still at version 1 may take the entry its legacy key names: :func:`migrate`
+recomputes each cell's legacy key and publishes that entry under the new key. Cells with any other
+component version, with a plugin or user component, or that the legacy scheme keyed without a code
+version (the cross-seed transfer cells) are left to be recomputed.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ __all__ = ["LEGACY_KIND_VERSIONS", "Migration", "legacy_keys", "migrate"]
 
 log = logging.getLogger(__name__)
 
-#: The per-kind code versions of the legacy scheme at its last commit (d48f127), under which the
-#: committed powered run's cells were keyed.
+#: The per-kind code versions of the legacy scheme in its final state: the ones the keys of the
+#: committed powered run's cells carry.
 LEGACY_KIND_VERSIONS = {
     "train": "952d3b2dffe78a6718af27449fc73cb40d9d517842d0830a9bb4d4ea94b4a3ba",
     "clean-eval": "fdee1ae1edef1e3e3ebd8e7eaa93cab4acce20f34b9e15585093836663fbfe08",
@@ -35,7 +36,7 @@ LEGACY_KIND_VERSIONS = {
     "dknn-index": "fdee1ae1edef1e3e3ebd8e7eaa93cab4acce20f34b9e15585093836663fbfe08",
     "dknn-score": "577f2ded8db48e8dc4b8352ec103eacb1b4bbc0fc4edc6ac5511e61eca529829",
 }
-#: ``advbench.__version__`` at that commit (the legacy keys carried it).
+#: ``advbench.__version__`` of that legacy code (the legacy keys carry it).
 LEGACY_ADVBENCH_VERSION = "0.2.0"
 #: The component version that is the legacy code.
 MIGRATABLE_VERSION = "1"

@@ -1,8 +1,8 @@
 """The numeric code path of this process: which kernels compute a cell's floats. Recorded, and keyed.
 
-The same code, data, seed and thread count give other bits on another CPU. Seed 0 of the committed
-suite, rerun on a second machine under the very same keys, changed every model's weights and 283 of
-324 transfer metrics (issue 38). Each library picks its kernels from the machine it finds:
+The same code, data, seed and thread count give other bits on another CPU: seed 0 of the committed
+suite, computed on a second machine under the very same keys, gives other weights for every model and
+other values for 283 of its 324 transfer metrics. Each library picks its kernels from the machine it finds:
 
 * torch dispatches its vectorised kernels by instruction set (``torch.backends.cpu.get_cpu_capability()``);
 * oneDNN (convolutions) compiles for the best ISA it finds and blocks its loops by the CPU's caches;
@@ -18,7 +18,7 @@ computed on different paths are recomputed, never mixed, and a Ray worker on ano
 driver's cells (:func:`check_worker_path`). The manifest records :func:`path_record`: the keyed path
 and what explains it (the CPU's name, flags and caches, the environment variables that move a path).
 Why not a portable pinned path: an instruction-set cap alone does not reproduce another CPU's bits
-(forcing AVX2 on an AVX-512 machine gave a third set of models, neither machine's), oneDNN's blocking
+(forcing AVX2 on an AVX-512 machine gives a third set of models, neither machine's), oneDNN's blocking
 follows the caches, and a pin can only be shown portable on two kinds of CPU; the native path is also
 the fast one. So the key includes the CPU's identity (vendor, family, model, cache sizes) as well.
 
@@ -165,8 +165,9 @@ def _mkl_branch() -> str:
     """MKL's build and what fixes its code branch: ``MKL_CBWR`` (conditional numerical reproducibility) and
     ``MKL_ENABLE_INSTRUCTIONS``; without them MKL picks its branch from the CPU, which the key names apart.
 
-    MKL's verbose mode would name the branch, but it times the CPU's clock first (0.97 s per process here,
-    too slow for every worker and every ``--plan``), and on this AMD CPU it names no branch anyway.
+    MKL's verbose mode would name the branch, but it times the CPU's clock first (about 1 s per process on
+    the reference machine, too slow for every worker and every ``--plan``), and on an AMD CPU it names no
+    branch anyway.
     """
     import torch
 

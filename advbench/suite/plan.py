@@ -46,7 +46,8 @@ __all__ = [
 #: Test examples whose input gradients the clean evaluation checks for masking (zero or non-finite).
 N_GRAD = 256
 
-#: Seconds per unit of work on the reference 2-core machine (environment.md), for estimates only.
+#: Units of work per second (images trained, image-steps attacked) on the reference 2-core CPU machine,
+#: for estimates only.
 _TRAIN_IMAGES_PER_S = 1600.0
 _ATTACK_STEPS_IMAGES_PER_S = 2500.0
 
@@ -454,7 +455,7 @@ def calibrate(plan: Plan, measured: Mapping[str, float], *, earlier: Mapping[str
     with a measurement takes it; one without takes the median of its :func:`cell_family` measured on other
     seeds; failing that, what the same cell took under earlier code; failing that, the work model's estimate
     scaled by the median measured/model ratio of its kind; failing that, the work model alone. The work
-    model's constants were fitted once on one machine and drift from what a given machine and a given attack
+    model's constants are fitted on one machine and drift from what a given machine and a given attack
     really cost (6-8x low for the adaptive DkNN attack, measured); a suite's own finished cells are the better
     guide to its unfinished ones.
     """

@@ -220,7 +220,7 @@ class RunDir:
             for label, cell in cells.items() if isinstance(cells, dict) else ():
                 if not isinstance(cell, dict):
                     continue
-                # a computed cell's seconds, or what a cache hit's computation took (recorded since issue 32)
+                # a computed cell's seconds, or what a cache hit's computation took (a manifest may lack it)
                 key = cell.get("key")
                 seconds = cell.get("seconds") if cell.get("cached") is False else cell.get("compute_seconds")
                 if isinstance(key, str) and isinstance(seconds, int | float) and seconds > 0:

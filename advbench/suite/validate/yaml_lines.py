@@ -23,9 +23,9 @@ __all__ = ["MAX_VALUES", "SuiteLoader", "expanded_size", "line_map", "read_suite
 class SuiteLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that also reads YAML 1.2 floats without a dot (``1e-3``, ``5E+2``) as numbers.
 
-    YAML 1.1 (PyYAML) reads them as strings, so ``eps: [1e-3]`` was refused while ``lr: 1e-3`` got
-    through pydantic's string-to-float coercion; with this loader every field, including attack, model
-    and dataset parameters, reads them as floats. A quoted ``"1e-3"`` stays a string.
+    YAML 1.1 (PyYAML's ``SafeLoader``) reads them as strings, so ``eps: [1e-3]`` would be refused while
+    ``lr: 1e-3`` gets through pydantic's string-to-float coercion; with this loader every field, including
+    attack, model and dataset parameters, reads them as floats. A quoted ``"1e-3"`` stays a string.
     """
 
 
