@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from advbench.cli.run_cmd import markdown_renderer
+from advbench.api import markdown_renderer
 from advbench.config import Suite
 from advbench.suite.context import RunOptions
 from advbench.suite.runner import Runner

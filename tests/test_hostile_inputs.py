@@ -46,7 +46,7 @@ def test_a_runs_or_cache_folder_that_is_a_file_is_refused(tmp_path, capsys, flag
     a_file = tmp_path / "afile"
     a_file.write_text("mine")
     assert main(["run", str(TINY), "--plan", flag, str(a_file)]) == 2
-    assert f"{flag} {a_file}: is a file; expected a folder" in capsys.readouterr().err
+    assert f"({flag} {a_file}): is a file; expected a folder" in capsys.readouterr().err
     assert a_file.read_text() == "mine"
 
 

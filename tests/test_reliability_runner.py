@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from advbench.cli.run_cmd import markdown_renderer
+from advbench.api import markdown_renderer
 from advbench.config import Suite
 from advbench.hashing import sha256_file
 from advbench.suite.cache import MANIFEST

@@ -14,7 +14,7 @@ import yaml
 from advbench.analysis.results import Results
 from advbench.attacks import ATTACKS
 from advbench.attacks.base import Attack, ThreatModel
-from advbench.cli.run_cmd import markdown_renderer
+from advbench.api import markdown_renderer
 from advbench.config import Suite
 from advbench.io import DiskFullError
 from advbench.suite.context import RunOptions

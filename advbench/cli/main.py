@@ -8,11 +8,21 @@ import sys
 from collections.abc import Sequence
 
 from advbench import __version__
-from advbench.cli import code_cmd, compare_cmd, list_cmd, power_cmd, report_cmd, run_cmd, show_cmd, validate_cmd
+from advbench.cli import (
+    code_cmd,
+    compare_cmd,
+    list_cmd,
+    power_cmd,
+    report_cmd,
+    run_cmd,
+    schema_cmd,
+    show_cmd,
+    validate_cmd,
+)
 from advbench.cli.console import configure_logging
 from advbench.errors import AdvbenchError
 
-SUBCOMMANDS = (run_cmd, validate_cmd, list_cmd, report_cmd, show_cmd, compare_cmd, power_cmd, code_cmd)
+SUBCOMMANDS = (run_cmd, validate_cmd, schema_cmd, list_cmd, report_cmd, show_cmd, compare_cmd, power_cmd, code_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

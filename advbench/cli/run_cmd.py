@@ -8,24 +8,16 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
-from advbench.analysis.results import Results
+from advbench import api
 from advbench.cli.console import RunProgress
-from advbench.cli.show_cmd import run_headline
-from advbench.config import Suite
-from advbench.errors import AdvbenchError, ConfigError
-from advbench.io import display_path, relative_to_project
-from advbench.reports.markdown import check_report_path, suite_identity, write_run_report
-from advbench.suite.context import RunOptions
-from advbench.suite.paths import resolve_report_path
+from advbench.io import display_path
 from advbench.suite.plan import describe_plan
-from advbench.suite.rundir import RunDir
-from advbench.suite.runner import Renderer, Runner
-from advbench.suite.threads import AUTO, MAX_THREADS, available_memory_mb, check_local_threads, resolve_threads
-from advbench.suite.validate import load_suite
+from advbench.suite.runner import Runner
+from advbench.suite.threads import AUTO, MAX_THREADS, available_memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -91,88 +83,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def markdown_renderer(
-    suite: Suite, output: str | None = None, *, source: str | None = None, replace: bool = False
-) -> Renderer:
-    """A renderer writing the Markdown report to ``output`` (default: the suite's ``report.output``).
-
-    The path is checked now, before anything runs: the suite's must lie in the project's reports
-    folder, neither may be a file advbench did not write, and a report another suite made (``source``:
-    this suite's file) is replaced only with ``replace`` (:func:`check_report_path`).
-    """
-    suite_id = suite_identity(suite.name, relative_to_project(source) if source else None)
-    out = check_report_path(resolve_report_path(suite, output), suite_id=suite_id, replace=replace)
-
-    def render(results: Results, run_dir: RunDir) -> None:
-        run_dir.manifest["report"] = relative_to_project(out)  # for `advbench show`
-        manifest = dict(run_dir.manifest) | {"run_dir": relative_to_project(run_dir.path)}
-        write_run_report(results, out, results_dir=run_dir.results, manifest=manifest, suite_id=suite_id)
-
-    return render
-
-
 def main(args: argparse.Namespace) -> int:
-    suite = load_suite(args.file)
-    if args.address and args.executor != "ray":
-        raise ConfigError(args.file, [f"--address {args.address} is for the Ray executor; add --executor ray"])
-    if args.executor == "ray":
-        # lazy: Ray is optional; fail here, before anything runs, when it is missing
-        from advbench.suite.ray_executor import require_ray
-
-        require_ray()
-    if args.executor == "local" and isinstance(args.threads, int):
-        try:
-            check_local_threads(args.threads)
-        except ValueError as exc:
-            raise AdvbenchError(str(exc)) from None
-    for flag, value in (("--runs-dir", args.runs_dir), ("--cache-dir", args.cache_dir)):
-        if value and Path(value).exists() and not Path(value).is_dir():
-            raise AdvbenchError(f"{flag} {value}: is a file; expected a folder (it is created if missing)")
-    opts = RunOptions(
-        runs_dir=args.runs_dir,
-        cache_dir=args.cache_dir,
-        data_dir=args.data_dir,
-        device=args.device,
-        report=args.report,
-        resume=args.resume,
-        progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
-        executor=args.executor,
-        address=args.address,
-        fail_fast=args.fail_fast,
-        time_limit=args.time_limit,
-        threads=resolve_threads(args.threads),
-        threads_auto=args.threads == AUTO,
-        workers=args.workers,
-    )
-    # before any data is loaded or cell run: a refused report path or template fails here
-    render = None if args.plan else markdown_renderer(suite, args.report, source=args.file, replace=args.replace_report)
-    runner = Runner(suite, source=args.file, options=opts)
+    options = {
+        "runs_dir": args.runs_dir,
+        "cache_dir": args.cache_dir,
+        "data_dir": args.data_dir,
+        "device": args.device,
+        "report": args.report,
+        "resume": args.resume,
+        "executor": args.executor,
+        "address": args.address,
+        "fail_fast": args.fail_fast,
+        "time_limit": args.time_limit,
+        "threads": args.threads,
+        "workers": args.workers,
+        "progress": not getattr(args, "quiet", False) and sys.stderr.isatty(),
+    }
     if args.plan:
-        rows = describe_plan(runner.plan, runner.ctx.cache)
-        todo = [r for r in rows if not r["cached"]]
-        sys.stdout.write(tabulate(rows, headers="keys", tablefmt="github") + "\n\n")
-        bases = Counter(r["basis"] for r in todo)
-        basis = ", ".join(f"{n} from {b}" for b, n in sorted(bases.items()))
-        sys.stdout.write(
-            f"{len(rows)} cells, {len(rows) - len(todo)} cached, {len(todo)} to compute; "
-            f"estimated {sum(r['estimate_s'] for r in todo) / 60:.1f} min of work ({basis or 'nothing to do'}; "
-            f"'model' is the work model's 2-core CPU figure) (cache: {runner.ctx.cache.root})\n"
-        )
-        sys.stdout.write(_execution_line(runner) + "\n")
-        return 0
-    progress = RunProgress(runner.plan, periodic=not opts.progress)
-    run_dir = runner.run(render=render, on_cell=progress)
-    if runner.results is not None and not getattr(args, "quiet", False):
-        sys.stdout.write(
-            run_headline(
-                runner.results,
-                report=display_path(resolve_report_path(suite, args.report)),
-                run_dir=display_path(run_dir.path),
-            )
-            + "\n"
-        )
+        return _print_plan(args.file, options)
+    run = api.run(
+        args.file,
+        replace_report=args.replace_report,
+        on_plan=lambda plan: RunProgress(plan, periodic=not options["progress"]),
+        **options,
+    )
+    if not getattr(args, "quiet", False):
+        sys.stdout.write(run.headline() + "\n")
     # 1 when cells failed: the results are partial (the report lists what is missing).
-    return 1 if runner.failures else 0
+    return 0 if run.failures.empty else 1
+
+
+def _print_plan(file: str, options: dict[str, Any]) -> int:
+    suite, source = api.suite_of(file)
+    runner = Runner(suite, source=source, options=api.run_options(**options))
+    rows = describe_plan(runner.plan, runner.ctx.cache)
+    todo = [r for r in rows if not r["cached"]]
+    sys.stdout.write(tabulate(rows, headers="keys", tablefmt="github") + "\n\n")
+    bases = Counter(r["basis"] for r in todo)
+    basis = ", ".join(f"{n} from {b}" for b, n in sorted(bases.items()))
+    sys.stdout.write(
+        f"{len(rows)} cells, {len(rows) - len(todo)} cached, {len(todo)} to compute; "
+        f"estimated {sum(r['estimate_s'] for r in todo) / 60:.1f} min of work ({basis or 'nothing to do'}; "
+        f"'model' is the work model's 2-core CPU figure) (cache: {runner.ctx.cache.root})\n"
+    )
+    sys.stdout.write(_execution_line(runner) + "\n")
+    return 0
 
 
 def _execution_line(runner: Runner) -> str:
@@ -193,8 +148,8 @@ def _execution_line(runner: Runner) -> str:
     return f"executor: local, {where}, {threads} thread(s) per cell; {memory}{avail}"
 
 
-#: The longest --time-limit (a timer that long is no limit; ``inf`` overflowed the timer before).
-MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
+#: The longest --time-limit (a timer that long is no limit; ``inf`` would overflow the timer).
+MAX_TIME_LIMIT_S = api.MAX_TIME_LIMIT_S
 
 
 def _positive_float(text: str) -> float:

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StringConstraints,
     ValidationInfo,
     field_validator,
     model_serializer,
@@ -48,7 +49,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def parse_eps(value: Any) -> float:
+#: an eps written as text: a number or a fraction of two numbers ("8/255", "0.5/255", "1e-3")
+_EPS_TEXT = r"(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(\s*/\s*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)?"
+
+
+def parse_eps(value: object) -> float:
     """Parse an eps given as a number (``0.1``, ``1e-3``) or a fraction string (``"8/255"``) into [0, 1] pixels.
 
     Fractions are computed exactly, so ``"8/255"`` gives the same float as ``8 / 255``.
@@ -58,7 +63,7 @@ def parse_eps(value: Any) -> float:
         raise ValueError(f"eps {value!r}: {expected}, not a boolean")
     if isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(\s*/\s*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)?", text):
+        if not re.fullmatch(_EPS_TEXT, text):
             raise ValueError(f"eps {value!r}: {expected}")
         num, _, den = text.partition("/")
         if den and Fraction(den.strip()) == 0:
@@ -82,7 +87,9 @@ def _no_bool(value: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
-Eps = Annotated[float, BeforeValidator(parse_eps)]
+# the schema (`advbench schema`) admits what the validators parse: a fraction string such as "8/255" too
+_EpsInput = float | Annotated[str, StringConstraints(pattern=rf"^\s*{_EPS_TEXT}\s*$")]
+Eps = Annotated[float, BeforeValidator(parse_eps, json_schema_input_type=_EpsInput)]
 
 
 def parse_radius(value: Any, info: ValidationInfo) -> float:
@@ -97,14 +104,14 @@ def parse_radius(value: Any, info: ValidationInfo) -> float:
 
 
 #: a radius: an L-inf eps in [0, 1], or any finite L2 radius >= 0 (``norm`` must precede it)
-Radius = Annotated[float, BeforeValidator(parse_radius)]
+Radius = Annotated[float, BeforeValidator(parse_radius, json_schema_input_type=_EpsInput)]
 
 
 class SplitSizes(_Strict):
     """Numbers of examples per split; ``null`` takes all that is left."""
 
-    train: Int | None = Field(None, ge=1)
-    test: Int | None = Field(None, ge=1)
+    train: Int | None = Field(None, ge=1, description="training examples (null = all that are left)")
+    test: Int | None = Field(None, ge=1, description="test examples (null = all that are left)")
     validation: Int = Field(
         0,
         ge=0,
@@ -118,8 +125,8 @@ class DatasetConfig(_Strict):
     data_dir: str | None = Field(
         None, description="folder with the dataset's files (else $ADVBENCH_DATA, system, cache)"
     )
-    download: bool = True
-    splits: SplitSizes = Field(default_factory=SplitSizes)
+    download: bool = Field(True, description="download a dataset not found locally (checksummed) instead of failing")
+    splits: SplitSizes = Field(default_factory=SplitSizes, description="examples per split")
     seed: Int = Field(0, ge=0, description="seed of the train / calibration / test split")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the loader")
 
@@ -129,10 +136,14 @@ class SNNLConfig(_Strict):
 
     alpha: Float = Field(0.0, description="< 0 maximises hidden-layer entanglement, 0 = baseline, > 0 minimises it")
     layers: list[str] | None = Field(None, description="hidden layers to regularise; null = every hidden layer")
-    temperature: Literal["learned", "reference", "fixed"] = "learned"
+    temperature: Literal["learned", "reference", "fixed"] = Field(
+        "learned",
+        description="learned: log T per layer minimises the layer's SNNL by its own optimiser; reference: the "
+        "reference code's T = T0 / t schedule; fixed: T0 throughout",
+    )
     T0: Float = Field(100.0, gt=0, description="initial temperature")
     temperature_lr: Float = Field(0.1, gt=0, description="step size of the temperature update")
-    distance: Literal["euclidean", "cosine"] = "euclidean"
+    distance: Literal["euclidean", "cosine"] = Field("euclidean", description="the SNNL's pairwise distance")
 
 
 class RegulariserConfig(_Strict):
@@ -154,12 +165,14 @@ class RegulariserConfig(_Strict):
 
 
 class RecipeConfig(_Strict):
-    epochs: Int = Field(5, ge=1)
-    batch_size: Int = Field(128, ge=2)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Float = Field(1e-3, gt=0)
-    weight_decay: Float = Field(0.0, ge=0)
-    momentum: Float = Field(0.9, ge=0, lt=1)
+    """How advbench trains a model: optimiser, schedule, augmentation and the composite loss."""
+
+    epochs: Int = Field(5, ge=1, description="passes over the training split")
+    batch_size: Int = Field(128, ge=2, description="training examples per optimiser step")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="the torch.optim optimiser")
+    lr: Float = Field(1e-3, gt=0, description="learning rate (the schedule's starting value)")
+    weight_decay: Float = Field(0.0, ge=0, description="the optimiser's weight decay")
+    momentum: Float = Field(0.9, ge=0, lt=1, description="sgd only: its momentum")
     schedule: Literal["constant", "cosine", "step"] = Field(
         "constant", description="learning-rate schedule, stepped once per epoch: constant, cosine to 0, or step"
     )
@@ -173,7 +186,9 @@ class RecipeConfig(_Strict):
         "drawn from the seed, epoch and step alone, so paired variants see the same augmented batches",
     )
     crop_padding: Int = Field(4, ge=0, description="crop-flip: pixels of zero padding on each side before the crop")
-    snnl: SNNLConfig = Field(default_factory=SNNLConfig)
+    snnl: SNNLConfig = Field(
+        default_factory=SNNLConfig, description="the Soft Nearest Neighbor Loss term (alpha 0: a baseline)"
+    )
     regularisers: list[RegulariserConfig] = Field(
         default_factory=list, description="further regularisers, each adding weight * its terms to the loss"
     )
@@ -211,13 +226,19 @@ def _recipe_none(value: Any) -> Any:
     return value
 
 
+#: a recipe, or ``none`` for a model brought already trained (the schema admits the string too)
+_RECIPE_OR_NONE = BeforeValidator(_recipe_none, json_schema_input_type=RecipeConfig | Literal["none"] | None)
+
+
 class ModelConfig(_Strict):
+    """One model of the comparison: an architecture trained by a recipe, or a model brought already trained."""
+
     name: str = Field(pattern=_NAME, max_length=64, description="a label unique within the suite, e.g. 'entangled'")
     architecture: str | None = Field(
         None, description="a registered model: `advbench list models` (or give `builder` instead)"
     )
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the architecture")
-    recipe: Annotated[RecipeConfig | None, BeforeValidator(_recipe_none)] = Field(
+    recipe: Annotated[RecipeConfig | None, _RECIPE_OR_NONE] = Field(
         default_factory=RecipeConfig,
         description="how advbench trains it; `none` for a model brought already trained (weights or builder)",
     )
@@ -273,17 +294,23 @@ class ModelConfig(_Strict):
 
 
 class AttackConfig(_Strict):
+    """A white-box attack run on every model at every radius; its examples also feed transfer and the DkNN."""
+
     name: str = Field(description="a registered attack: `advbench list attacks`")
     label: str | None = Field(None, pattern=_NAME, description="report label; defaults to the name")
-    backend: Literal["torchattacks", "foolbox"] | None = None
+    backend: Literal["torchattacks", "foolbox"] | None = Field(
+        None, description="the library that runs a built-in attack; null = the attack's default"
+    )
     norm: Literal["linf", "l2"] = Field(
         "linf", description="the threat model's ball: linf (eps in [0, 1]) or l2 (per-example Euclidean radius)"
     )
     eps: list[Radius] = Field(
         min_length=1, description="radii in [0, 1] pixel units for linf ('8/255' accepted); any radius >= 0 for l2"
     )
-    params: dict[str, Any] = Field(default_factory=dict)
-    batch_size: Int = Field(250, ge=1)
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the attack (`advbench list attacks` lists them)"
+    )
+    batch_size: Int = Field(250, ge=1, description="examples attacked per batch")
 
     @field_validator("eps")
     @classmethod
@@ -299,7 +326,9 @@ class AttackConfig(_Strict):
 
 
 class TransferConfig(_Strict):
-    enabled: bool = True
+    """Transfer of every source's adversarial examples to every model (docs/method.md)."""
+
+    enabled: bool = Field(True, description="false: no transfer evaluation")
     n_examples: Int | None = Field(1000, ge=1, description="test examples attacked per source (null = all)")
     cross_seed: Literal["ring", "all", "none"] = Field(
         "none",
@@ -309,13 +338,17 @@ class TransferConfig(_Strict):
 
 
 class DknnConfig(_Strict):
-    enabled: bool = True
-    k: Int = Field(75, ge=1)
+    """Deep k-Nearest Neighbors credibility on clean, adversarial and out-of-distribution inputs."""
+
+    enabled: bool = Field(True, description="false: no DkNN scoring")
+    k: Int = Field(75, ge=1, description="neighbours per layer")
     layers: list[str] | None = Field(None, description="layers to index; null = every hidden layer and the logits")
     calibration_size: Int = Field(750, ge=1, description="held-out calibration points, disjoint from train and test")
     n_examples: Int | None = Field(1000, ge=1, description="queries scored per input set (null = all)")
-    index: Literal["exact", "ivf", "hnsw"] = "exact"
-    distance: Literal["euclidean", "cosine"] = "euclidean"
+    index: Literal["exact", "ivf", "hnsw"] = Field(
+        "exact", description="faiss search: exact (flat), or approximate (ivf, hnsw) with its recall reported"
+    )
+    distance: Literal["euclidean", "cosine"] = Field("euclidean", description="the neighbour search's distance")
 
 
 class OODConfig(_Strict):
@@ -329,7 +362,7 @@ class OODConfig(_Strict):
     dataset: str | None = Field(
         None, description="a registered dataset presented to the models as out-of-distribution (optional)"
     )
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the dataset's loader")
     n_examples: Int = Field(1000, ge=1, description="examples drawn from `dataset` (shift sets use the scored ones)")
     shifts: list[str] = Field(
         default_factory=list,
@@ -363,31 +396,41 @@ class OODConfig(_Strict):
 
 
 class EvaluationsConfig(_Strict):
-    transfer: TransferConfig = Field(default_factory=TransferConfig)
-    dknn: DknnConfig | None = None
-    ood: OODConfig | None = None
+    """What is measured beyond clean and white-box robust accuracy."""
+
+    transfer: TransferConfig = Field(default_factory=TransferConfig, description="attack transfer between models")
+    dknn: DknnConfig | None = Field(None, description="DkNN credibility and calibration (null = none)")
+    ood: OODConfig | None = Field(None, description="out-of-distribution sets scored by the DkNN (null = none)")
 
 
 class ReportConfig(_Strict):
+    """Where the Markdown report goes."""
+
     output: str = Field("reports/{name}.md", description="Markdown file; {name} is the suite's name")
-    plots: bool = True
+    plots: bool = Field(True, description="write the report's figures (PNG, beside the report)")
 
 
 class Suite(_Strict):
     """A benchmark suite: a dataset, paired models, seeds, attacks and evaluations."""
 
     name: str = Field(pattern=_NAME, max_length=100, description="names the run folders and the report")
-    description: str = ""
-    dataset: DatasetConfig
-    models: list[ModelConfig] = Field(min_length=1)
-    seeds: list[Int] = Field([0], min_length=1)
-    attacks: list[AttackConfig] = Field(default_factory=list)
-    evaluations: EvaluationsConfig = Field(default_factory=EvaluationsConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
+    description: str = Field("", description="free text shown at the top of the report")
+    dataset: DatasetConfig = Field(description="the data every model trains and is evaluated on")
+    models: list[ModelConfig] = Field(
+        min_length=1, description="the models compared; the first is the reference of paired comparisons"
+    )
+    seeds: list[Int] = Field(
+        [0], min_length=1, description="training seeds: the replicates of every model (one model per seed)"
+    )
+    attacks: list[AttackConfig] = Field(default_factory=list, description="white-box attacks run on every model")
+    evaluations: EvaluationsConfig = Field(default_factory=EvaluationsConfig, description="transfer, DkNN and OOD")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="the Markdown report")
     claims: list[str] | None = Field(
         None, description="pre-registered claims to decide (`advbench list claims`); null = every registered claim"
     )
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="where cells compute (auto: cuda when available); part of every cell's key"
+    )
     cache_dir: str | None = Field(
         None, description="content-addressed cache; default $ADVBENCH_CACHE or ~/.cache/advbench"
     )
