@@ -403,17 +403,18 @@ def _object_source_hash(obj: Any) -> tuple[str, tuple[str, ...]]:
 def entry_component(registry: Any, name: str) -> Component:
     """The component behind the registry entry ``name``: advbench's module, a plugin's distribution, or user code."""
     entry = registry.entry(name)
-    module = getattr(entry.obj, "__module__", "") or ""
+    code = getattr(entry.obj, "__wrapped__", entry.obj)  # a claim is identified by its statistic's code
+    module = getattr(code, "__module__", "") or ""
     if entry.source == "advbench" and module.split(".")[0] == "advbench":
         return advbench_component(module)
     if entry.source == "user":
-        digest, user_modules = _object_source_hash(entry.obj)
+        digest, user_modules = _object_source_hash(code)
         return Component(f"user:{module}", f"src.{digest}", frozenset(), user_modules, portable=False)
     dist = entry.source
     version = _dist_version(dist)
     modules: tuple[str, ...] = (module,)
     if _editable(dist) or _unversioned(version):
-        digest, modules = _object_source_hash(entry.obj)
+        digest, modules = _object_source_hash(code)
         version = f"{version}+src.{digest}"
     libraries: frozenset[str] = frozenset()
     if module:

@@ -226,7 +226,8 @@ def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
 
 
 def _caller_source(obj: Any) -> str:
-    module = getattr(obj, "__module__", "") or ""
+    # an object wrapping user code (a claim wraps its statistic) is credited to the code it wraps
+    module = getattr(getattr(obj, "__wrapped__", obj), "__module__", "") or ""
     return "advbench" if module.split(".")[0] == "advbench" else "user"
 
 

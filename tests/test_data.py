@@ -324,3 +324,31 @@ def test_digits_read_without_sklearn_import_equal_load_digits():
     images, target = _sklearn_digits()
     d = load_digits()
     assert np.array_equal(images, d.images) and np.array_equal(target, d.target)
+
+
+def test_the_suites_download_setting_reaches_the_loader(isolated, monkeypatch, tmp_path):
+    """`dataset.download: false` is passed to loaders that take it (a missing file is then an error, no fetch)."""
+    from advbench.config import Suite
+    from advbench.suite import context
+
+    seen: list[dict] = []
+    real = context.load_dataset
+
+    def spy(name, **kw):
+        seen.append(kw)
+        return real(name, **kw)
+
+    monkeypatch.setattr(context, "load_dataset", spy)
+    for download in (False, True):
+        suite = Suite.model_validate(
+            {
+                "name": "dl",
+                "dataset": {"name": "digits", "download": download, "splits": {"train": 200, "test": 50}},
+                "models": [{"name": "m", "architecture": "cnn-digits", "recipe": {"epochs": 1}}],
+            }
+        )
+        context.CellContext.create(suite, context.RunOptions(cache_dir=str(tmp_path / "cache")))
+        assert seen[-1]["download"] is download
+    monkeypatch.setattr(B, "FASHION_MNIST_URL", "http://127.0.0.1:9/")  # never reached
+    with pytest.raises(DataError, match="downloads are disabled"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "nothing-here", download=False)

@@ -359,6 +359,12 @@ class Claim:
     smallest_effect: float | None = None
     kind: ClaimKind = "finding"
 
+    @property
+    def __wrapped__(self) -> Statistic:
+        """The statistic: the code behind the claim, by which the registry credits it (advbench, a script or a
+        plugin) and code identity hashes it (``inspect.unwrap`` convention)."""
+        return self.statistic
+
     def evaluate(self, results: TidyResults, *, confidence: float = 0.95) -> ClaimResult:
         """The verdict on ``results`` alone (no correction across claims: :func:`evaluate_claims` adds it); a
         statistic raising :class:`NotApplicableError` gives ``"not applicable"``.

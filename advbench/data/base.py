@@ -135,8 +135,11 @@ def dataset_shape(name: str, params: dict[str, Any] | None = None) -> tuple[int,
         return None
 
 
-def load_dataset(name: str, *, data_dir: str | Path | None = None, **kwargs: Any) -> RawDataset:
-    """Load the registered dataset ``name``; ``data_dir`` is passed to loaders that read files.
+def load_dataset(
+    name: str, *, data_dir: str | Path | None = None, download: bool = True, **kwargs: Any
+) -> RawDataset:
+    """Load the registered dataset ``name``; ``data_dir`` and ``download`` (``dataset.download``: fetch files
+    not found locally) are passed to loaders that take them.
 
     The result is checked with :func:`check_raw_dataset`, so a plugin returning NaN pixels or labels
     out of range fails here with a :class:`DataError`, before anything is trained on it.
@@ -145,6 +148,8 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, **kwargs: Any
     params = inspect.signature(loader).parameters
     if "data_dir" in params:
         kwargs["data_dir"] = data_dir
+    if "download" in params:
+        kwargs["download"] = download
     raw = loader(**kwargs)
     if not isinstance(raw, RawDataset):
         raise DataError(

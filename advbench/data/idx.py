@@ -103,6 +103,8 @@ def download(url: str, dest: str | Path, sha256: str, *, timeout: float = 60.0, 
                             h.update(block)
                             bar.update(len(block))
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()  # an HTTP error holds the response (and its socket) open
                 raise DataError(f"could not download {url}: {type(exc).__name__}: {exc}") from exc
             out.flush()
             os.fsync(out.fileno())

@@ -139,7 +139,7 @@ class CellContext:
         """Load the data splits, plan the cells and open the cache for ``suite``."""
         opt = options or RunOptions()
         d = suite.dataset
-        raw = _load_as_guest(d.name, data_dir=opt.data_dir or d.data_dir, **d.params)
+        raw = _load_as_guest(d.name, data_dir=opt.data_dir or d.data_dir, download=d.download, **d.params)
         splits = make_splits(
             raw,
             train=d.splits.train,

@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,12 +127,13 @@ class RunDir:
         fh.truncate()
         fh.write(f"advbench process {os.getpid()} on {platform.node()}\n")
         fh.flush()
-        self._lock = fh
+        # closed (and the lock dropped) by release(), or when this RunDir is collected: never left open
+        self._lock = weakref.finalize(self, fh.close)
 
     def release(self) -> None:
         """Drop the lock of :meth:`lock` (the run ended, finished or not)."""
         if self._lock is not None:
-            self._lock.close()
+            self._lock()
             self._lock = None
 
     @classmethod
