@@ -23,9 +23,9 @@ constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 echo "torch==$TORCH_VERSION" >"$constraints"
 
-# advbench with its test and lint tools and Ray (the optional cluster executor, which the tests
-# exercise on a local cluster); the constraint keeps torch where it is.
-pip install -q -c "$constraints" -e ".[test,lint,ray]"
+# advbench with its test, lint and documentation tools and Ray (the optional cluster executor, which
+# the tests exercise on a local cluster); the constraint keeps torch where it is.
+pip install -q -c "$constraints" -e ".[test,lint,ray,docs]"
 # torchattacks declares torchvision and requests~=2.25.1 but imports neither.
 pip install -q --no-deps "torchattacks==3.5.1"
 

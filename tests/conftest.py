@@ -96,3 +96,51 @@ def reload_plugins():
         registry._loaded = loaded
     for m in dropped:
         sys.modules.pop(m, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Test tiers. Every test not marked integration, slow or benchmark is in the unit tier (marker `unit`), and the
+# unit tier keeps to its definition: no subprocess running the advbench CLI (or a Python child running advbench),
+# no Ray cluster. A unit test that does either fails, naming the marker to use instead.
+
+_OTHER_TIERS = ("integration", "slow", "benchmark")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in _OTHER_TIERS):
+            item.add_marker(pytest.mark.unit)
+
+
+def _runs_advbench(args: Any) -> bool:
+    """Whether a subprocess's argv starts the advbench CLI or a Python child that imports advbench."""
+    argv = [str(a) for a in ([args] if isinstance(args, (str, bytes, os.PathLike)) else list(args))]
+    text = " ".join(argv)
+    return bool(argv) and (
+        Path(argv[0]).name == "advbench" or "advbench.cli" in text or ("-c" in argv and "advbench" in text)
+    )
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    import subprocess
+
+    real_init = subprocess.Popen.__init__
+
+    def guarded_init(self: subprocess.Popen, args: Any, *a: Any, **kw: Any) -> None:
+        if _runs_advbench(args):
+            raise AssertionError(
+                f"a unit test started advbench in a subprocess ({args!r}); call the function in-process, "
+                "or mark the test @pytest.mark.integration"
+            )
+        real_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_init)
+    yield
+    ray = __import__("sys").modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        ray.shutdown()
+        raise AssertionError("a unit test started Ray; mark it @pytest.mark.integration")

@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
+from advbench.api import markdown_renderer
 from advbench.attacks import ATTACKS
 from advbench.attacks.base import Attack, ThreatModel
 from advbench.attacks.contract import AttackTimeoutError
-from advbench.cli.run_cmd import markdown_renderer
 from advbench.config import Suite
 from advbench.errors import ThreatModelError
 from advbench.suite.context import RunOptions

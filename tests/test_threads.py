@@ -22,6 +22,7 @@ def test_passive_openmp_sets_only_what_the_user_left_unset():
     assert passive_openmp(empty) == OPENMP_DEFAULTS == empty
 
 
+@pytest.mark.integration  # a fresh interpreter: the variable must be set before torch loads
 def test_the_cli_sets_passive_waiting_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k not in OPENMP_DEFAULTS}
     code = "import sys, os; import advbench.cli.main; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from advbench.analysis.results import Results
+from advbench.api import markdown_renderer
 from advbench.attacks import ATTACKS
 from advbench.attacks.base import Attack, ThreatModel
-from advbench.api import markdown_renderer
 from advbench.config import Suite
 from advbench.io import DiskFullError
 from advbench.suite.context import RunOptions

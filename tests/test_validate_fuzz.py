@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,7 +84,7 @@ def _leaves(node, path=()):
     yield path
 
 
-QUICK = yaml.safe_load(open(__file__.rsplit("/tests/", 1)[0] + "/suites/quick.yaml"))
+QUICK = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("suites", "quick.yaml").read_text())
 PATHS = sorted(set(_leaves(QUICK)), key=str)
 
 
