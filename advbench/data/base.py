@@ -135,9 +135,7 @@ def dataset_shape(name: str, params: dict[str, Any] | None = None) -> tuple[int,
         return None
 
 
-def load_dataset(
-    name: str, *, data_dir: str | Path | None = None, download: bool = True, **kwargs: Any
-) -> RawDataset:
+def load_dataset(name: str, *, data_dir: str | Path | None = None, download: bool = True, **kwargs: Any) -> RawDataset:
     """Load the registered dataset ``name``; ``data_dir`` and ``download`` (``dataset.download``: fetch files
     not found locally) are passed to loaders that take them.
 
