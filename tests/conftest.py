@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from advbench.data import Splits, load_dataset, make_splits
+from advbench.data import DATASETS, Splits, load_dataset, make_splits
 from advbench.models import Classifier, create_model
+
+# torch's own warnings every time, not once per process: warnings are errors here (pyproject.toml), and a
+# warn-once would fail whichever test happened to trigger it first
+torch.set_warn_always(True)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -96,6 +101,111 @@ def reload_plugins():
         registry._loaded = loaded
     for m in dropped:
         sys.modules.pop(m, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers several test files use: a dataset plugin, empty results, a small checkpointable model, damaged files and
+# a pickle payload.
+
+
+@pytest.fixture
+def user_dataset() -> Iterator[Callable[[Callable[[], object]], str]]:
+    """Register a loader under a fresh name; unregistered afterwards."""
+    names: list[str] = []
+
+    def add(loader: Callable[[], object]) -> str:
+        name = f"test-user-set-{len(names)}"
+        DATASETS.add(name, loader, source="tests")
+        names.append(name)
+        return name
+
+    yield add
+    for name in names:
+        DATASETS.unregister(name)
+
+
+@pytest.fixture
+def empty_results() -> Callable[..., Any]:
+    """``empty_results(**suite)``: a Results with every table empty and no failures, for the suite ``suite``
+    updates (a suite named ``t`` with no models by default)."""
+    return _empty_results
+
+
+def _empty_results(**suite: Any) -> Any:
+    import pandas as pd
+
+    from advbench.analysis.results import Results
+
+    empty = pd.DataFrame()
+    doc = {"name": "t", "models": [], "report": {"output": "x", "plots": False}} | suite
+    return Results.from_parts(
+        suite=doc,
+        outcomes=empty,
+        training=empty,
+        clean=empty,
+        dknn=empty,
+        dknn_examples=empty,
+        gradient_flags=empty,
+        failures=pd.DataFrame(columns=["cell", "kind", "status", "error"]),
+    )
+
+
+@pytest.fixture
+def tiny_mlp() -> Callable[[], torch.nn.Module]:
+    """``tiny_mlp()``: the ``mlp`` architecture for 3 classes of 1x4x4 inputs, seeded (the same weights each call)."""
+
+    def make() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return create_model("mlp", num_classes=3, input_shape=(1, 4, 4))
+
+    return make
+
+
+@pytest.fixture
+def checkpoint_card() -> Callable[[], dict[str, Any]]:
+    """``checkpoint_card()``: a fresh model card for :func:`advbench.training.save_checkpoint`."""
+    return lambda: {"params": {}, "seed": 0, "metrics": {"test_accuracy": 0.5, "loss": float("nan")}}
+
+
+@pytest.fixture
+def damage_file() -> Callable[[Path, str], None]:
+    """``damage_file(path, how)``: ``how`` is ``truncate`` (keep the first half), ``flip-middle`` or ``flip-last``
+    (flip one bit of the middle byte, or of the last but one)."""
+    return _damage_file
+
+
+def _flip(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset % len(raw)] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def _damage_file(path: Path, how: str) -> None:
+    if how == "truncate":
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    elif how == "flip-middle":
+        _flip(path, path.stat().st_size // 2)
+    elif how == "flip-last":
+        _flip(path, -2)
+    else:
+        raise ValueError(how)
+
+
+class _PicklePayload:
+    """Unpickling this creates ``marker``: the proof that a pickle was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.fixture
+def pickle_payload() -> type[_PicklePayload]:
+    """``pickle_payload(marker)``: an object whose unpickling creates the file ``marker``."""
+    return _PicklePayload
 
 
 # ---------------------------------------------------------------------------------------------------------------

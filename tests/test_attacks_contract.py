@@ -1,5 +1,5 @@
-"""Hostile attack plugins: in-place writes, global state, hooks, exits and hangs fail the attack that
-did them, by name, and leave nothing behind for the next cell."""
+"""advbench.attacks.contract: hostile attack plugins. In-place writes, global state, hooks, exits and hangs
+fail the attack that did them, by name, and leave nothing behind for the next cell."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""advbench compare: numbers checked against the two runs' saved CSVs; paired vs Welch; unmatched rows."""
+"""advbench compare: numbers checked against the two runs' saved CSVs; paired vs Welch; unmatched rows; a table
+linked out of a run folder is refused."""
 
 from __future__ import annotations
 
@@ -209,3 +210,17 @@ def test_exact_reproduction_names_what_differs(tmp_path, capsys):
 def test_tolerance_needs_exact(tmp_path, capsys):
     assert main(["compare", str(tmp_path), str(tmp_path), "--tolerance", "0.1"]) != 0
     assert "without --exact" in capsys.readouterr().err
+
+
+def test_compare_exact_refuses_a_table_linked_out_of_the_run_folder(tmp_path, capsys):
+    import shutil
+
+    run = Path(__file__).resolve().parents[1] / "reports" / "cdd-sweep" / "run"
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(run, a)
+    shutil.copytree(run, b)
+    (b / "results" / "clean.csv").unlink()
+    (b / "results" / "clean.csv").symlink_to("/etc/hostname")
+    assert main(["compare", str(a), str(b), "--exact"]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and "clean.csv" in err

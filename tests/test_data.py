@@ -1,20 +1,33 @@
-"""Datasets: IDX reading, the lookup order, verified downloads from a loopback server, seeded splits."""
+"""advbench.data: IDX reading, the lookup order, verified downloads from a loopback server, seeded splits,
+corrupt IDX files, bad data, and dataset sizes known without loading.
+
+Bad data is a DataError naming the dataset, the array and the fix, from load_dataset or make_splits. Kinds
+tried: NaN pixels, infinite pixels, pixels above max_value, negative pixels, negative labels, labels >=
+num_classes, non-integer (fractional) labels, NaN labels, string labels, images and labels of different
+lengths, images that are not (N, C, H, W), a loader returning something else than a RawDataset, splits larger
+than the dataset (single pool and official test set), and negative or non-integer split sizes. Each is refused
+before any model sees the data. A truncated, a bit-flipped and a non-gzip IDX file in a data folder is a clear
+error; in the download cache it is downloaded again.
+"""
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import http.server
 import socket
 import struct
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from advbench.data import RawDataset, load_dataset, make_splits
+from advbench.data import DATASETS, RawDataset, check_raw_dataset, dataset_sizes, load_dataset, make_splits
 from advbench.data import builtin as B
 from advbench.data.idx import read_idx, sha256_file
 from advbench.errors import DataError
@@ -214,6 +227,107 @@ def test_download_unreachable_port(isolated, monkeypatch):
     assert not cache_dir(isolated).exists() or list(cache_dir(isolated).iterdir()) == []
 
 
+# -- corrupt IDX files in a data folder and in the download cache ---------------------------------------
+
+_IDX = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0)
+
+
+def _fake_fashion(folder: Path, n_train: int = 60, n_test: int = 20) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    blobs = {
+        _IDX[0]: _idx_bytes(rng.integers(0, 256, (n_train, 28, 28))),
+        _IDX[1]: _idx_bytes(np.arange(n_train) % 10),
+        _IDX[2]: _idx_bytes(rng.integers(0, 256, (n_test, 28, 28))),
+        _IDX[3]: _idx_bytes(np.arange(n_test) % 10),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, blob in blobs.items():
+        (folder / name).write_bytes(blob)
+    return blobs
+
+
+@pytest.fixture
+def no_system_fashion(tmp_path, monkeypatch):
+    """No Debian copy, no $ADVBENCH_DATA, a private download cache, and no network."""
+    import advbench.data.builtin as builtin
+
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DEBIAN", tmp_path / "no-debian")
+    monkeypatch.delenv("ADVBENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+    def offline(url, dest, sha256, **kwargs):
+        raise DataError(f"could not download {url}: offline in tests")
+
+    monkeypatch.setattr(builtin, "download", offline)
+    return builtin
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip-middle", "not-gzip"])
+@pytest.mark.parametrize("which", [_IDX[0], _IDX[3]])
+def test_corrupt_idx_in_data_dir_is_a_clear_data_error(tmp_path, no_system_fashion, which, how, damage_file):
+    folder = tmp_path / "data"
+    _fake_fashion(folder)
+    assert len(load_dataset("fashion-mnist", data_dir=folder).y_train) == 60
+    if how == "not-gzip":
+        (folder / which).write_bytes(b"<html>404 Not Found</html>")
+    else:
+        damage_file(folder / which, how)
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist", data_dir=folder)
+    message = str(info.value)
+    assert str(folder / which) in message
+    assert "corrupt" in message or "not an IDX file" in message
+    assert "replace it with a good copy" in message
+
+
+def test_corrupt_idx_in_download_cache_is_downloaded_again(
+    tmp_path, no_system_fashion, monkeypatch, caplog, damage_file
+):
+    builtin = no_system_fashion
+    cache = tmp_path / "xdg" / "advbench" / "datasets" / "fashion-mnist"
+    good = _fake_fashion(cache)
+    monkeypatch.setattr(builtin, "FASHION_MNIST_SHA256", {n: hashlib.sha256(b).hexdigest() for n, b in good.items()})
+    fetched: list[str] = []
+
+    def fake_download(url, dest, sha256, **kwargs):
+        name = Path(dest).name
+        assert hashlib.sha256(good[name]).hexdigest() == sha256
+        fetched.append(name)
+        Path(dest).write_bytes(good[name])
+        return Path(dest)
+
+    monkeypatch.setattr(builtin, "download", fake_download)
+    damage_file(cache / _IDX[0], "flip-middle")
+    with caplog.at_level("WARNING"):
+        raw = load_dataset("fashion-mnist")
+    assert fetched == [_IDX[0]]  # only the bad file
+    assert len(raw.y_train) == 60 and "downloading them again" in caplog.text
+    assert (cache / _IDX[0]).read_bytes() == good[_IDX[0]]
+
+
+def test_corrupt_idx_in_download_cache_offline_says_how_to_fix(tmp_path, no_system_fashion, monkeypatch, damage_file):
+    builtin = no_system_fashion
+    cache = tmp_path / "xdg" / "advbench" / "datasets" / "fashion-mnist"
+    good = _fake_fashion(cache)
+    monkeypatch.setattr(builtin, "FASHION_MNIST_SHA256", {n: hashlib.sha256(b).hexdigest() for n, b in good.items()})
+    damage_file(cache / _IDX[2], "truncate")
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist")
+    message = str(info.value)
+    assert str(cache / _IDX[2]) in message and "downloading it again failed" in message
+    assert "network access" in message and "$ADVBENCH_DATA" in message
+
+
 # -- the real Fashion-MNIST files --------------------------------------------------------------
 
 REAL = B.FASHION_MNIST_DEBIAN
@@ -352,3 +466,154 @@ def test_the_suites_download_setting_reaches_the_loader(isolated, monkeypatch, t
     monkeypatch.setattr(B, "FASHION_MNIST_URL", "http://127.0.0.1:9/")  # never reached
     with pytest.raises(DataError, match="downloads are disabled"):
         load_dataset("fashion-mnist", data_dir=tmp_path / "nothing-here", download=False)
+
+
+# -- bad data ---------------------------------------------------------------------------------------
+
+
+def _raw(n: int = 60, *, test: int | None = None, float_x: bool = False, num_classes: int = 3) -> RawDataset:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 1, 4, 4)).astype(np.float32 if float_x else np.uint8)
+    y = np.arange(n) % num_classes
+    xt = yt = None
+    if test is not None:
+        xt, yt = rng.integers(0, 256, (test, 1, 4, 4)).astype(np.uint8), np.arange(test) % num_classes
+    return RawDataset("user-set", x, y, xt, yt, num_classes, tuple("abc"[:num_classes]))
+
+
+def _with(raw: RawDataset, **changes: object) -> RawDataset:
+    return replace(raw, **changes)
+
+
+def _x(raw: RawDataset, value: float, at: tuple[int, ...] = (5, 0, 1, 2)) -> np.ndarray:
+    x = raw.x_train.astype(np.float32)
+    x[at] = value
+    return x
+
+
+def _y(raw: RawDataset, value: object, at: int = 7, dtype: object = None) -> np.ndarray:
+    y = raw.y_train.astype(dtype or raw.y_train.dtype)
+    y[at] = value
+    return y
+
+
+BAD: dict[str, tuple[Callable[[RawDataset], RawDataset], list[str]]] = {
+    "nan-pixel": (lambda r: _with(r, x_train=_x(r, np.nan)), ["x_train holds 1 NaN or infinite", "example 5"]),
+    "inf-pixel": (lambda r: _with(r, x_train=_x(r, np.inf)), ["x_train holds 1 NaN or infinite"]),
+    "pixel-above-max": (lambda r: _with(r, x_train=_x(r, 300.0)), ["pixel values in [", "300]", "max_value=255"]),
+    "negative-pixel": (lambda r: _with(r, x_train=_x(r, -1.0)), ["pixel values in [-1,", "rescale"]),
+    "negative-label": (lambda r: _with(r, y_train=_y(r, -1)), ["y_train holds 1 label(s) outside 0..2", "min -1"]),
+    "label-too-big": (lambda r: _with(r, y_train=_y(r, 3)), ["y_train holds 1 label(s) outside 0..2", "max 3"]),
+    "fractional-label": (lambda r: _with(r, y_train=_y(r, 1.5, dtype=np.float64)), ["non-integer labels", "1.5"]),
+    "nan-label": (lambda r: _with(r, y_train=_y(r, np.nan, dtype=np.float64)), ["non-integer labels", "nan"]),
+    "string-labels": (
+        lambda r: _with(r, y_train=np.array(["a", "b", "c"] * 20)),
+        ["y_train has dtype <U1", "map class names to indices"],
+    ),
+    "length-mismatch": (lambda r: _with(r, y_train=r.y_train[:-1]), ["x_train has shape (60, 1, 4, 4)", "(59,)"]),
+    "not-nchw": (lambda r: _with(r, x_train=r.x_train[:, 0]), ["expected (N, C, H, W) images"]),
+    "test-label-too-big": (
+        lambda r: _with(r, x_test=r.x_train[:10], y_test=np.full(10, 9)),
+        ["y_test holds 10 label(s) outside 0..2"],
+    ),
+    "list-not-array": (lambda r: _with(r, y_train=list(r.y_train)), ["y_train a list", "numpy arrays"]),
+    "one-class": (lambda r: _with(r, num_classes=1), ["num_classes=1; expected an integer >= 2"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_make_splits_refuses_bad_data(kind):
+    damage, expected = BAD[kind]
+    raw = damage(_raw())
+    with pytest.raises(DataError) as info:
+        make_splits(raw, train=30, calibration=10, test=10)
+    message = str(info.value)
+    assert message.startswith("user-set: "), message  # names the dataset
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert "expected" in message and ("fix the loader of 'user-set'" in message or "repair" in message)
+
+
+def test_float_images_in_range_are_fine():
+    raw = _with(_raw(float_x=True), x_train=_raw(float_x=True).x_train / 255.0 * 16.0, max_value=16)
+    splits = make_splits(raw, train=30, calibration=10, test=10)
+    assert float(splits.train.x.max()) <= 1.0
+    check_raw_dataset(_raw(test=20))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ({"train": 40, "calibration": 15, "test": 10}, "need 65 examples but the dataset has 60"),
+        ({"train": None, "calibration": 50, "test": 20}, "need 70 examples but the dataset has 60"),
+        ({"train": 61, "calibration": 0, "test": 1}, "need 62 examples"),
+    ],
+)
+def test_splits_larger_than_the_dataset(sizes, expected):
+    with pytest.raises(DataError, match=expected) as info:
+        make_splits(_raw(), **sizes)
+    assert "reduce dataset.splits" in str(info.value)
+
+
+def test_splits_larger_than_the_official_sets():
+    raw = _raw(n=50, test=20)
+    with pytest.raises(DataError, match="test=21 asked for, but the official test set has 20 examples"):
+        make_splits(raw, train=10, calibration=5, test=21)
+    with pytest.raises(DataError, match="need 51 examples but the training pool has 50"):
+        make_splits(raw, train=46, calibration=5, test=10)
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "10", True])
+@pytest.mark.parametrize("which", ["train", "calibration", "test"])
+def test_bad_split_sizes(which, value):
+    sizes: dict[str, object] = {"train": 20, "calibration": 5, "test": 5, which: value}
+    with pytest.raises(DataError, match=rf"split size {which}={value!r}: expected a non-negative whole number"):
+        make_splits(_raw(), **sizes)  # type: ignore[arg-type]
+
+
+# -- through the registry, as a suite would load it (user_dataset: conftest) ----------------------
+
+
+@pytest.mark.parametrize("kind", ["nan-pixel", "label-too-big", "fractional-label", "negative-label"])
+def test_registered_dataset_with_bad_data_fails_on_load(user_dataset, kind):
+    damage, expected = BAD[kind]
+    name = user_dataset(lambda: damage(_raw()))
+    with pytest.raises(DataError) as info:
+        load_dataset(name)
+    for part in expected:
+        assert part in str(info.value)
+
+
+def test_registered_dataset_returning_the_wrong_type(user_dataset):
+    name = user_dataset(lambda: {"x": np.zeros((3, 1, 2, 2))})
+    with pytest.raises(DataError, match=rf"dataset '{name}': the loader returned a dict; expected an advbench.data"):
+        load_dataset(name)
+
+
+def test_registered_dataset_too_small_for_the_splits(user_dataset):
+    name = user_dataset(lambda: _raw(n=30))
+    raw = load_dataset(name)
+    with pytest.raises(DataError, match=r"need 40 examples but the dataset has 30; reduce dataset\.splits"):
+        make_splits(raw, train=20, calibration=10, test=10)
+
+
+def test_registrations_are_cleaned_up():
+    assert not DATASETS.list("test-user-set-*")
+
+
+# -- sizes without loading -------------------------------------------------------------------------
+
+
+def test_dataset_sizes_are_known_without_loading(monkeypatch):
+    import advbench.data.builtin as builtin
+
+    def boom(*args, **kwargs):
+        raise AssertionError("validation must not read or download dataset files")
+
+    monkeypatch.setattr(builtin, "find_idx_dir", boom)
+    assert dataset_sizes("fashion-mnist") == (60000, 10000)
+    assert dataset_sizes("mnist") == (60000, 10000)
+    assert dataset_sizes("digits", {"size": 28}) == (1797, None)
+    assert dataset_sizes("synthetic", {"n": 123}) == (123, None)
+    assert dataset_sizes("synthetic", {"n": "many"}) is None  # bad params are reported elsewhere
+    assert dataset_sizes("no-such-dataset") is None

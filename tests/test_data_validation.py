@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_reliability_data import _raw
+from test_data import _raw
 
 from advbench.data import load_dataset, make_splits
 from advbench.errors import DataError

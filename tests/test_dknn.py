@@ -1,6 +1,14 @@
-"""The DkNN against an independent brute-force numpy implementation, persistence and approximate search."""
+"""advbench.evaluation.dknn: the DkNN against an independent brute-force numpy implementation, persistence (damaged
+and hostile files refused, never unpickled) and approximate search."""
 
 from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+from collections.abc import Callable
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -11,6 +19,7 @@ from torch import nn
 from advbench.errors import CacheError
 from advbench.evaluation.calibration import detection_scores
 from advbench.evaluation.dknn import DkNN, DkNNOutput, example_records
+from advbench.hashing import sha256_file
 from advbench.models import Classifier
 
 C = 3
@@ -231,6 +240,48 @@ def test_missing_file_and_other_weights_are_detected(tmp_path) -> None:
         DkNN.load(path, dknn.model)
     with pytest.raises(CacheError, match="no saved DkNN"):
         DkNN.load(tmp_path / "nothing", dknn.model)
+
+
+# -- pickle payloads and damage in a saved DkNN folder (every checksum updated for the payloads) ---------
+
+
+def _saved_dknn(tmp_path: Path, tiny_mlp: Callable[[], nn.Module]) -> tuple[nn.Module, Path]:
+    model = tiny_mlp().eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 4, 4, generator=g), torch.arange(40) % 3
+    dknn = DkNN(model, k=3).fit(x, y).calibrate(x[:12], y[:12])
+    return model, dknn.save(tmp_path / "dknn")
+
+
+def _refresh_dknn_manifest(folder: Path) -> None:
+    manifest = json.loads((folder / "dknn.json").read_text())
+    manifest["files"] = {name: sha256_file(folder / name) for name in manifest["files"]}
+    (folder / "dknn.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("target", ["arrays.npz", "index_0.faiss"])
+def test_pickle_in_a_dknn_folder_is_refused_unexecuted(tmp_path, target, tiny_mlp, pickle_payload):
+    marker = tmp_path / "executed"
+    model, folder = _saved_dknn(tmp_path, tiny_mlp)
+    DkNN.load(folder, model)  # intact: loads
+    if target == "arrays.npz":  # an object array: np.load would unpickle it with allow_pickle=True
+        buf = io.BytesIO()
+        np.savez(buf, y_train=np.array([pickle_payload(marker)], dtype=object))
+        (folder / target).write_bytes(buf.getvalue())
+    else:
+        (folder / target).write_bytes(pickle.dumps(pickle_payload(marker)))
+    _refresh_dknn_manifest(folder)
+    with pytest.raises(CacheError, match=f"could not read the DkNN in {re.escape(str(folder))}"):
+        DkNN.load(folder, model)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip-middle"])
+def test_damaged_dknn_file_is_refused_by_checksum(tmp_path, how, tiny_mlp, damage_file):
+    model, folder = _saved_dknn(tmp_path, tiny_mlp)
+    damage_file(folder / "index_0.faiss", how)
+    with pytest.raises(CacheError, match="is corrupt: sha256"):
+        DkNN.load(folder, model)
 
 
 def test_approximate_indices_report_recall() -> None:

@@ -1,12 +1,14 @@
 """advbench.io: atomic writes that follow the umask, name the path on a full or read-only disk,
-never leave a partial file, never replace a file advbench did not write, and suite paths that
-cannot leave the project's folders."""
+never leave a partial file, never replace a file advbench did not write, suite paths that
+cannot leave the project's folders, and run tables read as untrusted input (no symbolic links,
+no gzip bombs)."""
 
 from __future__ import annotations
 
 import errno
 import gzip
 import os
+import pickle
 import stat
 from pathlib import Path
 
@@ -26,10 +28,13 @@ from advbench.io import (
     check_suite_path,
     generated_marker,
     is_generated_file,
+    read_run_table,
     relative_to_project,
     suite_path_problems,
     write_generated_text,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -131,6 +136,40 @@ def test_the_temporary_file_never_follows_a_planted_symlink(tmp_path, monkeypatc
     assert outside.read_text() == "precious"
 
 
+# -- a full disk --------------------------------------------------------------------------------
+
+
+def _enospc(path: object = "") -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_disk_full_error_pickles_for_workers():
+    err = DiskFullError("the cache disk at /c is full", path="/c", nbytes=12)
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, DiskFullError) and str(back) == str(err)
+    assert back.nbytes == 12 and back.errno == errno.ENOSPC
+
+
+def test_atomic_write_text_enospc_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "run" / "manifest.json"
+    atomic_write_text(target, '{"old": true}')
+    real_fsync = os.fsync
+
+    def full_fsync(fd):
+        raise _enospc()
+
+    monkeypatch.setattr(io_module.os, "fsync", full_fsync)
+    with pytest.raises(DiskFullError) as info:
+        atomic_write_text(target, '{"new": true}' * 100)
+    monkeypatch.setattr(io_module.os, "fsync", real_fsync)
+    message = str(info.value)
+    assert f"the disk holding {target} is full" in message and "1,300 bytes" in message and "free space" in message
+    assert target.read_text() == '{"old": true}'  # never a mix of old and new
+    assert [p.name for p in target.parent.iterdir()] == ["manifest.json"]  # temporary file removed
+    atomic_write_text(target, '{"new": true}')  # space freed
+    assert target.read_text() == '{"new": true}'
+
+
 # -- never overwrite a file advbench did not write ----------------------------------------------
 
 
@@ -179,6 +218,10 @@ def test_symlinks_folders_and_unmarkable_types_are_refused(tmp_path):
 def test_marker_is_in_the_file_types_comment_syntax():
     assert generated_marker("a.md").startswith("<!-- ") and generated_marker("a.md").endswith(" -->\n")
     assert generated_marker("a.yaml").startswith("# ")
+
+
+def test_the_committed_report_is_advbenchs_own():
+    assert is_generated_file(ROOT / "reports" / "transfer.md")
 
 
 # -- paths from suite files ---------------------------------------------------------------------
@@ -253,3 +296,38 @@ def test_a_gzipped_csv_is_the_same_bytes_every_time_and_reads_back(tmp_path):
     assert gzip.decompress(one) == (tmp_path / "plain.csv").read_bytes() == frame.to_csv(index=False).encode()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one.csv.gz"), frame)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv.gz", "plain.csv", "two.csv.gz"]
+
+
+# -- run folders are read as untrusted input -------------------------------------------------------
+
+
+def test_a_symlinked_table_is_refused_not_followed(tmp_path):
+    import pandas as pd
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("name\nroot:x:0:0\n")
+    link = tmp_path / "claims.csv"
+    link.symlink_to(secret)
+    with pytest.raises(AdvbenchError, match="symbolic link") as err:
+        read_run_table(link)
+    assert "root:x" not in str(err.value)
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"a": [1, 2]}).to_csv(plain, index=False)
+    assert read_run_table(plain)["a"].tolist() == [1, 2]
+
+
+def test_a_gzip_bomb_is_refused_before_it_fills_the_memory(tmp_path):
+    import pandas as pd
+
+    bomb = tmp_path / "outcomes.csv.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as fh:
+        fh.write(b"a\n")
+        chunk = b"0\n" * (1 << 20)
+        for _ in range(80):  # 160 MiB of zeros, a few hundred KiB compressed
+            fh.write(chunk)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(AdvbenchError, match="expands to more than 64 MiB"):
+        read_run_table(bomb)
+    fine = tmp_path / "fine.csv.gz"
+    pd.DataFrame({"a": range(1000)}).to_csv(fine, index=False)
+    assert len(read_run_table(fine)) == 1000

@@ -1,143 +1,37 @@
-"""The cache deletes only what it created; --resume never takes over another suite's run; a dirty
-tree's diff is kept and the manifest holds no absolute local paths."""
+"""advbench.suite.rundir: run folders. --resume never takes over another suite's run or a folder another
+process is writing; a dirty tree's diff is kept and the manifest holds no absolute local paths; run folders
+started in the same second, by one process or by several at once, are distinct."""
 
 from __future__ import annotations
 
 import json
-import os
+import multiprocessing as mp
 import subprocess
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import advbench.suite.rundir as rundir_module
-from advbench.suite.cache import ROOT_MARKER, TMP_MARKER, TMP_PREFIX, Cache, cache_key
+from advbench.config import Suite
+from advbench.errors import AdvbenchError
 from advbench.suite.rundir import RunDir, config_hash, git_provenance
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "suites" / "tiny.yaml"
 
-def _age(path: Path, hours: float = 7) -> None:
-    old = time.time() - hours * 3600
-    os.utime(path, (old, old), follow_symlinks=False)
-
-
-_KILLED: list[Any] = []
+#: Linux only: the concurrency tests below fork worker processes
+_FORKS = pytest.mark.skipif(sys.platform != "linux", reason="forks worker processes")
 
 
-def _leftover(cache: Cache, name: str = "") -> Path:
-    """A temporary folder as a killed writer leaves it."""
-    key = cache_key("train", {"n": name})
-    gen = cache.writer("train", key)
-    _KILLED.append(gen)  # never closed, as after kill -9 (closing would run its clean-up)
-    tmp = gen.__enter__()
-    (tmp / "weights.bin").write_bytes(b"half")
-    # simulate kill -9: the context manager never exits
-    _age(tmp)
-    return tmp
-
-
-# -- the cache deletes only what it created -----------------------------------------------------
-
-
-def test_new_cache_is_marked_and_its_own_leftovers_are_swept(tmp_path):
-    cache = Cache(tmp_path / "c")
-    assert (cache.root / ROOT_MARKER).is_file() and cache.is_marked()
-    tmp = _leftover(cache)
-    assert tmp.name.startswith(TMP_PREFIX) and (tmp / TMP_MARKER).is_file()
-    assert cache.sweep_tmp() == 1 and not tmp.exists()
-
-
-def test_fresh_leftovers_of_live_writers_are_kept(tmp_path):
-    cache = Cache(tmp_path / "c")
-    with cache.writer("train", cache_key("train", {})) as live:
-        assert cache.sweep_tmp() == 0 and live.exists()
-
-
-@pytest.mark.parametrize("kind", ["foreign-dir", "no-marker-inside", "file", "symlink-to-dir", "symlink-named-ours"])
-def test_sweep_never_touches_what_it_did_not_create(tmp_path, kind):
-    cache = Cache(tmp_path / "c")
-    tmp_root = cache.root / "tmp"
-    tmp_root.mkdir(exist_ok=True)
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "precious.txt").write_text("keep me")
-    (victim / TMP_MARKER).write_text("")  # even a victim that looks like ours from the inside
-    if kind == "foreign-dir":
-        entry = tmp_root / "someones-folder"
-        entry.mkdir()
-        (entry / "data").write_text("x")
-    elif kind == "no-marker-inside":
-        entry = tmp_root / f"{TMP_PREFIX}train-abc"
-        entry.mkdir()
-    elif kind == "file":
-        entry = tmp_root / f"{TMP_PREFIX}file"
-        entry.write_text("x")
-    elif kind == "symlink-to-dir":
-        entry = tmp_root / "link"
-        entry.symlink_to(victim)
-    else:
-        entry = tmp_root / f"{TMP_PREFIX}train-link"
-        entry.symlink_to(victim)
-    _age(entry)
-    assert cache.sweep_tmp() == 0
-    assert os.path.lexists(entry)
-    assert (victim / "precious.txt").read_text() == "keep me"
-
-
-def test_a_tmp_folder_that_is_a_symlink_is_never_followed(tmp_path):
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    inner = victim / f"{TMP_PREFIX}x"
-    inner.mkdir()
-    (inner / TMP_MARKER).write_text("")
-    _age(inner)
-    root = tmp_path / "c"
-    Cache(root)
-    if (root / "tmp").exists():
-        (root / "tmp").rmdir()
-    (root / "tmp").symlink_to(victim)
-    assert Cache(root).sweep_tmp() == 0 and inner.exists()
-
-
-@pytest.mark.parametrize("foreign", ["home-like", "with-tmp"])
-def test_a_folder_with_foreign_content_is_never_swept(tmp_path, foreign, caplog):
-    root = tmp_path / "home"
-    root.mkdir()
-    (root / "thesis.tex").write_text("years of work")
-    old = root / "tmp" / f"{TMP_PREFIX}train-x"
-    old.mkdir(parents=True)
-    (old / TMP_MARKER).write_text("")
-    (old / "notes").write_text("mine")
-    _age(old)
-    if foreign == "with-tmp":
-        (root / "tmp" / "other").mkdir()
-    cache = Cache(root)  # e.g. `cache_dir: /` or `--cache-dir ~`
-    assert not cache.is_marked() and not (root / ROOT_MARKER).exists()
-    assert "never clean up" in caplog.text
-    assert cache.sweep_tmp() == 0 and (old / "notes").exists()
-
-
-def test_a_cache_from_before_the_marker_is_adopted(tmp_path):
-    root = tmp_path / "old"
-    (root / "train" / "ab").mkdir(parents=True)
-    (root / "tmp").mkdir()
-    assert Cache(root).is_marked()
-
-
-def test_a_planted_symlink_where_an_entry_belongs_is_replaced_not_followed(tmp_path):
-    cache = Cache(tmp_path / "c")
-    key = cache_key("train", {"n": 1})
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "precious.txt").write_text("keep")
-    final = cache.path("train", key)
-    final.parent.mkdir(parents=True)
-    final.symlink_to(victim)
-    with cache.writer("train", key) as folder:
-        (folder / "w.bin").write_bytes(b"w")
-    assert not final.is_symlink() and cache.get("train", key) is not None
-    assert (victim / "precious.txt").read_text() == "keep"
+def _doc(**changes: Any) -> dict[str, Any]:
+    doc = yaml.safe_load(TINY.read_text())
+    doc.update(changes)
+    return doc
 
 
 # -- --resume matches name and resolved-config hash ---------------------------------------------
@@ -205,6 +99,44 @@ def test_resume_of_an_older_run_without_a_recorded_hash_uses_its_config(tmp_path
     assert RunDir.latest(runs, "t1", config_hash(FakeSuite("t1", x=1))) is None
 
 
+@pytest.mark.integration  # a second process holds the lock
+def test_resume_refuses_a_run_folder_another_process_is_writing(tmp_path):
+    import textwrap
+
+    suite = Suite.model_validate(_doc())
+    first = RunDir.create(tmp_path, suite)
+    first.manifest = {"suite": suite.name}
+    first.save()
+    # another process holds the lock of a folder (as a running `advbench run` does), then this one resumes
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import fcntl, sys, time
+            fh = open({str(first.path / ".lock")!r}, "a+")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0); fh.truncate(); fh.write("advbench process 4242 on elsewhere"); fh.flush()
+            print("locked", flush=True)
+            time.sleep(60)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first.release()
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        rd = RunDir(first.path)
+        with pytest.raises(AdvbenchError, match="advbench process 4242 on elsewhere is still writing"):
+            rd.lock()
+    finally:
+        holder.kill()
+        holder.wait()
+    rd.lock()  # the holder is gone (as after kill -9): the folder may be resumed
+    rd.release()
+
+
 # -- provenance ---------------------------------------------------------------------------------
 
 
@@ -255,3 +187,68 @@ def test_manifest_paths_are_relative_to_the_project(tmp_path, monkeypatch):
     m = json.loads(rd.manifest_path.read_text())
     assert m["suite_file"] == "suites/x.yaml" and m["cache_dir"] == "runs/cache"
     assert str(tmp_path) not in rd.manifest_path.read_text()
+
+
+# -- run folders in the same second ---------------------------------------------------------------------------------
+
+SUITE = Suite.model_validate(
+    {
+        "name": "tiny",
+        "dataset": {"name": "digits", "splits": {"train": 100, "test": 50}},
+        "models": [{"name": "baseline", "architecture": "cnn-digits"}],
+    }
+)
+
+
+@pytest.fixture
+def same_second(monkeypatch):
+    """Every run starts in the same second."""
+    real = time.strftime
+
+    def frozen(fmt: str, *args: Any) -> str:
+        return "20250101-120000" if fmt == "%Y%m%d-%H%M%S" else real(fmt, *args)
+
+    monkeypatch.setattr(rundir_module.time, "strftime", frozen)
+
+
+@pytest.mark.integration
+@_FORKS
+def test_run_folders_in_the_same_second_are_distinct(tmp_path, same_second):
+    made = [RunDir.create(tmp_path / "runs", SUITE).path for _ in range(5)]
+    assert [p.name for p in made] == ["tiny-20250101-120000"] + [f"tiny-20250101-120000-{i}" for i in range(1, 5)]
+    assert all((p / "results").is_dir() for p in made)
+
+
+def _create_run(runs: str, start: Any, out: Any) -> None:
+    try:
+        start.wait(timeout=30)
+        rd = RunDir.create(runs, SUITE)
+        rd.write_config(SUITE, "suites/tiny.yaml")
+        rd.manifest = {"pid": mp.current_process().pid}
+        rd.save()
+        out.put(("ok", str(rd.path)))
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
+@pytest.mark.integration
+@_FORKS
+def test_run_folders_created_by_processes_at_once(tmp_path, same_second):
+    ctx = mp.get_context("fork")
+    runs = str(tmp_path / "runs")
+    n = 6
+    start = ctx.Barrier(n)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_create_run, args=(runs, start, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    errors = [d for s, d in results if s != "ok"]
+    assert not errors, "\n".join(errors)
+    paths = sorted(Path(d) for _, d in results)
+    assert len(set(paths)) == n  # nobody shares (or overwrote) another run's folder
+    pids = {int(json.loads((p / "manifest.json").read_text())["pid"]) for p in paths}
+    assert len(pids) == n
+    assert sorted(p.name for p in Path(runs).iterdir()) == sorted(p.name for p in paths)

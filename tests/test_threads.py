@@ -1,4 +1,5 @@
-"""The thread policy: passive OpenMP waiting set before torch loads, ``--threads auto`` resolved once."""
+"""The thread policy (advbench.suite.threads, and the CLI's part of it): passive OpenMP waiting set before torch
+loads, ``--threads auto`` resolved once, never more threads than this machine can run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import pytest
 
 from advbench.cli import OPENMP_DEFAULTS, passive_openmp
 from advbench.cli.run_cmd import parse_threads
-from advbench.suite.threads import AUTO, available_cpus, free_cpus, resolve_threads, thread_policy
+from advbench.suite.threads import (
+    AUTO,
+    available_cpus,
+    check_local_threads,
+    free_cpus,
+    resolve_threads,
+    thread_policy,
+)
 
 
 def test_passive_openmp_sets_only_what_the_user_left_unset():
@@ -89,3 +97,10 @@ def test_the_local_executor_runs_a_worker_per_cpu(monkeypatch):
     assert RunOptions(threads=16).local_workers() == 1
     assert RunOptions(workers=3).local_workers() == 3
     assert RunOptions().local_workers(torch.device("cuda")) == 1  # one process keeps a GPU busy
+
+
+def test_more_threads_than_this_machine_can_run_is_refused():
+    check_local_threads(8, cpus=2)  # up to 4 per CPU is allowed
+    with pytest.raises(ValueError, match="may use 2 CPU") as err:
+        check_local_threads(9, cpus=2)
+    assert "pass at most 2" in str(err.value)
