@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advbench.analysis.comparison import COMPARISON_COLUMNS, model_comparison
+from advbench.analysis.comparison import COMPARISON_COLUMNS, matched_transfer_differences, model_comparison
 from advbench.analysis.inference import paired_t
 
 
@@ -52,35 +52,47 @@ def test_clean_accuracy_difference_is_the_paired_t_over_seeds():
     assert base["mean"] == pytest.approx(np.mean(ACC["base"]), abs=2e-3)  # the logit-scale centre
 
 
-def test_transfer_into_and_out_of_read_other_models_only():
+def _transfer_rows(pairs: tuple[tuple[str, str, float], ...]) -> pd.DataFrame:
     rows = []
     for s in range(3):
-        for src, tgt, rate in (
-            ("base", "reg", 0.3),
-            ("reg", "base", 0.6),
-            ("third", "reg", 0.5),
-            ("third", "base", 0.7),
-        ):
+        for src, tgt, rate in pairs:
             rows.append({"source": src, "target": tgt, "seed": s, "metric": "transfer_rate", "value": rate + 0.01 * s,
                          "denominator": 800, "attack": "pgd", "eps": 0.1})  # fmt: skip
-        rows.append(
-            {
-                "source": "reg",
-                "target": "reg",
-                "seed": s,
-                "metric": "transfer_rate",
-                "value": 1.0,
-                "denominator": 800,
-                "attack": "pgd",
-                "eps": 0.1,
-            }
-        )  # white box: ignored
-    t = model_comparison(_Fake(_clean(), metrics=pd.DataFrame(rows)), "base")
-    into = _row(t, "transfer into", "reg")
-    assert into["diff"] == pytest.approx(((0.3 + 0.5) / 2) - ((0.6 + 0.7) / 2))
+        # white box: ignored
+        rows.append({"source": "reg", "target": "reg", "seed": s, "metric": "transfer_rate", "value": 1.0,
+                     "denominator": 800, "attack": "pgd", "eps": 0.1})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+PAIRS = (
+    ("base", "reg", 0.3),
+    ("reg", "base", 0.6),
+    ("third", "reg", 0.5),
+    ("third", "base", 0.7),
+    ("reg", "third", 0.4),
+    ("base", "third", 0.45),
+)
+
+
+def test_transfer_into_and_out_of_read_other_models_only():
+    t = model_comparison(_Fake(_clean(), metrics=_transfer_rows(PAIRS)), "base")
+    into, out = _row(t, "transfer into", "reg"), _row(t, "transfer out of", "reg")
+    # the means read every other model ...
+    assert into["mean"] == pytest.approx((0.3 + 0.5) / 2 + 0.01, abs=2e-3)
+    assert out["mean"] == pytest.approx((0.6 + 0.4) / 2 + 0.01, abs=2e-3)
+    # ... the differences only the partners both sides share: into reg and into base from `third`, out of reg and
+    # out of base to `third` (the pair's transfer to each other compares different partners, and is left out)
+    assert into["diff"] == pytest.approx(0.5 - 0.7)
+    assert out["diff"] == pytest.approx(0.4 - 0.45)
     assert into["diff_low"] == into["diff_high"]  # the same difference in every seed
-    out = _row(t, "transfer out of", "reg")
-    assert out["diff"] == pytest.approx(0.6 - 0.3)
+
+
+def test_a_transfer_difference_needs_a_third_model():
+    """With two models there is no like-with-like transfer difference; the means are still shown."""
+    t = model_comparison(_Fake(_clean(), metrics=_transfer_rows(PAIRS[:2])), "base")
+    into = _row(t, "transfer into", "reg")
+    assert into["mean"] == pytest.approx(0.31, abs=2e-3) and np.isnan(into["diff"]) and np.isnan(into["p"])
+    assert matched_transfer_differences(_transfer_rows(PAIRS[:2]), "reg", "base", "target").empty
 
 
 def test_detection_rows_per_score_and_saturation():

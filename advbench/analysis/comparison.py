@@ -10,7 +10,11 @@ interval and the test agree). The quantities, each one value per seed:
   (:func:`advbench.analysis.worstcase.worst_case`, classifier; denominator: the attacked examples);
 * ``transfer into``: the transfer rate of examples crafted on every *other* model of the seed into
   this one (denominator: examples this model classifies correctly when clean), mean over sources,
-  attacks and eps; ``transfer out of``: the same from this model to every other;
+  attacks and eps; ``transfer out of``: the same from this model to every other. Their paired
+  differences compare like with like (:func:`matched_transfer_differences`): into this model and into
+  the reference *from the same third models*, out of this model and out of the reference *to the same
+  third models* (the pair's own transfer, and each model's transfer from the other, are left out);
+  with no third model there is no such difference;
 * ``adversarial detection AUROC (<score>)``: clean test inputs vs the white-box adversarial inputs
   that fooled the classifier, mean over attacks and eps, for the DkNN credibility, the maximum
   softmax probability and the Mahalanobis confidence;
@@ -31,7 +35,16 @@ import pandas as pd
 from advbench.analysis import inference as _inf
 from advbench.analysis.dknn_summary import white_box
 
-__all__ = ["COMPARISON_COLUMNS", "DETECTION_SCORES", "model_comparison", "per_seed_quantities"]
+__all__ = [
+    "COMPARISON_COLUMNS",
+    "DETECTION_SCORES",
+    "matched_transfer_differences",
+    "model_comparison",
+    "per_seed_quantities",
+]
+
+#: The transfer quantities, and the side of a transfer pair each reads (``into``: the target; ``out of``: the source).
+TRANSFER_QUANTITIES = {"transfer into": "target", "transfer out of": "source"}
 
 #: Columns of :func:`model_comparison`.
 COMPARISON_COLUMNS: tuple[str, ...] = (
@@ -93,10 +106,12 @@ def per_seed_quantities(results: Any) -> Iterator[Quantity]:
     m = results.shared_metrics()
     if len(m):
         tr = m[(m["metric"] == "transfer_rate") & (m["source"] != m["target"])]
-        denom = "examples the target classifies correctly when clean; mean over other models, attacks and eps"
-        into, out = tr.rename(columns={"target": "model"}), tr.rename(columns={"source": "model"})
-        yield from _quantity("transfer into", "%", denom, into, "value", "denominator")
-        yield from _quantity("transfer out of", "%", denom, out, "value", "denominator")
+        denom = (
+            "examples the target classifies correctly when clean; mean over other models, attacks and eps; "
+            "Δ over the same third models on both sides"
+        )
+        for name, side in TRANSFER_QUANTITIES.items():
+            yield from _quantity(name, "%", denom, tr.rename(columns={side: "model"}), "value", "denominator")
     dk = results.dknn
     if len(dk) and {"kind", "metric", "value"} <= set(dk.columns):
         adv, ood = white_box(dk), dk[dk["kind"] == "ood"]
@@ -109,6 +124,27 @@ def per_seed_quantities(results: Any) -> Iterator[Quantity]:
                 yield from _quantity(f"{what} detection AUROC ({score})", "auroc", denom, sel, "value", "n")
 
 
+def matched_transfer_differences(metrics: pd.DataFrame, model: str, reference: str, side: str) -> pd.Series:
+    """Per seed, ``model``'s transfer minus ``reference``'s over the same third models (indexed by seed).
+
+    ``side`` is ``"target"`` (transfer *into* the model: from each third model into ``model`` minus from the same
+    model, attack and eps into ``reference``) or ``"source"`` (transfer *out of* it, to each third model). Each
+    seed's value is the mean of the matched differences; a seed without a third model has none. ``metrics`` is the
+    same-seed transfer table (:meth:`~advbench.analysis.results.Results.shared_metrics`).
+    """
+    other = "source" if side == "target" else "target"
+    tr = metrics[(metrics["metric"] == "transfer_rate") & (metrics["source"] != metrics["target"])]
+    third = tr[~tr[other].isin([model, reference])]
+    keys = [c for c in (other, "attack", "norm", "eps", "seed") if c in third.columns]
+    mine = third[third[side] == model][[*keys, "value"]]
+    theirs = third[third[side] == reference][[*keys, "value"]]
+    matched = mine.merge(theirs, on=keys, suffixes=("", "_reference"))
+    if matched.empty:
+        return pd.Series(dtype=float, name="diff")
+    diff = matched["value"].astype(float) - matched["value_reference"].astype(float)
+    return diff.groupby(matched["seed"]).mean().rename("diff")
+
+
 def model_comparison(results: Any, reference: str, order: list[str] | None = None) -> pd.DataFrame:
     """Columns :data:`COMPARISON_COLUMNS`: per quantity and model, the seed mean [95% CI] and the paired
     difference to ``reference`` [95% CI] with its p-value (NaN for the reference itself).
@@ -116,9 +152,11 @@ def model_comparison(results: Any, reference: str, order: list[str] | None = Non
     Every quantity lies in [0, 1], so its interval is :func:`~.inference.rate_interval`'s logit-scale
     interval (never outside [0, 1], never clipped; the shown mean is its centre), with each seed's
     value counted over the ``n`` examples behind it; ``status`` says "saturated" when every seed is at 0
-    or 1. The differences are plain paired t over seeds.
+    or 1. The differences are plain paired t over seeds; a transfer quantity's are matched on the third models
+    (:func:`matched_transfer_differences`).
     """
     rows: list[dict[str, Any]] = []
+    shared = results.shared_metrics() if hasattr(results, "shared_metrics") else None
     for name, unit, denom, frame in per_seed_quantities(results):
         models = list(dict.fromkeys(frame.index.get_level_values("model")))
         if order:
@@ -129,7 +167,13 @@ def model_comparison(results: Any, reference: str, order: list[str] | None = Non
             v = f["value"]
             n = f["n"].where(f["n"] > 0, 1000.0).fillna(1000.0).to_numpy(float)  # no count: a neutral 1,000
             r = _inf.rate_interval(v.to_numpy(float) * n, n)
-            t = _inf.paired_t((v - ref).dropna().to_numpy(float)) if model != reference and ref is not None else None
+            t = None
+            if model != reference and ref is not None:
+                if name in TRANSFER_QUANTITIES and shared is not None:
+                    d = matched_transfer_differences(shared, model, reference, TRANSFER_QUANTITIES[name])
+                else:
+                    d = (v - ref).dropna()
+                t = _inf.paired_t(d.to_numpy(float)) if len(d) else None
             rows.append(
                 {
                     "quantity": name,

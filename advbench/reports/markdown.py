@@ -431,7 +431,10 @@ def _comparison_section(results: Results) -> list[str]:
         "in every seed]; for the other models also Δ, the paired difference to "
         f"`{ref}` of the same seed (same initial weights and batch order) with its 95% interval, **bold** "
         "when it excludes 0 (paired t-test over seeds; no correction for the number of cells: the decisions "
-        "are the Claims table's). Accuracy and transfer in points of %, AUROC on [0, 1]. "
+        "are the Claims table's). A transfer Δ compares like with like: into (out of) this model and into (out "
+        f"of) `{ref}` from (to) the same third models, attacks and eps, so it differs from the difference of "
+        "the two means shown, which average over different partners. Accuracy and transfer in points of %, "
+        "AUROC on [0, 1]. "
         "Table: `model_comparison.csv`. Denominators:",
         "",
         *[f"- {q}: {d}." for q, d in denoms.items()],
