@@ -30,7 +30,7 @@ the lock, so a change shown to leave results alone (`advbench compare --exact` o
 re-locked for free, and one that changes results bumps exactly its own cells."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "code",
         help="the code identity of cells: check or update the lock, explain a key, migrate a cache",

@@ -36,7 +36,7 @@ status 0 when every claim has the same verdict in both runs, 1 otherwise. With b
 status is 0 only when both checks pass."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "compare",
         help="compare two runs: metrics side by side, differences and intervals, as Markdown",

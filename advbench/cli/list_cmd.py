@@ -20,7 +20,7 @@ EXAMPLE = """examples:
   advbench list claims             # pre-registered claims a suite's `claims:` may name"""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "list",
         help="list registered attacks, models, datasets regularisers or claims",

@@ -26,7 +26,7 @@ POWER_COLUMNS = ("variant", "role", "other", "attack", "eps", "metric", "sd_betw
                  "power_2pt", "seeds_for_2pt")  # fmt: skip
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "power",
         help="power and seeds needed of a run's paired comparisons",

@@ -15,7 +15,7 @@ EXAMPLE = """example:
 From Python: advbench.load(RUN_DIR).report()"""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "report",
         help="re-render a run's report from its saved results",

@@ -30,7 +30,7 @@ The suite is validated first; nothing runs if it has problems. Results are cache
 a re-run only computes what is missing. The report goes to reports/<suite>.md."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run", help="run a suite end to end", epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
     )

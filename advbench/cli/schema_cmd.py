@@ -23,7 +23,7 @@ The schema checks fields, types and ranges as you type; `advbench validate` also
 registered names (attacks, models, datasets, claims) and their parameters."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "schema",
         help="print the suite format as JSON Schema, or check suite files against it",

@@ -28,7 +28,7 @@ EXAMPLE = """example:
 From Python: advbench.load(RUN_DIR).headline()"""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "show",
         help="print the headline of a finished run: accuracies, claims' verdicts, report path",

@@ -15,7 +15,7 @@ Every problem is reported at once, each with the file, line, field, what was giv
 expected. Exit status 0 when all files are valid, 2 otherwise. Nothing is run or written."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "validate",
         help="check suite files without running them",
