@@ -76,13 +76,15 @@ def test_the_components_are_each_kinds_handler_and_each_builtin_entry(roots):
         # one attack's module: that attack and the attack built on it (PGD-L2 runs PGD)
         ("attacks/pgd.py", {"advbench.attacks.pgd", "advbench.attacks.pgd_l2"}),
         ("attacks/dknn_adaptive.py", {"advbench.attacks.dknn_adaptive", "advbench.suite.cells.dknn_knowledge"}),
-        # the DkNN: its index, its scoring, and the knowledge of the attack on it; no other attack
+        # the DkNN: its index, its scoring, the knowledge of the attack on it and the check of that attack's
+        # convergence (which scores with it); no other attack
         (
             "evaluation/dknn.py",
             {
                 "advbench.suite.cells.dknn_index",
                 "advbench.suite.cells.dknn_score",
                 "advbench.suite.cells.dknn_knowledge",
+                "advbench.suite.cells.convergence",
             },
         ),
         ("training/snnl.py", {"advbench.suite.cells.train", "advbench.training.loss"}),

@@ -138,6 +138,25 @@ def test_report_renders_the_same_without_the_per_example_table(uninterrupted):
         assert (tmp / "slim" / "report" / png).read_bytes() == (tmp / "full" / "report" / png).read_bytes()
 
 
+def test_the_convergence_check_agrees_with_the_dknns_own_scores(uninterrupted):
+    """The check's accuracy of the attack's own set is what the DkNN scoring cell measured on the same examples."""
+    tmp, results = uninterrupted
+    conv = pd.read_csv(results / "attack_convergence.csv")
+    examples = pd.read_csv(results / "dknn_examples.csv.gz")
+    assert len(conv) == 6 and set(conv["seed"]) == {0} and (conv["n"] == 200).all()
+    for row in conv.itertuples():
+        scored = examples[
+            (examples["model"] == row.model)
+            & (examples["seed"] == row.seed)
+            & (examples["input_set"] == f"{row.attack}@{row.eps:g} from {row.model}")
+        ].sort_values("example")
+        assert scored["correct"].iloc[: row.n].mean() == pytest.approx(row.dknn_accuracy, abs=1e-12)
+        assert 0 <= row.dknn_accuracy_longer <= 1 and row.drop == pytest.approx(
+            row.dknn_accuracy - row.dknn_accuracy_longer
+        )
+    assert "## Convergence of the attacks on the DkNN" in (tmp / "report-a.md").read_text()
+
+
 def test_worst_case_never_weaker_than_any_single_attack(uninterrupted):
     """The ensemble's robust accuracy is at most every white-box attack's accuracy, read from the other tables."""
     tmp, results = uninterrupted

@@ -44,6 +44,7 @@ _FILES = {
     "failures": "failures.csv",
     "cross_outcomes": "cross_outcomes.csv.gz",
     "attack_norms": "attack_norms.csv",
+    "convergence": "attack_convergence.csv",
 }
 #: The long outcomes tables, saved one row per adversarial example (:mod:`~.outcome_table`)
 _OUTCOME_TABLES = ("outcomes", "cross_outcomes")
@@ -97,6 +98,9 @@ class Results:
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     cross_outcomes: pd.DataFrame = field(default_factory=pd.DataFrame)
     attack_norms: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the convergence check of the attacks on the DkNN (:mod:`advbench.suite.cells.convergence`): one row per
+    #: (model, attack, eps) of the first seed; empty without such attacks or in runs made before the check
+    convergence: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: the per-seed summaries of ``dknn_examples`` as saved with the run (:mod:`~.example_summary`): read when
     #: the per-example table itself is absent (a run folder kept in git without it)
     saved_summaries: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)

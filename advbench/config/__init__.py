@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from advbench.config.suite import (
     AttackConfig,
+    ConvergenceConfig,
     DatasetConfig,
     DknnConfig,
     Eps,
@@ -28,6 +29,7 @@ from advbench.config.suite import (
 
 __all__ = [
     "AttackConfig",
+    "ConvergenceConfig",
     "DatasetConfig",
     "DknnConfig",
     "Eps",

@@ -25,6 +25,7 @@ from pydantic import (
 
 __all__ = [
     "AttackConfig",
+    "ConvergenceConfig",
     "DatasetConfig",
     "DknnConfig",
     "Eps",
@@ -395,12 +396,31 @@ class OODConfig(_Strict):
         return self
 
 
+class ConvergenceConfig(_Strict):
+    """The convergence check of every attack on the DkNN (property ``adaptive-dknn``), on the suite's first seed.
+
+    The attack is run again on the first ``n_examples`` attacked examples with ``factor`` times its steps and
+    restarts; when that lowers the DkNN's accuracy on them by more than ``tolerance``, the report flags the
+    attack as not converged, with both accuracies.
+    """
+
+    enabled: bool = Field(True, description="false: no convergence check")
+    n_examples: Int = Field(200, ge=1, description="attacked examples re-attacked (the first of the fixed subset)")
+    factor: Int = Field(2, ge=2, description="the multiple of the attack's steps and restarts in the check")
+    tolerance: Float = Field(
+        0.005, ge=0, lt=1, description="the largest drop of DkNN accuracy (a fraction) still called converged"
+    )
+
+
 class EvaluationsConfig(_Strict):
     """What is measured beyond clean and white-box robust accuracy."""
 
     transfer: TransferConfig = Field(default_factory=TransferConfig, description="attack transfer between models")
     dknn: DknnConfig | None = Field(None, description="DkNN credibility and calibration (null = none)")
     ood: OODConfig | None = Field(None, description="out-of-distribution sets scored by the DkNN (null = none)")
+    convergence: ConvergenceConfig = Field(
+        default_factory=ConvergenceConfig, description="the convergence check of attacks on the DkNN"
+    )
 
 
 class ReportConfig(_Strict):

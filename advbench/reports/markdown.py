@@ -114,6 +114,7 @@ def render_report(
     out += _power_section(results)
     out += _dknn_section(results, figures_dir, link_prefix)
     out += _worst_case_section(results)
+    out += _convergence_section(results)
     out += _flags_section(results)
     out += _provenance_section(manifest)
     return "\n".join(out) + "\n"
@@ -1105,6 +1106,65 @@ def _worst_case_section(results: Results) -> list[str]:
         "seed (n per seed; the DkNN scores the first n of them). Per seed: `worst_case.csv`.",
         "",
         _table(tab),
+        "",
+    ]
+
+
+def _convergence_section(results: Results) -> list[str]:
+    """The convergence check of the attacks on the DkNN (``suite/cells/convergence.py``), when the run has such
+    attacks: each attack again with more steps and restarts on the first examples of the first seed."""
+    props = _attack_properties(results)
+    adaptive = sorted(a for a, p in props.items() if "adaptive-dknn" in p)
+    if not adaptive:
+        return []
+    out = ["## Convergence of the attacks on the DkNN", ""]
+    conv = results.convergence
+    if conv.empty:
+        return out + [
+            f"Not measured in this run ({', '.join(adaptive)}): it was made before the check existed, or with "
+            "`evaluations.convergence.enabled: false`, so the DkNN's robust accuracy under "
+            f"{'this attack' if len(adaptive) == 1 else 'these attacks'} may be an over-estimate by an unknown amount.",
+            "",
+        ]
+    order = {m: i for i, m in enumerate(_model_order(results))}
+    conv = conv.sort_values(["model", "attack", "eps"], key=lambda c: c.map(order) if c.name == "model" else c)
+    rows = []
+    for r in conv.to_dict("records"):
+        if pd.isna(r["converged"]):
+            verdict = "no parameter to scale"
+        else:
+            verdict = "converged" if r["converged"] else "⚠ not converged"
+        longer = r["dknn_accuracy_longer"]
+        rows.append(
+            {
+                "model": r["model"],
+                "attack": r["attack"],
+                "eps": f"{r['eps']:g}",
+                "seed": int(r["seed"]),
+                "n": int(r["n"]),
+                "DkNN accuracy (%)": _pct(r["dknn_accuracy"]),
+                f"with {int(r['factor'])}x steps and restarts (%)": "—" if pd.isna(longer) else _pct(longer),
+                "drop (points)": "—" if pd.isna(r["drop"]) else f"{100 * r['drop']:+.1f}",
+                "longer run": r["params"],
+                "verdict": verdict,
+            }
+        )
+    bad = int((conv["converged"] == False).sum())  # noqa: E712 - NaN (no verdict) is neither
+    tol = 100 * float(conv["tolerance"].iloc[0])
+    summary = (
+        f"**{bad} of {len(conv)} not converged**: a longer attack lowers the DkNN's accuracy by more than {tol:g} "
+        "point(s) there, so the DkNN's robust accuracy (and every claim that reads adversarial DkNN scores) rests "
+        "on an attack that has not found the worst case."
+        if bad
+        else f"Every check within {tol:g} point(s): more steps and restarts do not lower the DkNN's accuracy further."
+    )
+    return out + [
+        "Each attack on the DkNN run again, on the first n attacked examples of the first seed, with more steps "
+        "and restarts; both adversarial sets scored by the same DkNN. Denominator: those n examples. "
+        + summary
+        + " Table: `attack_convergence.csv` in the run's results.",
+        "",
+        _table(pd.DataFrame(rows), disable_numparse=True),  # keep "50.0" and the drop's sign as written
         "",
     ]
 

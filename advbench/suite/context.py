@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from advbench.evaluation.dknn import DkNN
 
 #: The kinds of cell a plan holds (each has a handler in :mod:`advbench.suite.cells`).
-CELL_KINDS = ("train", "clean-eval", "attack", "transfer", "dknn-index", "dknn-score")
+CELL_KINDS = ("train", "clean-eval", "attack", "transfer", "dknn-index", "dknn-score", "convergence")
 
 __all__ = ["CELL_KINDS", "TABLES", "ArtefactStore", "CellContext", "RunOptions", "resolve_device"]
 
@@ -215,6 +215,7 @@ TABLES = (
     "gradient_flags",
     "cross_outcomes",
     "attack_norms",
+    "convergence",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from advbench.suite.cells import HANDLERS, KNOWLEDGE, Handler, handler
 from advbench.suite.cells import attack as _attack  # noqa: F401  (imported to register)
 from advbench.suite.cells import clean_eval as _clean_eval  # noqa: F401
+from advbench.suite.cells import convergence as _convergence  # noqa: F401
 from advbench.suite.cells import dknn_index as _dknn_index  # noqa: F401
 from advbench.suite.cells import dknn_knowledge as _dknn_knowledge  # noqa: F401
 from advbench.suite.cells import dknn_score as _dknn_score  # noqa: F401

@@ -370,6 +370,46 @@ def build_plan(
                             {"model": m.name, "seed": seed, "attack": a.key, "eps": eps},
                         )
                     )
+    conv = suite.evaluations.convergence
+    if conv.enabled and suite.seeds:
+        # the convergence check of every attack on the DkNN, on the first seed: the attack again on the first
+        # examples with `factor` times its steps and restarts (suite/cells/convergence.py)
+        seed = suite.seeds[0]
+        n_check = min(conv.n_examples, n_transfer)
+        for m in suite.models:
+            for a in suite.attacks:
+                props = attack_properties(a)
+                if "adaptive-dknn" not in props:
+                    continue
+                roles = {"attack": code.entry(ATTACKS, a.name)} if a.name in ATTACKS else {}
+                providers = {f"knowledge:{p}": code.knowledge(p) for p in sorted(props)}
+                roles |= {role: comp for role, comp in providers.items() if comp is not None}
+                for eps in a.eps:
+                    akey = attack_keys[(seed, m.name, a.key, eps)]
+                    body = {
+                        "adv": akey,
+                        "source": train_keys[(m.name, seed)],
+                        "dknn_index": index_keys[(m.name, seed)],
+                        "attack": a.model_dump(exclude={"eps", "label"}),
+                        "eps": eps,
+                        "check": conv.model_dump(exclude={"enabled"}),
+                        "n": n_check,
+                        "examples": examples,
+                        "seed": seed,
+                    }
+                    spec = code.spec("convergence", body, roles, drop_libraries=attack_unused_backends(a))
+                    work = n_check * attack_passes(a) * conv.factor**2 / _ATTACK_STEPS_IMAGES_PER_S * _model_cost(m)
+                    cells.append(
+                        Cell(
+                            "convergence",
+                            f"convergence {a.key} eps={eps:g} on {m.name} seed={seed}",
+                            cache_key("convergence", spec),
+                            [akey, train_keys[(m.name, seed)], index_keys[(m.name, seed)]],
+                            spec,
+                            work + _adaptive_dknn_extra(a, n_check, n_train),
+                            {"model": m.name, "seed": seed, "attack": a.key, "eps": eps},
+                        )
+                    )
     if suite.evaluations.transfer.enabled:
         for (seed, source, attack, eps), akey in attack_keys.items():
             targets = {m.name: train_keys[(m.name, seed)] for m in suite.models}

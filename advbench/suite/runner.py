@@ -55,6 +55,7 @@ def results_from_store(suite: Suite, store: ArtefactStore, failures: list[dict[s
         gradient_flags=store.table("gradient_flags"),
         cross_outcomes=store.table("cross_outcomes"),
         attack_norms=store.table("attack_norms"),
+        convergence=store.table("convergence"),
         failures=pd.DataFrame(failures, columns=["cell", "kind", "status", "error"]),
     )
 
