@@ -46,6 +46,11 @@ class Headline:
     failed_cells: int = 0
     claims_error: str = ""
     models: list[str] = field(default_factory=list)
+    #: the convergence checks of the attacks on the DkNN (``convergence`` table), and how many failed
+    convergence_checks: int = 0
+    not_converged: int = 0
+    #: the largest drop of the DkNN's accuracy a longer attack found (a fraction; 0 when none)
+    largest_drop: float = 0.0
 
 
 def _summary(df: pd.DataFrame, by: list[str], value: str, extra: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -138,6 +143,9 @@ def headline(results: Any, *, claims: bool = True) -> Headline:
         except Exception as exc:  # a faulty claim plugin must not hide the rest of the headline
             error = f"{type(exc).__name__}: {exc}"
     failures = getattr(results, "failures", None)
+    conv = getattr(results, "convergence", None)
+    checked = conv[conv["converged"].notna()] if isinstance(conv, pd.DataFrame) and "converged" in conv else None
+    bad = checked[checked["converged"].astype(str) == "False"] if checked is not None else None
     return Headline(
         clean=clean,
         robust=robust,
@@ -146,4 +154,7 @@ def headline(results: Any, *, claims: bool = True) -> Headline:
         failed_cells=0 if failures is None else len(failures),
         claims_error=error,
         models=models,
+        convergence_checks=0 if checked is None else len(checked),
+        not_converged=0 if bad is None else len(bad),
+        largest_drop=float(bad["drop"].max()) if bad is not None and len(bad) else 0.0,
     )

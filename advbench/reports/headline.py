@@ -83,6 +83,11 @@ def render_headline(h: Headline, *, report: str | None = None, run_dir: str | No
                     n if k == "finding" else f"{n} ({k})" for n, k in zip(sel["name"], kinds[sel.index], strict=True)
                 ]
                 lines.append(f"  {verdict}: {', '.join(map(str, names))}")
+    if h.not_converged:
+        lines.append(
+            f"Attack on the DkNN not converged in {h.not_converged} of {h.convergence_checks} checks: a longer run "
+            f"lowers the DkNN's accuracy by up to {100 * h.largest_drop:.1f} points (see the report)"
+        )
     if h.failed_cells:
         lines.append(f"{h.failed_cells} cells failed or were skipped: the results are partial (see the report)")
     where = [f"Report: {report}"] if report else []
