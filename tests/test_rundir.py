@@ -133,6 +133,8 @@ def test_resume_refuses_a_run_folder_another_process_is_writing(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
     rd.lock()  # the holder is gone (as after kill -9): the folder may be resumed
     rd.release()
 
