@@ -10,7 +10,13 @@ import torch
 import advbench.attacks.builtin  # noqa: F401  (registers the built-ins)
 from advbench.attacks import ThreatModel, create_attack, generate, list_attacks
 from advbench.attacks.base import AttackParamsError
-from advbench.attacks.dknn_adaptive import DkNNAdaptive, DkNNKnowledge, dknn_badness
+from advbench.attacks.dknn_adaptive import (
+    DkNNAdaptive,
+    DkNNKnowledge,
+    apgd_checkpoints,
+    apgd_minimise,
+    dknn_badness,
+)
 from advbench.data import Splits
 from advbench.evaluation.dknn import DkNN
 from advbench.models import Classifier
@@ -180,3 +186,52 @@ def test_training_features_from_the_dknn_index_are_the_ones_the_attack_would_com
         np.testing.assert_array_equal(stored, computed[layer].numpy())  # bit for bit, so results do not move
     approx = DkNN(digits_model, k=25, index="hnsw").fit(s.train.x[:300], s.train.y[:300])
     assert all(approx.stored_features(layer) is None for layer in approx.layers)
+
+
+# -- the APGD schedule (apgd_minimise) ------------------------------------------------------------------------
+
+
+def test_apgd_checkpoints_are_the_reference_codes():
+    """Croce & Hein (2020), section 3.2, for 100 iterations: 22, 41, 57, 70, 80, 87, 93, 99."""
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(20)[:3] == [4, 7, 9] and apgd_checkpoints(1) == [1]
+
+
+def test_apgd_finds_the_constrained_minimum_and_stays_in_the_ball():
+    """A per-example quadratic whose minimum lies outside the ball: the best point is its projection."""
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 6, 6) * 0.8 + 0.1
+    target = (x + torch.randn_like(x) * 0.2).clamp(0, 1)
+    threat = ThreatModel(eps=0.05)
+    calls = []
+
+    def loss_of(z: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return ((z - target) ** 2).flatten(1).sum(1)
+
+    best = apgd_minimise(loss_of, x, x.clone(), threat, steps=100)
+    assert len(calls) == 101  # the start and every iterate
+    projection = threat.project(target, x)
+    assert (best - x).abs().max() <= 0.05 + 1e-6 and best.min() >= 0 and best.max() <= 1
+    assert (best - projection).abs().max() < 0.05 / 16  # within a small fraction of the radius
+    assert (loss_of(best) <= loss_of(x)).all()
+
+
+def test_apgd_returns_each_examples_best_point_never_worse_than_its_start():
+    torch.manual_seed(1)
+    x = torch.rand(8, 3)
+    noisy = torch.randn(8, 3)
+
+    def loss_of(z: torch.Tensor) -> torch.Tensor:  # rugged: sign steps oscillate
+        return torch.sin(40 * (z * noisy).sum(1)) + (z**2).sum(1)
+
+    start = x.clone()
+    best = apgd_minimise(loss_of, x, start, ThreatModel(eps=0.1), steps=30)
+    assert (loss_of(best) <= loss_of(start)).all()
+
+
+def test_the_schedule_is_a_checked_parameter():
+    assert create_attack("dknn-adaptive", schedule="constant").schedule == "constant"
+    assert create_attack("dknn-adaptive").schedule == "apgd"
+    with pytest.raises(AttackParamsError, match="schedule: expected one of apgd, constant"):
+        create_attack("dknn-adaptive", schedule="adam")

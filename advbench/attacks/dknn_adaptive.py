@@ -18,8 +18,11 @@ training points of class ``c`` nearest to the clean ``x`` in layer ``l``; ``r_l`
 ``x``'s k-th training neighbour in layer ``l`` (the DkNN's neighbourhood radius), so ``s`` is a soft
 "is inside the neighbourhood" count: the loss pulls every layer toward the target class's training
 neighbours and pushes the true class's out, while the CW-style margin (Carlini & Wagner 2017) moves the
-logits. Restart 0 starts at ``x`` (like BIM), later restarts at a uniform point of the eps-ball;
-steps are ``step_size * sign(grad)`` followed by projection onto the eps-ball and [0, 1].
+logits. Restart 0 starts at ``x`` (like BIM), later restarts at a uniform point of the eps-ball. With
+``schedule: apgd`` (the default) the steps follow APGD's schedule (Croce & Hein 2020: a step of ``2 * eps``
+with momentum, halved per example when the loss stalls, each run's best point kept; :func:`apgd_minimise`);
+with ``schedule: constant`` they are ``step_size * sign(grad)``. Every step is projected onto the eps-ball
+and [0, 1].
 
 Every final iterate is scored by the real DkNN; per example the attack keeps the candidate it scores
 worst (the clean input counts as a candidate): a wrong prediction first, ranked by the credibility of
@@ -170,6 +173,8 @@ class DkNNAdaptive(Attack):
         temperature: sigmoid temperature, relative to the k-th-neighbour radius.
         logit_weight: weight of the CW margin term (the kNN term is at most 1 per layer).
         kappa: the margin is clamped at ``-kappa`` (logit units).
+        schedule: ``"apgd"`` (APGD's per-example step-size schedule; ``step_size`` is its first step, default
+            ``2 * eps``) or ``"constant"`` (``step_size`` every step, default ``2.5 * eps / steps``).
     """
 
     properties: ClassVar[frozenset[str]] = frozenset({"iterative", "gradient-based", "adaptive-dknn"})
@@ -185,7 +190,9 @@ class DkNNAdaptive(Attack):
         temperature: float = 0.1,
         logit_weight: float = 0.1,
         kappa: float = 5.0,
+        schedule: str = "apgd",
     ) -> None:
+        self.schedule = schedule
         self.steps = steps
         self.step_size = step_size
         self.n_targets = n_targets
@@ -212,6 +219,8 @@ class DkNNAdaptive(Attack):
             out.append(f"logit_weight: expected a number >= 0, got {params['logit_weight']!r}")
         if not params["kappa"] >= 0:
             out.append(f"kappa: expected a number >= 0, got {params['kappa']!r}")
+        if params["schedule"] not in SCHEDULES:
+            out.append(f"schedule: expected one of {', '.join(SCHEDULES)}, got {params['schedule']!r}")
         return out
 
     @classmethod
@@ -270,17 +279,24 @@ class DkNNAdaptive(Attack):
         for r in range(targets.shape[1]):
             t = classes[1 + r]
             pull = {n: near[n][1][1 + r] for n in layers}
+
+            def loss_of(z: Tensor) -> Tensor:
+                return self._loss(clf, z, y, t, layers, radius, own, pull)  # noqa: B023 - used in this iteration
+
             for s in range(self.restarts):
                 x_adv = x.clone()
                 if s > 0:
                     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
                     x_adv = threat.project(x + (2 * noise - 1) * threat.eps, x)
-                for _ in range(self.steps):
-                    with torch.enable_grad():
-                        x_adv.requires_grad_(True)
-                        loss = self._loss(clf, x_adv, y, t, layers, radius, own, pull)
-                        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-                    x_adv = threat.project(x_adv.detach() - step * grad.sign(), x)
+                if self.schedule == "apgd":
+                    x_adv = apgd_minimise(loss_of, x, x_adv, threat, self.steps, self.step_size)
+                else:
+                    for _ in range(self.steps):
+                        with torch.enable_grad():
+                            x_adv.requires_grad_(True)
+                            loss = loss_of(x_adv)
+                            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+                        x_adv = threat.project(x_adv.detach() - step * grad.sign(), x)
                 bad = dknn_badness(know.p_values(x_adv), y_np)
                 better = torch.from_numpy(bad > best_bad).to(x.device)
                 best = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_adv, best)
@@ -333,6 +349,85 @@ class DkNNAdaptive(Attack):
                     feats = _flat_features(clf, know.x_train.to(device), list(know.layers))
             self._train_cache = (*key, feats)
         return self._train_cache[2]
+
+
+#: The step-size schedules of :class:`DkNNAdaptive`: APGD's per-example schedule, or a constant step.
+SCHEDULES = ("apgd", "constant")
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations (1-based) after which APGD may halve a step, as AutoAttack's reference code places them
+    (``autopgd_base.py``): the first after ``max(int(0.22 * steps), 1)`` iterations, each next period shorter by
+    ``max(int(0.03 * steps), 1)`` down to ``max(int(0.06 * steps), 1)`` (Croce & Hein 2020, section 3.2)."""
+    period, shortest, decrease = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    out, at = [], period
+    while at <= steps:
+        out.append(at)
+        period = max(period - decrease, shortest)
+        at += period
+    return out
+
+
+def apgd_minimise(
+    loss_of: Callable[[Tensor], Tensor],
+    x: Tensor,
+    start: Tensor,
+    threat: ThreatModel,
+    steps: int,
+    step_size: float | None = None,
+    *,
+    momentum: float = 0.75,
+    rho: float = 0.75,
+) -> Tensor:
+    """Each example's best point for ``loss_of`` (a loss per example, minimised) in the threat model's ball around
+    ``x``, from ``start``, with APGD's step-size schedule (Croce & Hein 2020, Algorithm 1, as AutoAttack's reference
+    code runs one restart of it).
+
+    Written here because AutoAttack's APGD (the reference code's and torchattacks') maximises its own losses of
+    the logits; this one minimises any per-example loss, so the DkNN surrogate gets the same schedule. The step
+    starts at ``2 * eps`` (or ``step_size``); each iteration takes a sign step and mixes it with the previous
+    displacement (``momentum``; none on the first); at the checkpoints of :func:`apgd_checkpoints` an example's
+    step is halved, and it restarts from its best point, when at most ``rho`` of the iterations since the last
+    checkpoint lowered its loss, or when its step was not halved then and its best loss has not improved since.
+    ``steps + 1`` gradient evaluations (the start and every iterate).
+    """
+    shape = (-1, *([1] * (x.ndim - 1)))
+
+    def loss_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            loss = loss_of(z)
+            (grad,) = torch.autograd.grad(loss.sum(), z)
+        return loss.detach(), grad
+
+    n = x.shape[0]
+    eta = torch.full((n,), 2.0 * threat.eps if step_size is None else step_size, dtype=x.dtype, device=x.device)
+    checkpoints = set(apgd_checkpoints(steps))
+    current = previous = start.detach()
+    loss, grad = loss_and_grad(current)
+    best, best_loss, best_grad = current, loss, grad
+    lowered = torch.zeros(n, dtype=torch.long, device=x.device)
+    halved_then = torch.ones(n, dtype=torch.bool, device=x.device)  # no "stalled" verdict at the first checkpoint
+    best_then, last_check = best_loss.clone(), 0
+    for i in range(1, steps + 1):
+        z = threat.project(current - eta.view(shape) * grad.sign(), x)
+        a = momentum if i > 1 else 1.0
+        previous, current = current, threat.project(current + a * (z - current) + (1 - a) * (current - previous), x)
+        new_loss, grad = loss_and_grad(current)
+        lowered += (new_loss < loss).long()
+        loss = new_loss
+        improved = new_loss < best_loss
+        best = torch.where(improved.view(shape), current, best)
+        best_grad = torch.where(improved.view(shape), grad, best_grad)
+        best_loss = torch.where(improved, new_loss, best_loss)
+        if i in checkpoints:
+            stalled = (lowered <= rho * (i - last_check)) | (~halved_then & (best_loss >= best_then))
+            eta = torch.where(stalled, eta / 2, eta)
+            current = torch.where(stalled.view(shape), best, current)
+            grad = torch.where(stalled.view(shape), best_grad, grad)
+            halved_then, best_then, last_check = stalled, best_loss.clone(), i
+            lowered.zero_()
+    return best
 
 
 def _neighbourhood(
