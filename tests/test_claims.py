@@ -233,6 +233,22 @@ def test_detection_claim_reads_successful_attack_auroc():
     assert r.per_seed == pytest.approx((0.05, 0.06, 0.07))
 
 
+def test_detection_claim_reports_each_models_strongest_attack_on_the_detector():
+    """A sensitivity note, not the claim: per seed and eps each model against the attack with its lowest AUROC."""
+    rows = []
+    aucs = {("vanilla", "pgd"): 0.80, ("vanilla", "fgsm"): 0.90, ("tangled", "pgd"): 0.88, ("tangled", "fgsm"): 0.70}
+    for s in range(3):
+        for (model, attack), auc in aucs.items():
+            rows.append({"model": model, "seed": s, "input_set": f"{attack}@0.1 from {model}", "kind": "adversarial",
+                         "source": model, "attack": attack, "eps": 0.1, "n": 100, "n_clean": 300,
+                         "metric": "credibility_auroc", "value": auc + 0.01 * s})  # fmt: skip
+    r = CLAIMS.get("d-entangled-dknn-detects-adversarial").evaluate(_Results(dknn=pd.DataFrame(rows)))
+    # the claim: the mean over attacks, (0.88 + 0.70) / 2 - (0.80 + 0.90) / 2 = -0.06 in every seed
+    assert r.per_seed == pytest.approx((-0.06, -0.06, -0.06))
+    # the strongest attack on each detector: fgsm on tangled (0.70), pgd on vanilla (0.80): -0.10
+    assert "against each model's strongest attack on the detector: -0.1000 [-0.1000, -0.1000] over 3 seeds" in r.note
+
+
 def _reg_suite() -> dict[str, Any]:
     def reg(name: str) -> dict[str, Any]:
         return {"name": name, "recipe": {"snnl": {"alpha": 0.0}, "regularisers": [{"name": name, "weight": 0.1}]}}
