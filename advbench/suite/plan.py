@@ -160,6 +160,13 @@ class CellCode:
             n = torch.get_num_threads()
         return int(n)
 
+    def attack_roles(self, a: AttackConfig, props: frozenset[str]) -> dict[str, Any]:
+        """The components of a cell that runs attack ``a``: its registry entry and the knowledge providers of its
+        properties (an attack on the DkNN: the module that hands it the DkNN)."""
+        roles: dict[str, Any] = {"attack": self.entry(ATTACKS, a.name)} if a.name in ATTACKS else {}
+        providers = {f"knowledge:{p}": self.knowledge(p) for p in sorted(props)}
+        return roles | {role: comp for role, comp in providers.items() if comp is not None}
+
     def handler(self, kind: str) -> Component:
         """The handler module of cell kind ``kind``."""
         from advbench.suite.handlers import HANDLERS
@@ -337,9 +344,7 @@ def build_plan(
                         f"attacker's knowledge), but evaluations.dknn is not enabled; enable evaluations.dknn or "
                         f"remove the attack"
                     )
-                roles = {"attack": code.entry(ATTACKS, a.name)} if a.name in ATTACKS else {}
-                providers = {f"knowledge:{p}": code.knowledge(p) for p in sorted(props)}
-                roles |= {role: comp for role, comp in providers.items() if comp is not None}
+                roles = code.attack_roles(a, props)
                 for eps in a.eps:
                     body = {
                         "source": train_keys[(m.name, seed)],
@@ -381,9 +386,7 @@ def build_plan(
                 props = attack_properties(a)
                 if "adaptive-dknn" not in props:
                     continue
-                roles = {"attack": code.entry(ATTACKS, a.name)} if a.name in ATTACKS else {}
-                providers = {f"knowledge:{p}": code.knowledge(p) for p in sorted(props)}
-                roles |= {role: comp for role, comp in providers.items() if comp is not None}
+                roles = code.attack_roles(a, props)
                 for eps in a.eps:
                     akey = attack_keys[(seed, m.name, a.key, eps)]
                     body = {
