@@ -72,7 +72,7 @@ def test_quiet_console_ends_with_headline(uninterrupted):
     lines = err.splitlines() + out.splitlines()
     assert len(lines) <= 24, "\n".join(lines)
     assert "epoch" not in err and "faiss" not in err
-    assert sum("done:" in x for x in err.splitlines()) == 6  # one line per stage (cell kind)
+    assert sum("done:" in x for x in err.splitlines()) == 7  # one line per stage (cell kind, the convergence check too)
     assert out.startswith("Results:") and "Claims (" in out
     # paths relative to the project (here the test's folder, which is no git work tree), never absolute
     assert out.splitlines()[-1] == f"Report: report-a.md; run folder: {results.parent.relative_to(tmp).as_posix()}"
