@@ -28,7 +28,7 @@ from advbench.analysis.results import Results
 from advbench.api import markdown_renderer
 from advbench.attacks import ATTACKS
 from advbench.attacks.base import Attack, ThreatModel
-from advbench.attacks.contract import AttackTimeoutError
+from advbench.attacks.contract import AttackTimeoutError, descendant_processes
 from advbench.config import Suite
 from advbench.errors import ThreatModelError
 from advbench.hashing import sha256_file
@@ -116,6 +116,14 @@ class _LeavesHook(Attack):
         return x.clone()
 
 
+class _LeavesProcess(Attack):
+    def run(self, model, x, y, threat: ThreatModel, generator):
+        import subprocess
+
+        subprocess.Popen(["sleep", "120"])  # started and forgotten
+        return x.clone()
+
+
 class _Swallows(Attack):
     def run(self, model, x, y, threat: ThreatModel, generator):
         for _ in range(3600):
@@ -131,6 +139,7 @@ HOSTILE = {
     "w17-exits-in-init": (_ExitsInInit, "sys.exit"),
     "w17-grad-off": (_GradOffAttack, "grad mode"),
     "w17-leaves-hook": (_LeavesHook, "forward hooks"),
+    "w17-leaves-process": (_LeavesProcess, "left 1 process(es) running (pid"),
 }
 
 
@@ -255,6 +264,9 @@ def _manifest(tmp: Path) -> dict:
     return json.loads(next((tmp / "runs").glob("*/manifest.json")).read_text())
 
 
+# the forgetful plugin's own Popen object says, when it is collected, that its process was still running when
+# the plugin dropped it (advbench killed it afterwards): the plugin's warning, expected here
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_each_bad_plugin_fails_its_own_cell_and_later_cells_are_unaffected(tmp_path):
     # the bad ones run before the good one, in the same process, without a time limit
     attacks = [{"name": n, "eps": [0.1]} for n in HOSTILE] + [{"name": "fgsm", "eps": [0.1]}]
@@ -267,6 +279,7 @@ def test_each_bad_plugin_fails_its_own_cell_and_later_cells_are_unaffected(tmp_p
         assert needle in rows["error"].iloc[0], rows["error"].iloc[0]
     assert not failures["cell"].str.contains("fgsm").any()
     assert torch.is_grad_enabled()
+    assert descendant_processes() == {}  # the forgotten process was killed, not left behind
     m = _manifest(tmp_path / "mixed")
     assert m["status"] == "complete" and m["failed_cells"] == len(mixed.failures)
     assert (tmp_path / "mixed" / "mixed.md").is_file()

@@ -25,6 +25,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -140,10 +141,14 @@ class GlobalState:
     global_hooks: dict[str, dict[Any, Any]] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
     modules: dict[int, nn.Module] = field(default_factory=dict)
+    #: this process's descendant processes when taken (``None``: not watched); see :func:`descendant_processes`
+    processes: dict[int, str] | None = None
 
     @classmethod
-    def take(cls, model: nn.Module) -> GlobalState:
-        state = cls(flags=_flags())
+    def take(cls, model: nn.Module, *, processes: bool = False) -> GlobalState:
+        """The snapshot; with ``processes``, also this process's descendants, so that one a guest leaves running
+        is found, killed and reported by :meth:`restore` (a cell's snapshot; an attack call's does not scan)."""
+        state = cls(flags=_flags(), processes=descendant_processes() if processes else None)
         for name, m in model.named_modules():
             state.names[id(m)] = name or type(model).__name__
             state.modules[id(m)] = m
@@ -188,7 +193,60 @@ class GlobalState:
                     changed.append(f"global module hooks {attr.strip('_')} changed")
                 d.clear()
                 d.update(saved)
+        if self.processes is not None:
+            left = {pid: cmd for pid, cmd in descendant_processes().items() if pid not in self.processes}
+            if left:
+                for pid in left:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                for pid in left:  # reap the direct children (a grandchild is reaped by its own parent or init)
+                    with contextlib.suppress(OSError):
+                        os.waitpid(pid, 0)
+                shown = ", ".join(f"pid {pid}: {cmd[:80]}" for pid, cmd in sorted(left.items())[:3])
+                more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+                changed.append(f"left {len(left)} process(es) running ({shown}{more}); killed")
         return changed
+
+
+#: Processes the Python runtime itself starts and keeps (multiprocessing's helpers), never a guest's leftover.
+_RUNTIME_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "multiprocessing.semaphore")
+
+
+def descendant_processes() -> dict[int, str]:
+    """This process's live descendants (pid -> command line), multiprocessing's own helpers left out.
+
+    Read from ``/proc`` (Linux; elsewhere none are known, and nothing is checked). A process a guest detaches
+    from its parent (a double fork, ``setsid``) is re-parented and no longer a descendant: the check catches
+    the processes a plugin starts and forgets, not one built to hide.
+    """
+    root = Path("/proc")
+    parent: dict[int, int] = {}
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return {}
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
+        if len(fields) > 1 and fields[0] != "Z":
+            parent[int(entry.name)] = int(fields[1])
+    found, frontier = {}, [os.getpid()]
+    while frontier:
+        nxt = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in found]
+        for pid in nxt:
+            try:
+                cmd = (root / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if not any(helper in cmd for helper in _RUNTIME_HELPERS):
+                found[pid] = cmd
+        frontier = nxt
+    return found
 
 
 @contextlib.contextmanager

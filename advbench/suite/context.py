@@ -96,11 +96,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _load_as_guest(name: str, **kw: Any) -> Any:
-    """:func:`load_dataset` with the dataset's loader as a guest (a plugin's code): ``sys.exit`` and a change to
-    torch's global state (restored) become an error naming the dataset, before any cell runs."""
+    """:func:`load_dataset` with the dataset's loader as a guest (a plugin's code): ``sys.exit``, a change to
+    torch's global state (restored) and a process left running (killed) become an error naming the dataset,
+    before any cell runs."""
     from advbench.attacks.contract import GlobalState
 
-    state = GlobalState.take(torch.nn.Module())
+    state = GlobalState.take(torch.nn.Module(), processes=True)
     try:
         raw = load_dataset(name, **kw)
     except SystemExit as exc:
@@ -112,8 +113,8 @@ def _load_as_guest(name: str, **kw: Any) -> Any:
         changed = state.restore()
     if changed:
         raise AdvbenchError(
-            f"dataset {name!r}: its loader changed torch's global state it must leave alone: {'; '.join(changed)}. "
-            f"It was restored and the run stops before any cell runs; fix the dataset plugin"
+            f"dataset {name!r}: its loader changed torch's global state or left processes it must leave alone: "
+            f"{'; '.join(changed)}. It was restored and the run stops before any cell runs; fix the dataset plugin"
         )
     return raw
 

@@ -144,9 +144,9 @@ def run_one(
         return CellReport(planned.key, planned.label, planned.kind, "skipped", error=reason)
     start = time.perf_counter()
     # every plugin kind is a guest (attacks also check each call, with the model): torch's global switches
-    # and module hooks are snapshotted around the cell and restored, and a change fails this cell, naming
-    # the plugins it ran, so a later, innocent cell is never blamed
-    state, mark = GlobalState.take(_NO_MODEL), store.mark()
+    # and module hooks are snapshotted around the cell and restored, a process the cell leaves running is
+    # killed, and either fails this cell, naming the plugins it ran, so a later, innocent cell is never blamed
+    state, mark = GlobalState.take(_NO_MODEL, processes=True), store.mark()
     try:
         try:
             cached = execute_cell(ctx, cell, store)
@@ -159,19 +159,20 @@ def run_one(
             changed = state.restore()
         if changed:
             store.rollback(mark)
-            ctx.cache.discard(cell.kind, cell.key, "the code that made it changed torch's global state")
+            ctx.cache.discard(cell.kind, cell.key, "the code that made it changed global state or left processes")
             raise GuestStateError(
-                f"code run by {cell.label} ({guests(cell)}) changed torch's global state it must leave alone: "
-                f"{'; '.join(changed)}. It was restored and this cell's results are refused; a plugin must undo "
-                f"any change it makes (use context managers such as torch.no_grad())"
+                f"code run by {cell.label} ({guests(cell)}) changed torch's global state or left processes it must "
+                f"leave alone: {'; '.join(changed)}. It was restored and this cell's results are refused; a plugin "
+                f"must undo any change it makes (use context managers such as torch.no_grad()) and wait for the "
+                f"processes it starts"
             )
     except Exception as exc:
         if changed and not isinstance(exc, GuestStateError) and not is_fatal(exc):
             # the state change is the likelier cause of the failure: say both
             store.rollback(mark)
             guest = GuestStateError(
-                f"code run by {cell.label} ({guests(cell)}) changed torch's global state ({'; '.join(changed)}; "
-                f"restored), and the cell then failed: {failure_message(exc)}"
+                f"code run by {cell.label} ({guests(cell)}) changed torch's global state or left processes "
+                f"({'; '.join(changed)}; restored), and the cell then failed: {failure_message(exc)}"
             )
             guest.__cause__ = exc
             exc = guest
