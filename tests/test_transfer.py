@@ -191,3 +191,23 @@ def test_outcomes_for_errors(digits_model, digits_splits):
             targets={"cnn": digits_model},
             examples=[0, 0, 1, 2],
         )
+
+
+def test_a_transfer_cell_reuses_the_clean_predictions_of_the_process(monkeypatch):
+    """advbench.suite.cells.transfer.clean_predictions: computed once per (model, seed, examples) and the same labels
+    `outcomes_for` would compute itself, so reusing them changes no bit of the outcomes."""
+    from advbench.suite.cells import transfer as cell
+    from advbench.suite.context import ArtefactStore
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.rand(40, 1, 4, 4)
+    store, calls = ArtefactStore(), []
+    real = cell.predict
+    monkeypatch.setattr(cell, "predict", lambda m, xs: calls.append(1) or real(m, xs))
+    first = cell.clean_predictions(store, ("m", 0, "digest"), model, x)
+    again = cell.clean_predictions(store, ("m", 0, "digest"), model, x)
+    assert again is first and len(calls) == 1
+    assert np.array_equal(first, predict(model, x))
+    cell.clean_predictions(store, ("m", 1, "digest"), model, x)  # another seed's model: its own entry
+    assert len(calls) == 2

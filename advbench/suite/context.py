@@ -232,6 +232,9 @@ class ArtefactStore:
     adversarial: dict[tuple[int, str, str, float], dict[str, torch.Tensor]] = field(default_factory=dict)
     indices: dict[tuple[str, int], DkNN] = field(default_factory=dict)
     tables: dict[str, list[pd.DataFrame]] = field(default_factory=lambda: {t: [] for t in TABLES})
+    #: clean predictions on the attacked examples by ``(model, seed, examples digest)``, computed once per process
+    #: and read by every transfer cell (``suite/cells/transfer.py``)
+    clean_predictions: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict)
 
     def add(self, table: str, frame: pd.DataFrame) -> None:
         """Append ``frame`` to the result table ``table`` (one of :data:`TABLES`)."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+import torch
 
-from advbench.evaluation.transfer import outcomes_for
+from advbench.evaluation.transfer import outcomes_for, predict
 from advbench.suite.cells import handler
 from advbench.suite.cells.store import adversarial_set, trained_model
 
@@ -14,7 +17,19 @@ if TYPE_CHECKING:
     from advbench.suite.context import ArtefactStore, CellContext
     from advbench.suite.plan import Cell
 
-__all__ = ["run_transfer"]
+__all__ = ["clean_predictions", "run_transfer"]
+
+
+def clean_predictions(
+    store: ArtefactStore, key: tuple[str, int, str], model: torch.nn.Module, x_clean: torch.Tensor
+) -> np.ndarray:
+    """A model's predictions on the clean attacked examples, computed once per process (``key``: model, seed and
+    the examples' digest). Every transfer cell of a seed reads the same examples (the suite's fixed subset), and
+    :func:`~advbench.evaluation.transfer.predict` gives the same labels for the same inputs, so reusing them
+    changes no bit of the outcomes; it saves a pass over the examples per target and cell."""
+    if key not in store.clean_predictions:
+        store.clean_predictions[key] = predict(model, x_clean)
+    return store.clean_predictions[key]
 
 
 @handler("transfer")
@@ -34,19 +49,27 @@ def run_transfer(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     adv = adversarial_set(ctx, store, seed, source, akey, eps)
     test = ctx.splits.test
     idx = adv["indices"].long()
-    # the targets the cell names (every model of the seed, or those whose training did not fail)
-    targets = {name: trained_model(ctx, store, name, target_seed) for name in cell.spec["targets"]}
+    # the targets the cell names (every model of the seed, or those whose training did not fail), each with the
+    # model and seed it is
+    who = {name: (name, target_seed) for name in cell.spec["targets"]}
     src = source
     if target_seed != seed:
         # the source (of `seed`) gives source_success; the targets are the models of `target_seed`
         src = f"{source}@seed{seed}"
-        targets = {src: trained_model(ctx, store, source, seed), **targets}
+        who = {src: (source, seed), **who}
+    targets = {label: trained_model(ctx, store, name, s) for label, (name, s) in who.items()}
+    x_clean = test.x[idx].to(ctx.device)
+    examples = hashlib.sha256(idx.numpy().tobytes()).hexdigest()
+    clean = {
+        label: clean_predictions(store, (*who[label], examples), model, x_clean) for label, model in targets.items()
+    }
     df = outcomes_for(
         seed=seed,
         source=src,
         attack=akey,
         eps=eps,
-        x_clean=test.x[idx].to(ctx.device),
+        x_clean=x_clean,
+        clean_predictions=clean,
         x_adv=adv["x_adv"].to(ctx.device),
         y=test.y[idx].to(ctx.device),
         targets=targets,
