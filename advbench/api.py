@@ -51,6 +51,7 @@ __all__ = [
     "load",
     "markdown_renderer",
     "plan",
+    "read_manifest",
     "render_report",
     "run",
     "run_folder",
@@ -339,7 +340,8 @@ def run_folder(run_dir: str | Path) -> Path:
     return folder
 
 
-def _manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A run folder's manifest, checked: a clear error for a folder that is not a run or a damaged manifest."""
     path = folder / "manifest.json"
     if not path.is_file():
         raise AdvbenchError(
@@ -366,7 +368,7 @@ def load(run_dir: str | Path, *, per_example: bool = True) -> Run:
     summaries stand in for it, as they do in a committed run folder that lacks it.
     """
     folder = run_folder(run_dir)
-    manifest = _manifest(folder)
+    manifest = read_manifest(folder)
     results = Results.load(folder / "results", per_example=per_example)
     recorded = manifest.get("report")
     report = None
@@ -378,7 +380,7 @@ def load(run_dir: str | Path, *, per_example: bool = True) -> Run:
 def render_report(run_dir: str | Path, output: str | Path | None = None, *, replace: bool = False) -> Path:
     """Re-render a complete run's Markdown report from its saved results (``advbench report``); its path."""
     folder = run_folder(run_dir)
-    manifest = _manifest(folder)
+    manifest = read_manifest(folder)
     status = manifest.get("status")
     if status != "complete":
         # an incomplete run's results miss whole sections; a report of them would look like a full one

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from advbench import api
@@ -35,8 +34,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def main(args: argparse.Namespace) -> int:
     out = api.render_report(args.run_dir, args.output, replace=args.replace_report)
     sys.stdout.write(f"report written to {out}\n")
-    manifest = json.loads((api.run_folder(args.run_dir) / "manifest.json").read_text())
-    failed = int(manifest.get("failed_cells") or 0)
+    failed = int(api.read_manifest(api.run_folder(args.run_dir)).get("failed_cells") or 0)
     if failed:
         sys.stderr.write(f"{failed} cells of this run failed or were skipped; the report's 'Failed cells' lists them\n")
         return 1
