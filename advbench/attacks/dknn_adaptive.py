@@ -24,6 +24,12 @@ with momentum, halved per example when the loss stalls, each run's best point ke
 with ``schedule: constant`` they are ``step_size * sign(grad)``. Every step is projected onto the eps-ball
 and [0, 1].
 
+With ``objective: credibility`` (the detection-aware variant; Carlini & Wagner 2017 bypassed ten detectors
+by aiming at the detector itself) ``G_l(y)`` becomes the ``n_guides`` training points of *any* class but
+``t`` nearest to ``x`` in layer ``l``, and the margin is ``max_{j != t} z_j - z_t``: the DkNN's credibility
+of ``t`` is the conformal p-value of its nonconformity ``sum_l (k - #neighbours of class t in layer l)``, so
+every non-target neighbour costs the attacker, not only the true class's, and ``t`` has to lead the logits.
+
 Every final iterate is scored by the real DkNN; per example the attack keeps the candidate it scores
 worst (the clean input counts as a candidate): a wrong prediction first, ranked by the credibility of
 the wrong label (higher is worse for the defender); then, among correct predictions, the lowest
@@ -175,6 +181,10 @@ class DkNNAdaptive(Attack):
         kappa: the margin is clamped at ``-kappa`` (logit units).
         schedule: ``"apgd"`` (APGD's per-example step-size schedule; ``step_size`` is its first step, default
             ``2 * eps``) or ``"constant"`` (``step_size`` every step, default ``2.5 * eps / steps``).
+        objective: ``"label"`` (push the true class's neighbours out, margin against the true logit) or
+            ``"credibility"``, the detection-aware variant: push out the nearest points of *every* class but
+            the target's and make the target's logit lead every other, since the DkNN's credibility of the
+            target counts only the target class's neighbours in every layer (see the module doc).
     """
 
     properties: ClassVar[frozenset[str]] = frozenset({"iterative", "gradient-based", "adaptive-dknn"})
@@ -191,8 +201,10 @@ class DkNNAdaptive(Attack):
         logit_weight: float = 0.1,
         kappa: float = 5.0,
         schedule: str = "apgd",
+        objective: str = "label",
     ) -> None:
         self.schedule = schedule
+        self.objective = objective
         self.steps = steps
         self.step_size = step_size
         self.n_targets = n_targets
@@ -221,6 +233,8 @@ class DkNNAdaptive(Attack):
             out.append(f"kappa: expected a number >= 0, got {params['kappa']!r}")
         if params["schedule"] not in SCHEDULES:
             out.append(f"schedule: expected one of {', '.join(SCHEDULES)}, got {params['schedule']!r}")
+        if params["objective"] not in OBJECTIVES:
+            out.append(f"objective: expected one of {', '.join(OBJECTIVES)}, got {params['objective']!r}")
         return out
 
     @classmethod
@@ -268,24 +282,39 @@ class DkNNAdaptive(Attack):
         ranking = p_clean + 1e-6 * soft  # credible wrong classes first; the softmax breaks ties
         ranking[np.arange(len(y_np)), y_np] = -np.inf
         targets = np.argsort(-ranking, axis=1, kind="stable")[:, : min(self.n_targets, know.num_classes - 1)]
-        # every layer's radius and guides (own class, then each target class) from one distance matrix
-        classes = [y, *(torch.from_numpy(targets[:, r]).to(x.device) for r in range(targets.shape[1]))]
-        with torch.no_grad():
-            near = {n: _neighbourhood(clean[n], train[n], y_train, know.k, classes, m) for n in layers}
-        radius = {n: near[n][0] for n in layers}
-        own = {n: near[n][1][0] for n in layers}
+        classes = [torch.from_numpy(targets[:, r]).to(x.device) for r in range(targets.shape[1])]
+        if self.objective == "label":
+            # every layer's radius and guides from one distance matrix around the clean input: the true class's
+            # points (pushed out, for every target) and each target class's (pulled in)
+            groups = [(y, True), *((t, True) for t in classes)]
+            with torch.no_grad():
+                near = {n: _neighbourhood(clean[n], train[n], y_train, know.k, groups, m) for n in layers}
+            radius = {n: near[n][0] for n in layers}
+            push = {n: GuideSet.around(clean[n], near[n][1][0]) for n in layers}
 
         step = 2.5 * threat.eps / self.steps if self.step_size is None else self.step_size
-        for r in range(targets.shape[1]):
-            t = classes[1 + r]
-            pull = {n: near[n][1][1 + r] for n in layers}
+        for r, t in enumerate(classes):
+            if self.objective == "label":
+                pull = {n: GuideSet.around(clean[n], near[n][1][1 + r]) for n in layers}
+            anchor, anchor_bad = x, dknn_badness(p_clean, y_np)
 
             def loss_of(z: Tensor) -> Tensor:
-                return self._loss(clf, z, y, t, layers, radius, own, pull)  # noqa: B023 - used in this iteration
+                return self._loss(clf, z, y, t, layers, radius, push, pull)  # noqa: B023 - used in this iteration
 
             for s in range(self.restarts):
                 x_adv = x.clone()
-                if s > 0:
+                if self.objective == "credibility":
+                    # refine: each restart starts from this target's best candidate so far and takes its guides
+                    # around it, so the pull moves deeper into the target class's region as it is reached
+                    x_adv = anchor.clone()
+                    with torch.no_grad():
+                        at = clean if s == 0 else _flat_features(clf, anchor, layers)
+                        near = {n: _neighbourhood(at[n], train[n], y_train, know.k, [(t, False), (t, True)], m)
+                                for n in layers}  # fmt: skip
+                    radius = {n: near[n][0] for n in layers}
+                    push = {n: GuideSet.around(at[n], near[n][1][0]) for n in layers}
+                    pull = {n: GuideSet.around(at[n], near[n][1][1]) for n in layers}
+                elif s > 0:
                     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
                     x_adv = threat.project(x + (2 * noise - 1) * threat.eps, x)
                 if self.schedule == "apgd":
@@ -298,9 +327,12 @@ class DkNNAdaptive(Attack):
                             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
                         x_adv = threat.project(x_adv.detach() - step * grad.sign(), x)
                 bad = dknn_badness(know.p_values(x_adv), y_np)
+                keep = (-1, *([1] * (x.ndim - 1)))
                 better = torch.from_numpy(bad > best_bad).to(x.device)
-                best = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_adv, best)
+                best = torch.where(better.view(keep), x_adv, best)
                 best_bad = np.maximum(best_bad, bad)
+                ahead = torch.from_numpy(bad > anchor_bad).to(x.device)
+                anchor, anchor_bad = torch.where(ahead.view(keep), x_adv, anchor), np.maximum(anchor_bad, bad)
         return best
 
     def _loss(
@@ -311,8 +343,8 @@ class DkNNAdaptive(Attack):
         t: Tensor,
         layers: list[str],
         radius: dict[str, Tensor],
-        own: dict[str, Tensor],
-        pull: dict[str, Tensor],
+        push: dict[str, GuideSet],
+        pull: dict[str, GuideSet],
     ) -> Tensor:
         """The per-example surrogate loss (to minimise)."""
         feats = clf.features(x_adv, list(dict.fromkeys([*layers, *clf.layer_names[-1:]])))
@@ -326,13 +358,17 @@ class DkNNAdaptive(Attack):
             h = feats[n].flatten(1)
             r = radius[n][:, None]
             scale = self.temperature * r.clamp_min(1e-12)
-            inside_own = torch.sigmoid((r - guide_distances(h, own[n])) / scale).mean(1)
+            inside_pushed = torch.sigmoid((r - guide_distances(h, push[n])) / scale).mean(1)
             inside_target = torch.sigmoid((r - guide_distances(h, pull[n])) / scale).mean(1)
-            loss = loss + inside_own - inside_target
+            loss = loss + inside_pushed - inside_target
         if self.logit_weight > 0:
             z = feats[clf.layer_names[-1]]
-            margin = z.gather(1, y[:, None])[:, 0] - z.gather(1, t[:, None])[:, 0]
-            loss = loss + self.logit_weight * margin.clamp_min(-self.kappa)
+            z_t = z.gather(1, t[:, None])[:, 0]
+            if self.objective == "label":
+                rival = z.gather(1, y[:, None])[:, 0]
+            else:  # the target must lead every other class, not only the true one
+                rival = z.scatter(1, t[:, None], float("-inf")).amax(1)
+            loss = loss + self.logit_weight * (rival - z_t).clamp_min(-self.kappa)
         return loss
 
     def _train_features(self, clf: Any, know: DkNNKnowledge, device: torch.device) -> dict[str, Tensor]:
@@ -353,6 +389,8 @@ class DkNNAdaptive(Attack):
 
 #: The step-size schedules of :class:`DkNNAdaptive`: APGD's per-example schedule, or a constant step.
 SCHEDULES = ("apgd", "constant")
+#: What :class:`DkNNAdaptive`'s surrogate aims at: a wrong DkNN label, or a wrong label the DkNN finds credible.
+OBJECTIVES = ("label", "credibility")
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -431,74 +469,101 @@ def apgd_minimise(
 
 
 def _neighbourhood(
-    q: Tensor, ref: Tensor, ref_y: Tensor, k: int, classes: Sequence[Tensor], m: int
+    q: Tensor, ref: Tensor, ref_y: Tensor, k: int, groups: Sequence[tuple[Tensor, bool]], m: int
 ) -> tuple[Tensor, list[Tensor]]:
-    """Per query: the L2 distance to its k-th nearest reference point, and for each ``classes[j]`` (a class
-    per query) the (B, m, D) reference points of that class nearest to it; one exact distance matrix per
-    chunk of queries serves them all (rather than one matrix per radius and per class)."""
+    """Per query: the L2 distance to its k-th nearest reference point, and for each group ``(cls, of_class)``
+    (a class per query) the (B, m, D) reference points nearest to it of that class (``of_class``) or of any
+    other class; one exact distance matrix per chunk of queries serves them all (rather than one matrix per
+    radius and per group).
+
+    The squared distances are ``|q|^2 + |r|^2 - 2 q.r`` from one matrix product, as faiss's exact search
+    computes them (``torch.cdist`` copies the reference set per chunk to do the same: 1.5x the time), and
+    only the k-th is square-rooted."""
     radius: list[Tensor] = []
-    guides: list[list[Tensor]] = [[] for _ in classes]
+    guides: list[list[Tensor]] = [[] for _ in groups]
+    ref_sq = (ref * ref).sum(1)
     for start in range(0, q.shape[0], _CHUNK):
-        d = torch.cdist(q[start : start + _CHUNK], ref)
-        radius.append(d.topk(k, dim=1, largest=False).values[:, -1])
-        for j, cls in enumerate(classes):
-            masked = d.masked_fill(ref_y[None, :] != cls[start : start + _CHUNK, None], float("inf"))
+        chunk = q[start : start + _CHUNK]
+        d = torch.addmm(ref_sq[None, :], chunk, ref.T, alpha=-2).add_((chunk * chunk).sum(1, keepdim=True))
+        radius.append(d.topk(k, dim=1, largest=False).values[:, -1].clamp_min(0).sqrt())
+        for j, (cls, of_class) in enumerate(groups):
+            other = ref_y[None, :] != cls[start : start + _CHUNK, None]
+            masked = d.masked_fill(other if of_class else ~other, float("inf"))
             guides[j].append(ref[masked.topk(m, dim=1, largest=False).indices])
     return torch.cat(radius), [torch.cat(g) for g in guides]
 
 
-#: Bytes of (m, D) differences a chunk of :class:`_GuideDistance` holds at once: about an L2 cache.
-_GUIDE_CHUNK_BYTES = 1 << 20
+@dataclass(frozen=True)
+class GuideSet:
+    """Each example's guides in one layer, stored relative to a centre near them (the clean input's features).
 
-
-def guide_distances(h: Tensor, guides: Tensor) -> Tensor:
-    """(B, m): the L2 distance from ``h[i]`` (B, D) to each of its guides ``guides[i]`` (B, m, D, constant).
-
-    The same floats, forward and backward, as ``(h[:, None] - guides).norm(dim=2)`` under autograd
-    (``tests/test_dknn_adaptive.py`` checks both bit for bit), computed a few examples at a time so the
-    (B, m, D) differences and their gradient never exist whole: at the CNN's 3,136-wide layer and
-    75 guides, a quarter of the time on one thread (`benchmarks/test_bench_adaptive.py`). Written by hand:
-    torch has no chunked norm with this backward.
+    ``points[i]`` (m, D) are example ``i``'s guides minus ``centre[i]`` (D,), and ``sq_norms[i]`` their
+    squared norms, both computed once per attack: every step then needs one dot product per guide
+    (:func:`guide_distances`). Centring keeps the expanded distance accurate: the guides are the clean
+    input's nearest training points and the iterate stays within eps of the input, so every vector is of
+    the neighbourhood's size rather than of the features' (whose squares would cancel).
     """
-    chunk = max(1, _GUIDE_CHUNK_BYTES // max(1, guides.shape[1] * guides.shape[2] * guides.element_size()))
-    return _GuideDistance.apply(h, guides.detach(), chunk)
+
+    centre: Tensor
+    points: Tensor
+    sq_norms: Tensor
+
+    @classmethod
+    def around(cls, centre: Tensor, guides: Tensor) -> GuideSet:
+        """The guides ``guides`` (B, m, D) of ``centre`` (B, D), centred (the tensor is not kept)."""
+        points = (guides - centre[:, None, :]).contiguous()
+        return cls(centre=centre.detach(), points=points, sq_norms=(points * points).sum(2))
+
+
+#: Distances below this fraction of the larger vector's norm count as 0 (the iterate is on a guide), where,
+#: as for torch's norm, the gradient is 0: the expansion's rounding leaves no direction there
+_ON_GUIDE = 1e-3
+#: Layers at most this wide take their guide dot products in one ``bmm`` (faster there than a loop)
+_NARROW = 32
+
+
+def guide_distances(h: Tensor, guides: GuideSet) -> Tensor:
+    """(B, m): the L2 distance from ``h[i]`` (B, D) to each of its guides, differentiable in ``h``.
+
+    Computed as ``sqrt(|h'|^2 + |g'|^2 - 2 h'.g')`` with ``h' = h - centre`` and the centred guides ``g'`` of
+    :class:`GuideSet`: one matrix-vector product per example forward and one backward, each reading the
+    (m, D) guides once. The direct ``(h[:, None] - guides).norm(dim=2)`` reads and writes (m, D) differences
+    six times per step (``benchmarks/test_bench_adaptive.py`` times both). Agrees with the direct norm to
+    float32 rounding of the neighbourhood's size (``tests/test_dknn_adaptive.py``). Written by hand: torch
+    has no distance with this gradient, and its ``bmm`` runs the forward products of a wide layer about 4x
+    slower than a loop of ``mv`` on one thread.
+    """
+    return _GuideDistance.apply(h, guides.centre, guides.points, guides.sq_norms)
 
 
 class _GuideDistance(torch.autograd.Function):
-    """:func:`guide_distances`: each chunk's differences go to one reused buffer, updated in place."""
+    """:func:`guide_distances`; the guides are constants (no gradient flows to them)."""
 
     @staticmethod
-    def forward(ctx: Any, h: Tensor, guides: Tensor, chunk: int) -> Tensor:
-        out = h.new_empty(h.shape[0], guides.shape[1])
-        buf = h.new_empty(min(chunk, h.shape[0]), *guides.shape[1:])
-        for s in range(0, h.shape[0], chunk):
-            diff = buf[: min(chunk, h.shape[0] - s)]
-            torch.sub(h[s : s + chunk, None, :], guides[s : s + chunk], out=diff)
-            out[s : s + chunk] = diff.norm(dim=2)
-        ctx.save_for_backward(h, guides, out)
-        ctx.chunk = chunk
+    def forward(ctx: Any, h: Tensor, centre: Tensor, points: Tensor, sq_norms: Tensor) -> Tensor:
+        rel = h.detach() - centre
+        if points.shape[2] <= _NARROW:
+            dots = torch.bmm(points, rel[:, :, None])[:, :, 0]
+        else:  # bmm runs these matrix-vector products ~4x slower than a loop of mv on wide layers
+            dots = h.new_empty(points.shape[:2])
+            for i in range(points.shape[0]):
+                torch.mv(points[i], rel[i], out=dots[i])
+        rel_sq = (rel * rel).sum(1, keepdim=True)
+        sq = (rel_sq + sq_norms - 2 * dots).clamp_min_(0)
+        out = sq.sqrt()
+        on_guide = sq <= (_ON_GUIDE**2) * torch.maximum(rel_sq, sq_norms)
+        out.masked_fill_(on_guide, 0.0)
+        ctx.save_for_backward(rel, points, out)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        h, guides, out = ctx.saved_tensors
-        grad_h = torch.empty_like(h)
-        buf = h.new_empty(min(ctx.chunk, h.shape[0]), *guides.shape[1:])
-        on_guide = out == 0
-        any_on_guide = bool(on_guide.any())
-        for s in range(0, h.shape[0], ctx.chunk):
-            sl = slice(s, s + ctx.chunk)
-            diff = buf[: min(ctx.chunk, h.shape[0] - s)]
-            torch.sub(h[sl, None, :], guides[sl], out=diff)
-            # torch's own rule for the 2-norm, grad * (x / norm) and 0 where the norm is 0, then the broadcast's
-            # sum over the guides: the same operations as autograd's (a product commutes exactly), so the same
-            # floats; the fill only runs where it changes something
-            diff.div_(out[sl, :, None])
-            if any_on_guide:
-                diff.masked_fill_(on_guide[sl, :, None], 0)
-            diff.mul_(grad[sl, :, None])
-            torch.sum(diff, 1, out=grad_h[sl])
-        return grad_h, None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        rel, points, out = ctx.saved_tensors
+        # d|h' - g'_j| / dh = (h' - g'_j) / d_j, so the gradient is h' * sum_j s_j - sum_j s_j g'_j with
+        # s_j = grad_j / d_j (0 on a guide, as torch's norm): one vector-matrix product per example
+        s = torch.where(out > 0, grad / out.clamp_min(torch.finfo(out.dtype).tiny), 0.0)
+        pulled = torch.bmm(s[:, None, :], points)[:, 0]
+        return rel * s.sum(1, keepdim=True) - pulled, None, None, None
 
 
 def _flat_features(model: Any, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
