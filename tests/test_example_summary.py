@@ -10,6 +10,7 @@ from advbench.analysis.example_summary import (
     BIN_COLUMNS,
     dknn_bins,
     dknn_worst_case,
+    input_groups,
     neighbour_agreement,
     read_summary,
     summarise_examples,
@@ -23,11 +24,12 @@ def _examples(seed: int = 0, n: int = 40) -> pd.DataFrame:
     rows = []
     for model in ("baseline", "entangled"):
         for s in (0, 1):
-            for kind, input_set, source in (
-                ("clean", "clean", None),
-                ("adversarial", f"pgd@0.1 from {model}", model),
-                ("adversarial", "pgd@0.1 from other", "other"),
-                ("ood", "ood", None),
+            for kind, input_set, source, distance in (
+                ("clean", "clean", None, None),
+                ("adversarial", f"pgd@0.1 from {model}", model, None),
+                ("adversarial", "pgd@0.1 from other", "other", None),
+                ("ood", "digits", None, "far"),
+                ("ood", "blur:3", None, "near"),
             ):
                 for ex in range(n):
                     rows.append(
@@ -47,6 +49,8 @@ def _examples(seed: int = 0, n: int = 40) -> pd.DataFrame:
                             "source": source,
                             "attack": "pgd" if source else None,
                             "eps": 0.1 if source else None,
+                            "fooled": bool(rng.random() < 0.5) if source else None,
+                            "distance": distance,
                         }
                     )
     return pd.DataFrame(rows)
@@ -57,7 +61,7 @@ def test_histogram_bins_match_numpy():
     bins = dknn_bins(ex)
     assert list(bins.columns) == BIN_COLUMNS
     hist = bins[bins["figure"] == "credibility_histogram"]
-    for (model, kind), g in ex.groupby(["model", "kind"]):
+    for (model, kind), g in ex.assign(kind=input_groups(ex)).groupby(["model", "kind"]):
         counts, _ = np.histogram(g["credibility"], bins=np.linspace(0, 1, 21))
         got = hist[(hist["model"] == model) & (hist["kind"] == kind)].sort_values("bin")["n"].to_numpy()
         np.testing.assert_array_equal(got, counts)  # 1.0 falls in the last bin, as numpy's does
@@ -67,6 +71,42 @@ def test_histogram_bins_match_numpy():
     assert rel["n"].sum() == len(clean) and rel["n_correct"].sum() == clean["correct"].sum()
     msp = bins[bins["figure"] == "reliability_msp_clean"]
     assert len(msp) == 2 * 15 and msp["n_correct"].sum() == clean["softmax_correct"].sum()
+
+
+def test_histograms_compare_like_with_like():
+    """Adversarial inputs by origin and outcome, OOD inputs by distance; every example in exactly one group."""
+    ex = _examples()
+    groups = input_groups(ex)
+    assert set(groups) == {
+        "clean",
+        "adversarial, white-box, fooled",
+        "adversarial, white-box, not fooled",
+        "adversarial, transferred, fooled",
+        "adversarial, transferred, not fooled",
+        "ood, near",
+        "ood, far",
+    }
+    white = (ex["kind"] == "adversarial") & (ex["source"] == ex["model"])
+    assert (groups[white & ex["fooled"].eq(True)] == "adversarial, white-box, fooled").all()
+    assert (groups[(ex["kind"] == "ood") & (ex["distance"] == "near")] == "ood, near").all()
+    hist = dknn_bins(ex)
+    hist = hist[hist["figure"] == "credibility_histogram"]
+    assert hist["n"].sum() == len(ex)  # the denominators: every example counted once
+    # a table from before the per-example rows recorded origin, outcome or distance keeps the bare kinds
+    old = ex.drop(columns=["source", "fooled", "distance"])
+    assert set(input_groups(old)) == {"clean", "adversarial", "ood"}
+
+
+def test_credibility_figure_draws_grouped_and_older_bins(tmp_path):
+    from advbench.reports.plots import credibility_histograms
+
+    ex = _examples()
+    for name, table in (("grouped", ex), ("older", ex.drop(columns=["source", "fooled", "distance"]))):
+        bins = dknn_bins(table)
+        path = credibility_histograms(
+            bins[bins["figure"] == "credibility_histogram"], tmp_path / f"{name}.png", title=name
+        )
+        assert path.stat().st_size > 0
 
 
 def test_neighbour_agreement_counts_white_box_adversarial_only():

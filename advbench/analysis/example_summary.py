@@ -10,7 +10,7 @@ seeds, pooled over seeds for the figures):
 * ``dknn_worst_case``: the DkNN's robust accuracy under the ensemble of white-box attacks
   (:func:`~advbench.analysis.worstcase.worst_case` of :func:`~advbench.analysis.worstcase.dknn_long`);
 * ``dknn_bins``: the counts behind the report's figures (reliability diagrams and credibility
-  histograms), per model, kind and bin.
+  histograms), per model, kind (for the histograms, the finer :func:`input_groups`) and bin.
 
 :meth:`advbench.analysis.results.Results.save` writes them next to the tables;
 :meth:`~advbench.analysis.results.Results.load` reads them back, and the report and claims use them
@@ -30,6 +30,7 @@ __all__ = [
     "SUMMARY_FILES",
     "dknn_bins",
     "dknn_worst_case",
+    "input_groups",
     "neighbour_agreement",
     "read_summary",
     "summarise_examples",
@@ -46,8 +47,11 @@ SUMMARY_FILES = {
 FIGURE_BINS: dict[str, tuple[tuple[str, ...] | None, str, str | None, int]] = {
     "reliability_msp_clean": (("clean",), "msp", "softmax_correct", 15),
     "reliability_clean": (("clean",), "credibility", "correct", 10),
-    "credibility_histogram": (None, "credibility", None, 20),  # None: every kind, one histogram each
+    "credibility_histogram": (None, "credibility", None, 20),  # None: every input group (input_groups)
 }
+
+#: The figures whose ``kind`` column holds :func:`input_groups` rather than the bare input kind.
+GROUPED_FIGURES = frozenset({"credibility_histogram"})
 
 BIN_COLUMNS = ["figure", "model", "kind", "bin", "low", "high", "n", "n_correct"]
 _AGREEMENT_COLUMNS = ["model", "seed", "kind", "agree"]
@@ -88,6 +92,33 @@ def dknn_worst_case(examples: pd.DataFrame) -> pd.DataFrame:
     return worst_case(dknn_long(examples))
 
 
+def input_groups(examples: pd.DataFrame) -> pd.Series:
+    """Each example's input group, finer than its kind so that a histogram compares like with like.
+
+    ``clean``; adversarial inputs by where they were crafted and whether they fooled the scored classifier
+    (``adversarial, white-box, fooled``, ``adversarial, transferred, not fooled``, ...: an attack that failed
+    leaves an input the DkNN rightly finds credible, and pooling it with the successes hides both); OOD inputs
+    by their distance (``ood, near``, ``ood, far``). A table without ``source``, ``fooled`` or ``distance``
+    keeps the coarser group it can tell.
+    """
+    kind = examples["kind"].astype(str)
+    group = kind.copy()
+    adv = kind == "adversarial"
+    if adv.any() and "source" in examples.columns:
+        white = examples["source"].astype(str) == examples["model"].astype(str)
+        where = pd.Series(np.where(white, "adversarial, white-box", "adversarial, transferred"), index=examples.index)
+        group = group.mask(adv, where.astype(str))
+    if adv.any() and "fooled" in examples.columns:
+        fooled = pd.Series(np.where(_as_bool(examples["fooled"]), ", fooled", ", not fooled"), index=examples.index)
+        group = group.mask(adv, group.str.cat(fooled.astype(str)))
+    ood = kind == "ood"
+    if ood.any() and "distance" in examples.columns:
+        distance = examples["distance"].astype(str)
+        known = ood & examples["distance"].notna() & (distance != "")
+        group = group.mask(known, distance.radd("ood, "))
+    return group
+
+
 def dknn_bins(examples: pd.DataFrame) -> pd.DataFrame:
     """The counts behind the report's DkNN figures (:data:`FIGURE_BINS`), one row per figure, model, kind and bin.
 
@@ -102,6 +133,8 @@ def dknn_bins(examples: pd.DataFrame) -> pd.DataFrame:
         if score not in examples.columns or (correct_col is not None and correct_col not in examples.columns):
             continue
         sel = examples if kinds is None else examples[examples["kind"].isin(kinds)]
+        if figure in GROUPED_FIGURES:
+            sel = sel.assign(kind=input_groups(sel))
         edges = np.linspace(0.0, 1.0, n_bins + 1)
         for (model, kind), g in sel.groupby(["model", "kind"], sort=True):
             values = g[score].to_numpy(dtype=float)

@@ -1003,7 +1003,7 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
         credibility_histograms(
             bins[bins["figure"] == "credibility_histogram"],
             figures_dir / "credibility.png",
-            title="DkNN credibility by input kind (descriptive)",
+            title="DkNN credibility by input group (descriptive)",
         )
         figs += [
             f"![accuracy per credibility bin, clean]({prefix}reliability_clean.png)",
@@ -1011,13 +1011,31 @@ def _dknn_section(results: Results, figures_dir: Path | None, prefix: str) -> li
         ]
         out += [
             "Figures: the MSP's reliability diagram (its gap to the diagonal is the ECE above); accuracy per "
-            "credibility bin and credibility histograms per input kind, descriptive only (as in Papernot & "
-            "McDaniel 2018: credibility is a p-value, so its gap to the diagonal is not a calibration error).",
+            "credibility bin and credibility histograms per input group, descriptive only (as in Papernot & "
+            "McDaniel 2018: credibility is a p-value, so its gap to the diagonal is not a calibration error). "
+            + _histogram_groups_note(bins[bins["figure"] == "credibility_histogram"]),
             "",
             " ".join(figs),
             "",
         ]
     return out
+
+
+def _histogram_groups_note(hist: pd.DataFrame) -> str:
+    """What the credibility histograms pool: the input groups when the run's counts have them, else a warning."""
+    kinds = set(hist["kind"].astype(str))
+    if any("," in k for k in kinds):
+        return (
+            "The histograms compare like with like: white-box and transferred adversarial inputs apart, those "
+            "that fooled the classifier apart from those that did not, near and far OOD apart, each beside the "
+            "clean inputs with its count; pooled over seeds, attacks and eps."
+        )
+    pooled = ", ".join(sorted(kinds - {"clean"}))
+    return (
+        f"This run's saved counts pool each kind ({pooled}): white-box with transferred and successful with "
+        "failed attacks, near with far OOD. They were summarised before the groups were recorded and the "
+        "per-example table is not in the run folder, so read them as a mixture; a re-run draws the groups apart."
+    )
 
 
 def _dknn_set_labels(det: pd.DataFrame, norms: dict[str, str]) -> list[str]:

@@ -74,19 +74,38 @@ def reliability_diagram(
 
 
 def credibility_histograms(bins: pd.DataFrame, path: Path, *, title: str) -> Path:
-    """Credibility distributions (densities) of each input kind, one panel per model, from the
-    ``credibility_histogram`` rows of :func:`~advbench.analysis.example_summary.dknn_bins`."""
+    """Credibility distributions (densities) per input group, from the ``credibility_histogram`` rows of
+    :func:`~advbench.analysis.example_summary.dknn_bins`: a column per model, a row per family of groups
+    (adversarial, OOD), each panel beside the clean inputs; groups of older runs (``adversarial``, ``ood``)
+    take their family's row the same way."""
     models = sorted(bins["model"].unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 3.0), squeeze=False, sharey=True)
-    for ax, model in zip(axes[0], models, strict=True):
-        for kind, h in bins[bins["model"] == model].groupby("kind"):
-            h = h.sort_values("bin")
-            edges = np.append(h["low"].to_numpy(float), h["high"].to_numpy(float)[-1])
-            n = h["n"].to_numpy(float)
-            ax.stairs(n / max(n.sum(), 1.0) / np.diff(edges), edges, fill=True, alpha=0.5, label=str(kind))
-        ax.set_title(str(model), fontsize=9)
-        ax.set_xlabel("credibility")
-    axes[0][0].legend(fontsize=7)
+    kinds = sorted(set(bins["kind"].astype(str)) - {"clean"})
+    families = [f for f in ("adversarial", "ood") if any(k.startswith(f) for k in kinds)]
+    families += sorted({k.split(",")[0] for k in kinds} - set(families))
+    fig, axes = plt.subplots(
+        max(len(families), 1), len(models), figsize=(3.4 * len(models), 2.8 * max(len(families), 1)),
+        squeeze=False, sharey="row", sharex=True,
+    )  # fmt: skip
+    for row, family in enumerate(families or ["clean"]):
+        shown = ["clean", *(k for k in kinds if k.split(",")[0] == family)]
+        for col, model in enumerate(models):
+            ax = axes[row][col]
+            for i, kind in enumerate(shown):
+                h = bins[(bins["model"] == model) & (bins["kind"].astype(str) == kind)].sort_values("bin")
+                if h.empty:
+                    continue
+                edges = np.append(h["low"].to_numpy(float), h["high"].to_numpy(float)[-1])
+                n = h["n"].to_numpy(float)
+                density = n / max(n.sum(), 1.0) / np.diff(edges)
+                label = f"{kind} (n={int(n.sum()):,})"
+                if i == 0:
+                    ax.stairs(density, edges, fill=True, alpha=0.3, color="grey", label=label)
+                else:
+                    ax.stairs(density, edges, linewidth=1.2, label=label)
+            ax.set_title(f"{model}: {family}", fontsize=9)
+            if row == len(axes) - 1:
+                ax.set_xlabel("credibility")
+            ax.legend(fontsize=6)  # every panel: each states its own counts
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
