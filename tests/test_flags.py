@@ -432,3 +432,41 @@ def test_committed_style_dknn_table_is_read():
     fl = raised(evaluation_flags(None, dknn=dknn))
     assert sorted(fl["check"]) == ["adaptive_weaker_than_non_adaptive", "transfer_stronger_than_white_box"]
     assert (fl["quantity"] == "dknn").all()
+
+
+def _dknn_sets(adaptive: float) -> pd.DataFrame:
+    """DkNN metrics of one model: FGSM leaves 0.5, the adaptive attack (under a suite label) ``adaptive``."""
+    return pd.DataFrame(
+        {
+            "model": "m",
+            "seed": 0,
+            "input_set": ["clean", "fgsm@0.1 from m", "dknn-credible@0.1 from m"],
+            "kind": ["clean", "adversarial", "adversarial"],
+            "metric": "dknn_accuracy",
+            "value": [0.9, 0.5, adaptive],
+            "n": 100,
+            "source": [np.nan, "m", "m"],
+            "attack": [np.nan, "fgsm", "dknn-credible"],
+            "eps": [np.nan, 0.1, 0.1],
+        }
+    )
+
+
+@pytest.mark.parametrize(("adaptive", "robust", "flagged"), [(0.30, 0.25, True), (0.30, 0.295, False)])
+def test_the_worst_case_over_attacks_checks_the_adaptive_attack(adaptive, robust, flagged):
+    """Other attacks breaking what the adaptive attack leaves correct (more than 1 point) is flagged with both numbers;
+    the adaptive attack is known by its properties under a suite label."""
+    worst = pd.DataFrame(
+        {"quantity": ["dknn", "classifier"], "model": "m", "seed": 0, "eps": 0.1, "robust_accuracy": [robust, 0.0]}
+    )
+    props = {"dknn-credible": frozenset({"adaptive-dknn", "iterative", "gradient-based"})}
+    out = evaluation_flags(None, dknn=_dknn_sets(adaptive), properties=props, worst_case=worst)
+    rows = out[out["check"] == "adaptive_above_worst_case"]
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert (row["attack"], row["value"], row["reference_value"]) == ("dknn-credible", adaptive, robust)
+    assert row["gap"] == pytest.approx(adaptive - robust)
+    assert (row["outcome"] == "flagged") is flagged
+    # without the worst case the check does not run
+    plain = evaluation_flags(None, dknn=_dknn_sets(adaptive), properties=props)
+    assert "adaptive_above_worst_case" not in set(plain["check"])

@@ -23,6 +23,8 @@ check                              compares (same model, seed, eps unless said)
 =================================  =================================================================
 adaptive_weaker_than_non_adaptive  DkNN accuracy under each ``adaptive-dknn`` attack vs each other
                                    attack (white-box); gap = acc(adaptive) - acc(other)
+adaptive_above_worst_case          DkNN accuracy under each ``adaptive-dknn`` attack vs the per-example
+                                   worst case over every white-box attack; gap = acc(adaptive) - robust
 iterative_weaker_than_single_step  each ``iterative`` gradient-based attack (not adaptive) vs each
                                    ``single-step`` one, classifier and DkNN; gap = acc(iter) - acc(single)
 success_not_increasing             the same attack at consecutive eps; gap = acc(larger) - acc(smaller)
@@ -54,6 +56,7 @@ __all__ = [
     "Check",
     "above_chance_at_full_range",
     "accuracy_table",
+    "adaptive_above_worst_case",
     "adaptive_weaker_than_non_adaptive",
     "annotate",
     "evaluation_flags",
@@ -263,6 +266,60 @@ def adaptive_weaker_than_non_adaptive(
                         f"adaptive to the DkNN must be at least as strong on it as any other",
                     )
                 )
+    return out
+
+
+def adaptive_above_worst_case(
+    acc: pd.DataFrame,
+    worst_case: pd.DataFrame,
+    properties: Mapping[str, frozenset[str]],
+    *,
+    tolerance: float = 0.01,
+    error_above: float = 0.05,
+) -> list[Check]:
+    """An attack adaptive to the DkNN should leave at most the DkNN accuracy of the per-example worst case over
+    every white-box attack (``worst_case``: :func:`~advbench.analysis.worstcase.worst_case`'s DkNN rows) plus
+    ``tolerance``: where other attacks break examples it does not, it has not found the DkNN's worst case.
+
+    The two count the same examples the same way: the DkNN scores the same first ``n`` attacked examples, and
+    the adaptive attack keeps the clean input as a candidate, so an example it leaves correct was correct clean.
+    """
+    if worst_case.empty or "quantity" not in worst_case.columns:
+        return []
+    wc = worst_case[worst_case["quantity"] == "dknn"]
+    robust_at = {
+        (str(m), int(s), float(e)): float(r)
+        for m, s, e, r in zip(wc["model"], wc["seed"], wc["eps"], wc["robust_accuracy"], strict=True)
+    }
+    wb = _white_box(acc[acc["quantity"] == "dknn"])
+    out = []
+    for model, seed, eps, attack, value in zip(
+        wb["target"].astype(str), wb["seed"], wb["eps"], wb["attack"].astype(str), wb["value"], strict=True
+    ):
+        if "adaptive-dknn" not in _props(properties, attack):
+            continue
+        robust = robust_at.get((model, int(seed), float(eps)))
+        if robust is None:
+            continue
+        out.append(
+            _check(
+                "adaptive_above_worst_case",
+                quantity="dknn",
+                model=model,
+                source=model,
+                attack=attack,
+                reference="worst case over attacks",
+                eps=eps,
+                seed=seed,
+                value=value,
+                reference_value=robust,
+                gap=float(value) - robust,
+                threshold=tolerance,
+                error_above=error_above,
+                detail=f"DkNN accuracy under {attack} {float(value):.4f} vs {robust:.4f} under the per-example "
+                f"worst case over every white-box attack: other attacks break examples it leaves correct",
+            )
+        )
     return out
 
 
@@ -534,12 +591,16 @@ def evaluation_flags(
     tolerance: float = 0.0,
     chance_tolerance: float = 0.05,
     error_above: float = 0.05,
+    worst_case: pd.DataFrame | None = None,
+    worst_case_tolerance: float = 0.01,
 ) -> pd.DataFrame:
     """Every table check on the classifier and DkNN metrics: one row per comparison (:data:`CHECK_COLUMNS`).
 
     ``properties`` maps attack labels to their properties; labels missing from it are looked up as
-    registered attack names. Gradient checks need the models: run :func:`gradient_flags` per model
-    and concatenate (the runner writes them to ``gradient_flags.csv``).
+    registered attack names. ``worst_case`` (the per-example worst case over attacks, with its DkNN rows)
+    adds :func:`adaptive_above_worst_case` at ``worst_case_tolerance`` for the L-inf attacks. Gradient checks
+    need the models: run :func:`gradient_flags` per model and concatenate (the runner writes them to
+    ``gradient_flags.csv``).
     """
     acc = accuracy_table(metrics, dknn)
     props = dict(registry_properties(sorted(set(acc["attack"])))) | dict(properties or {})
@@ -557,6 +618,10 @@ def evaluation_flags(
         ]
         if norm == "linf":  # eps 1 is the whole [0, 1] box only for L-inf
             checks += above_chance_at_full_range(part, num_classes=num_classes, tolerance=chance_tolerance)
+            if worst_case is not None:  # the adaptive attack is L-inf; the worst case pools the suite's attacks
+                checks += adaptive_above_worst_case(
+                    part, worst_case, props, tolerance=worst_case_tolerance, error_above=err
+                )
     return flags_frame(checks)
 
 

@@ -30,6 +30,9 @@ __all__ = ["render_report", "results_digest", "write_report", "write_run_report"
 
 #: Gap (as a fraction) above which a table-based evaluation-quality flag is raised.
 FLAG_TOLERANCE = 0.01
+#: How far (a fraction) the per-example worst case over attacks may sit below the adaptive DkNN attack's accuracy
+#: before the attack is flagged as not having found the DkNN's worst case (issue 34: 1 point).
+WORST_CASE_TOLERANCE = 0.01
 
 log = logging.getLogger(__name__)
 
@@ -1207,6 +1210,8 @@ def _checks(results: Results) -> pd.DataFrame:
                 properties=_attack_properties(results),
                 num_classes=_num_classes(results),
                 tolerance=FLAG_TOLERANCE,
+                worst_case=results.worst_case(),
+                worst_case_tolerance=WORST_CASE_TOLERANCE,
             )
         )
     if not results.gradient_flags.empty:
