@@ -350,3 +350,86 @@ def test_fools_a_small_dknn_wherever_brute_force_does_and_aims_at_its_credibilit
     wide = _plane_attack(plane, objective="credibility", n_guides=3 * 7)
     assert float((plane_worst - wide)[clear].mean()) <= 0.02
     assert (wide[plane_worst >= 2] >= 2).all()
+
+
+# -- warm starts from the other attacks' examples ------------------------------------------------
+
+
+def test_warm_starts_are_candidates_and_starts(dknn, digits_model, digits_splits) -> None:
+    """Per example, the attack with warm starts is at least as bad for the DkNN as each warm start (they are
+    candidates), whatever batch the example falls in; the starts are found by the inputs' pixels."""
+    s = digits_splits
+    x, y = s.test.x[:30], s.test.y[:30]
+    threat = ThreatModel(eps=0.1)
+    know = DkNNKnowledge.from_dknn(dknn, s.train.x, s.train.y)
+    pgd = generate(digits_model, create_attack("pgd", steps=10), x, y, threat, seed=0).x_adv
+    for objective in ("label", "credibility"):
+        attack = DkNNAdaptive(steps=2, restarts=1, objective=objective).set_knowledge(know)
+        attack.set_warm_starts(x, [pgd])
+        res = generate(digits_model, attack, x, y, threat, batch_size=7, seed=0)  # batches that cut the set
+        got = dknn_badness(dknn.predict(res.x_adv).p_values, y.numpy())
+        warm = dknn_badness(dknn.predict(pgd).p_values, y.numpy())
+        assert np.all(got >= warm), objective
+        assert float(res.linf.max()) <= 0.1 + 1e-6
+
+
+def test_warm_starts_must_match_the_inputs(dknn, digits_model, digits_splits) -> None:
+    s = digits_splits
+    x, y = s.test.x[:6], s.test.y[:6]
+    attack = DkNNAdaptive(steps=1, restarts=1).set_knowledge(DkNNKnowledge.from_dknn(dknn, s.train.x, s.train.y))
+    with pytest.raises(ValueError, match="shaped like x"):
+        attack.set_warm_starts(x, [x[:3]])
+    attack.set_warm_starts(x[:3], [x[:3]])
+    with pytest.raises(ValueError, match="not among those given to set_warm_starts"):
+        attack(digits_model, x, y, ThreatModel(eps=0.1), generator=torch.Generator().manual_seed(0))
+
+
+def test_a_warm_started_attack_cell_reads_the_other_attacks_at_its_eps() -> None:
+    """The plan: the attack depends on (and is keyed by) every other attack at its eps and norm without warm_start,
+    and comes after them; a suite without warm_start keeps its keys (the field is not in the attack's key)."""
+    from pathlib import Path
+
+    import yaml
+
+    from advbench.config import Suite
+    from advbench.suite.context import CellContext, RunOptions
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quick.yaml").read_text())
+    for a in doc["attacks"]:
+        a.pop("warm_start", None)
+
+    def plan(d: dict):
+        opts = RunOptions(cache_dir="/tmp/unused", progress=False, threads=1)
+        return CellContext.create(Suite.model_validate(d), opts).plan
+
+    cold = plan(doc)
+    credible = next(a for a in doc["attacks"] if a.get("label") == "dknn-credible")
+    credible["warm_start"] = True
+    warm = plan(doc)
+    cell = warm.find("attack", seed=0, model="baseline", attack="dknn-credible", eps=0.2)
+    others = [
+        warm.find("attack", seed=0, model="baseline", attack=k, eps=0.2)
+        for k in ("fgsm", "bim", "pgd", "dknn-adaptive")
+    ]
+    assert cell.spec["warm_starts"] == {o.params["attack"]: o.key for o in others}
+    assert {o.key for o in others} <= set(cell.deps)
+    order = [c.key for c in warm.cells]
+    assert all(order.index(o.key) < order.index(cell.key) for o in others)
+    # only the warm-started attack's cells (and what reads them) change keys
+    changed = {c.label for c in cold.cells} - {c.label for c in warm.cells if c.key in {k.key for k in cold.cells}}
+    assert changed and all("dknn-credible" in label or "dknn score" in label for label in changed), changed
+    assert create_attack("dknn-adaptive").set_warm_starts  # accepts them
+
+
+def test_warm_start_is_refused_for_an_attack_that_takes_none() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from advbench.errors import ConfigError
+    from advbench.suite.validate import validate_suite_dict
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quick.yaml").read_text())
+    doc["attacks"][0]["warm_start"] = True  # fgsm
+    with pytest.raises(ConfigError, match=r"attacks\[0\]\.warm_start.*takes no warm starts"):
+        validate_suite_dict(doc, source="quick.yaml")

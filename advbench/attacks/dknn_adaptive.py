@@ -215,6 +215,7 @@ class DkNNAdaptive(Attack):
         self.kappa = kappa
         self._knowledge: DkNNKnowledge | None = None
         self._train_cache: tuple[int, int, dict[str, Tensor]] | None = None
+        self._warm: tuple[list[Tensor], dict[bytes, int]] | None = None
         self._validate()
 
     @classmethod
@@ -251,6 +252,37 @@ class DkNNAdaptive(Attack):
         self._train_cache = None
         return self
 
+    def set_warm_starts(self, x: Tensor, starts: Sequence[Tensor]) -> DkNNAdaptive:
+        """Other attacks' adversarial examples of the inputs ``x``, each shaped like ``x``: every one is a candidate
+        the real DkNN scores, and each example's worst of them (for the defender) is the first start of every
+        target (the label objective's clean start, the credibility objective's first anchor). :meth:`run` finds
+        a batch's rows among ``x`` by their pixels; returns ``self``."""
+        rows: dict[bytes, int] = {}
+        for s in starts:
+            if s.shape != x.shape:
+                raise ValueError(f"expected warm starts shaped like x {tuple(x.shape)}, got {tuple(s.shape)}")
+        flat = x.detach().cpu().contiguous().view(x.shape[0], -1).numpy()
+        for i in range(len(flat)):
+            rows.setdefault(flat[i].tobytes(), i)
+        self._warm = ([s.detach() for s in starts], rows)
+        return self
+
+    def _warm_starts(self, x: Tensor, threat: ThreatModel) -> list[Tensor]:
+        """The warm starts of the batch ``x`` (in the threat model's ball around it), or none."""
+        if self._warm is None or not self._warm[0]:
+            return []
+        starts, rows = self._warm
+        flat = x.detach().cpu().contiguous().view(x.shape[0], -1).numpy()
+        at = [rows.get(flat[i].tobytes()) for i in range(len(flat))]
+        missing = [i for i, j in enumerate(at) if j is None]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} input(s) of this batch (first: {missing[0]}) are not among those given to "
+                f"set_warm_starts; give the warm starts of the inputs the attack runs on"
+            )
+        index = torch.tensor(at, dtype=torch.long)
+        return [threat.project(s[index].to(x.device, x.dtype), x) for s in starts]
+
     # -- the attack -------------------------------------------------------------------------------
     def run(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator | None
@@ -276,6 +308,13 @@ class DkNNAdaptive(Attack):
         y_np = y.cpu().numpy()
         p_clean = know.p_values(x)
         best, best_bad = x.clone(), dknn_badness(p_clean, y_np)
+        keep = (-1, *([1] * (x.ndim - 1)))
+        warm = self._warm_starts(x, threat)
+        for w in warm:  # other attacks' examples: candidates, and the best one a start
+            bad = dknn_badness(know.p_values(w), y_np)
+            better = torch.from_numpy(bad > best_bad).to(x.device)
+            best, best_bad = torch.where(better.view(keep), w, best), np.maximum(best_bad, bad)
+        first, first_bad = best, best_bad.copy()
         with torch.no_grad():
             clean = _flat_features(clf, x, layers)
             soft = torch.softmax(clf(x), 1).cpu().numpy()
@@ -296,19 +335,19 @@ class DkNNAdaptive(Attack):
         for r, t in enumerate(classes):
             if self.objective == "label":
                 pull = {n: GuideSet.around(clean[n], near[n][1][1 + r]) for n in layers}
-            anchor, anchor_bad = x, dknn_badness(p_clean, y_np)
+            anchor, anchor_bad = first, first_bad
 
             def loss_of(z: Tensor) -> Tensor:
                 return self._loss(clf, z, y, t, layers, radius, push, pull)  # noqa: B023 - used in this iteration
 
             for s in range(self.restarts):
-                x_adv = x.clone()
+                x_adv = first.clone()  # the clean input, or the other attacks' best example
                 if self.objective == "credibility":
                     # refine: each restart starts from this target's best candidate so far and takes its guides
                     # around it, so the pull moves deeper into the target class's region as it is reached
                     x_adv = anchor.clone()
                     with torch.no_grad():
-                        at = clean if s == 0 else _flat_features(clf, anchor, layers)
+                        at = clean if s == 0 and not warm else _flat_features(clf, anchor, layers)
                         near = {n: _neighbourhood(at[n], train[n], y_train, know.k, [(t, False), (t, True)], m)
                                 for n in layers}  # fmt: skip
                     radius = {n: near[n][0] for n in layers}
@@ -327,7 +366,6 @@ class DkNNAdaptive(Attack):
                             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
                         x_adv = threat.project(x_adv.detach() - step * grad.sign(), x)
                 bad = dknn_badness(know.p_values(x_adv), y_np)
-                keep = (-1, *([1] * (x.ndim - 1)))
                 better = torch.from_numpy(bad > best_bad).to(x.device)
                 best = torch.where(better.view(keep), x_adv, best)
                 best_bad = np.maximum(best_bad, bad)

@@ -312,6 +312,20 @@ class AttackConfig(_Strict):
         default_factory=dict, description="keyword arguments of the attack (`advbench list attacks` lists them)"
     )
     batch_size: Int = Field(250, ge=1, description="examples attacked per batch")
+    warm_start: bool = Field(
+        False,
+        description="give the attack the adversarial examples of every other white-box attack of the suite at the "
+        "same model, seed, eps and norm (those without warm_start) as candidates and starting points; the attack "
+        "must accept them (`set_warm_starts`, as dknn-adaptive does)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_cold_start(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without warm starts the dump (the run's resolved suite.json) is what it was before the field.
+        out: dict[str, Any] = handler(self)
+        if not self.warm_start:
+            out.pop("warm_start", None)
+        return out
 
     @field_validator("eps")
     @classmethod
@@ -470,3 +484,9 @@ class Suite(_Strict):
     def calibration_size(self) -> int:
         d = self.evaluations.dknn
         return d.calibration_size if d is not None and d.enabled else 0
+
+    def warm_start_sources(self, attack: AttackConfig, eps: float) -> list[str]:
+        """The attacks (by key, in suite order) whose examples ``attack`` (with ``warm_start``) starts from at
+        ``eps``: every other attack of the suite at that eps and norm without ``warm_start`` itself."""
+        same = (b for b in self.attacks if b is not attack and b.norm == attack.norm and eps in b.eps)
+        return [b.key for b in same if not b.warm_start]

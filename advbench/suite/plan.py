@@ -333,9 +333,11 @@ def build_plan(
                     )
                 )
     attack_keys: dict[tuple[int, str, str, float], str] = {}
+    # attacks with warm_start come after the others of their model and seed: they read those attacks' examples
+    ordered = [a for a in suite.attacks if not a.warm_start] + [a for a in suite.attacks if a.warm_start]
     for seed in suite.seeds:
         for m in suite.models:
-            for a in suite.attacks:
+            for a in ordered:
                 props = attack_properties(a)
                 adaptive = "adaptive-dknn" in props
                 if adaptive and (m.name, seed) not in index_keys:
@@ -361,6 +363,11 @@ def build_plan(
                         body["dknn_index"] = index_keys[(m.name, seed)]
                         deps.append(index_keys[(m.name, seed)])
                         work += _adaptive_dknn_extra(a, n_transfer, n_train)
+                    if a.warm_start:  # the other attacks' examples it starts from (suite/cells/attack.py)
+                        warm = {w: attack_keys[(seed, m.name, w, eps)] for w in suite.warm_start_sources(a, eps)}
+                        body["warm_starts"] = warm
+                        deps += list(warm.values())
+                        work += n_transfer * len(warm) * n_train / 2.0e7  # the real DkNN scores each warm start
                     spec = code.spec("attack", body, roles, drop_libraries=attack_unused_backends(a))
                     key = cache_key("attack", spec)
                     attack_keys[(seed, m.name, a.key, eps)] = key

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,13 +12,14 @@ from advbench.attacks.base import ThreatModel, create_attack, generate
 from advbench.attacks.contract import call_plugin, run_with_time_limit
 from advbench.evaluation.min_norm import attack_norm_record
 from advbench.suite.cells import KNOWLEDGE, handler
-from advbench.suite.cells.store import trained_model
+from advbench.suite.cells.store import adversarial_set, trained_model
 
 if TYPE_CHECKING:
+    from advbench.config import AttackConfig
     from advbench.suite.context import ArtefactStore, CellContext
     from advbench.suite.plan import Cell
 
-__all__ = ["run_attack"]
+__all__ = ["give_warm_starts", "run_attack"]
 
 
 @handler("attack")
@@ -41,6 +42,8 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     attack = call_plugin(acfg.name, create_attack, acfg.name, backend=acfg.backend, **acfg.params)
     for prop in sorted(getattr(attack, "properties", frozenset()) & KNOWLEDGE.keys()):
         KNOWLEDGE[prop](ctx, store, attack, source, seed, model)
+    if acfg.warm_start:
+        give_warm_starts(ctx, store, attack, acfg, seed, source, eps, x)
     t0 = time.perf_counter()
 
     def attack_all() -> dict[str, torch.Tensor]:
@@ -78,6 +81,28 @@ def run_attack(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
     store.adversarial[(seed, source, akey, eps)] = tensors
     _add_attack_norms(ctx, cell, store)
     return False
+
+
+def give_warm_starts(
+    ctx: CellContext,
+    store: ArtefactStore,
+    attack: Any,
+    acfg: AttackConfig,
+    seed: int,
+    source: str,
+    eps: float,
+    x: torch.Tensor,
+) -> None:
+    """Hand an attack with ``warm_start`` the other attacks' adversarial examples of ``x`` (the first ``len(x)``
+    attacked examples) at the same model, seed, eps and norm (:meth:`Suite.warm_start_sources`)."""
+    starts = []
+    for other in ctx.suite.warm_start_sources(acfg, eps):
+        adv = adversarial_set(ctx, store, seed, source, other, eps)
+        if not torch.equal(adv["indices"][: len(x)].long(), torch.from_numpy(ctx.transfer_indices[: len(x)]).long()):
+            raise RuntimeError(f"the warm start {other} eps={eps:g} on {source} seed={seed} attacked other examples")
+        starts.append(adv["x_adv"][: len(x)].to(x.device))
+    if starts:
+        attack.set_warm_starts(x, starts)
 
 
 def _add_attack_norms(ctx: CellContext, cell: Cell, store: ArtefactStore) -> None:

@@ -21,6 +21,7 @@ from advbench.attacks.base import ThreatModel, create_attack, generate
 from advbench.attacks.contract import call_plugin
 from advbench.params import ParamSpec
 from advbench.suite.cells import KNOWLEDGE, handler
+from advbench.suite.cells.attack import give_warm_starts
 from advbench.suite.cells.dknn_index import dknn_index
 from advbench.suite.cells.store import adversarial_set, trained_model
 
@@ -104,6 +105,8 @@ def run_convergence(ctx: CellContext, cell: Cell, store: ArtefactStore) -> bool:
         longer = call_plugin(acfg.name, create_attack, acfg.name, backend=acfg.backend, **params)
         for prop in sorted(getattr(longer, "properties", frozenset()) & KNOWLEDGE.keys()):
             KNOWLEDGE[prop](ctx, store, longer, source, seed, model)
+        if acfg.warm_start:  # the same starts as the attack cell's, on the same first n examples
+            give_warm_starts(ctx, store, longer, acfg, seed, source, eps, x)
         res = generate(model, longer, x, y, ThreatModel(eps=eps, norm=acfg.norm), batch_size=acfg.batch_size, seed=seed)
         row["dknn_accuracy_longer"] = _dknn_accuracy(dknn, res.x_adv.detach(), y_np)
         row["drop"] = row["dknn_accuracy"] - row["dknn_accuracy_longer"]

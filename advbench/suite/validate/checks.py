@@ -135,6 +135,12 @@ def registry_problems(data: dict[str, Any], report: Problems) -> None:
                     f"(pgd-l2, torchattacks.PGDL2, torchattacks.CW, foolbox.L2CarliniWagnerAttack, ...; "
                     f"`advbench list attacks` shows each norm) or norm: linf",
                 )
+            if a.get("warm_start") is True and not callable(getattr(attack, "set_warm_starts", None)):
+                report.add(
+                    ("attacks", i, "warm_start"),
+                    f"given warm_start: true, but {a.get('name')} takes no warm starts (it has no set_warm_starts "
+                    f"method); expected an attack that accepts them (dknn-adaptive) or warm_start: false",
+                )
             backend = a.get("backend")
             missing = missing_backend(attack, backend if isinstance(backend, str) else None)
             if missing:  # its parameters cannot be read without the library
