@@ -38,6 +38,7 @@ BUILTINS = [
     "b-baseline-snnl-decreases-with-depth",
     "c-entangled-clean-accuracy",
     "d-entangled-dknn-detects-adversarial",
+    "d-strongest-entangled-dknn-detects-the-strongest-attack",
     "e-fewer-neighbours-agree-off-distribution",
     "f-less-transfer-to-entangled-than-independent-baseline",
     "g-ood-lower-credibility",
@@ -203,6 +204,7 @@ def test_committed_run_verdicts():
         "b-baseline-snnl-decreases-with-depth": "supported",
         "c-entangled-clean-accuracy": "contradicted",
         "d-entangled-dknn-detects-adversarial": "contradicted",
+        "d-strongest-entangled-dknn-detects-the-strongest-attack": "contradicted",
         "e-fewer-neighbours-agree-off-distribution": "contradicted",
         "f-less-transfer-to-entangled-than-independent-baseline": "supported",
         "g-ood-lower-credibility": "contradicted",
@@ -247,6 +249,25 @@ def test_detection_claim_reports_each_models_strongest_attack_on_the_detector():
     assert r.per_seed == pytest.approx((-0.06, -0.06, -0.06))
     # the strongest attack on each detector: fgsm on tangled (0.70), pgd on vanilla (0.80): -0.10
     assert "against each model's strongest attack on the detector: -0.1000 [-0.1000, -0.1000] over 3 seeds" in r.note
+
+
+def test_the_strongest_attack_claim_decides_on_each_models_most_evasive_attack():
+    """d-strongest: per seed and eps each model against the white-box attack with its lowest AUROC; the note names
+    which attacks were chosen; with a single attack there is no choice and the claim does not apply."""
+    rows = []
+    aucs = {("vanilla", "pgd"): 0.80, ("vanilla", "fgsm"): 0.90, ("tangled", "pgd"): 0.88, ("tangled", "fgsm"): 0.70}
+    for s in range(3):
+        for (model, attack), auc in aucs.items():
+            for eps in (0.1, 0.2):
+                rows.append({"model": model, "seed": s, "input_set": f"{attack}@{eps:g} from {model}",
+                             "kind": "adversarial", "source": model, "attack": attack, "eps": eps, "n": 100,
+                             "n_clean": 300, "metric": "credibility_auroc", "value": auc + 0.01 * s})  # fmt: skip
+    claim = CLAIMS.get("d-strongest-entangled-dknn-detects-the-strongest-attack")
+    r = claim.evaluate(_Results(dknn=pd.DataFrame(rows)))
+    assert r.per_seed == pytest.approx((-0.10, -0.10, -0.10))  # fgsm on tangled (0.70) - pgd on vanilla (0.80)
+    assert "vanilla's most evasive: pgd (6)" in r.note and "tangled's most evasive: fgsm (6)" in r.note
+    one = pd.DataFrame([row for row in rows if row["attack"] == "pgd"])
+    assert claim.evaluate(_Results(dknn=one)).verdict == "not applicable"
 
 
 def _reg_suite() -> dict[str, Any]:
