@@ -48,8 +48,10 @@ The runner builds it from the DkNN it evaluates::
 Without knowledge the attack refuses to run (there is no honest knowledge-free fallback).
 
 Cost per example: ``n_targets * restarts * steps`` forward+backward passes
-(:meth:`DkNNAdaptive.passes_per_example`), plus ``n_targets * restarts + 1`` DkNN queries and, once
-per batch, the distances from the batch to every training point in every indexed layer.
+(:meth:`DkNNAdaptive.passes_per_example`), plus ``n_targets * restarts + 1`` DkNN queries (one more per
+warm start, :meth:`DkNNAdaptive.set_warm_starts`) and the distances from the batch to every training point
+in every indexed layer: once per batch for the label objective, once per restart for the credibility
+objective (its guides move with its anchor).
 """
 
 from __future__ import annotations
