@@ -188,15 +188,16 @@ def test_worst_case_never_weaker_than_any_single_attack(uninterrupted):
 
 
 def test_report_opens_with_claims_and_paired_intervals_agree_with_tests(uninterrupted):
-    """Issue 14's done-when on the quick run: the Claims table first, all 7 built-ins with a verdict; no
-    paired row whose interval and test disagree; the cross-seed control reaches claim (f) and `advbench power`."""
+    """Issue 14's done-when on the quick run: the Claims table first, all 8 built-ins of the paper's claims (a-g and
+    d-strongest) with a verdict; no paired row whose interval and test disagree; the cross-seed control reaches
+    claim (f) and `advbench power`."""
     tmp, results = uninterrupted
     text = (tmp / "report-a.md").read_text()
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     assert headings[0] == "## Claims"
     claims = pd.read_csv(results / "claims.csv")
     builtin = [n for n in claims["name"] if n[:2] in {f"{c}-" for c in "abcdefg"}]
-    assert len(builtin) == 7
+    assert len(builtin) == 8
     table = text.split("## Claims", 1)[1].split("\n## ", 1)[0]
     for name, verdict, reason in claims[["name", "verdict", "reason"]].itertuples(index=False):
         assert verdict in ("supported", "contradicted", "inconclusive", "not applicable")
